@@ -1,0 +1,65 @@
+//! The command line as the user types it (clap derive). No behaviour here:
+//! `main` hands the parsed [`Cli`] to `commands`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stagectl",
+    version,
+    about = "Bring up a staging environment (Consul, service registration, nginx) on Docker hosts from one YAML file",
+    after_help = "Exit codes: 0 ok, 1 an operation failed, 2 invalid input or usage."
+)]
+pub struct Cli {
+    /// Topology file [default: ./stagectl.yaml, else ./topologies/local.yaml]
+    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Seconds to wait for each host's Docker engine to answer
+    #[arg(long, global = true, default_value_t = 20, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub connect_timeout: u64,
+
+    /// Hosts worked on at the same time
+    #[arg(long, global = true, default_value_t = 8, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub parallel: u64,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the topology file and print what it describes; touches nothing
+    Validate,
+    /// Show what `up` would create, replace, start or remove on each host; changes nothing
+    Plan,
+    /// Create or converge the environment, then wait for the Consul cluster
+    Up,
+    /// Remove everything of this environment (and its lab, once unused); nothing else
+    Down {
+        /// Keep Consul's data volumes and the gossip key
+        #[arg(long)]
+        keep_data: bool,
+    },
+    /// Show hosts, Docker versions, containers and the Consul cluster
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// A tiny HTTP server answering with its instance identity (demo image)
+    #[command(hide = true)]
+    DemoHttp {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}

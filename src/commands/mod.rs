@@ -1,0 +1,103 @@
+//! The commands: each wires topology, planning and the Docker edges together
+//! for one verb, and reports through `progress`.
+//!
+//! Shared here: loading the topology, connecting to a set of hosts with one
+//! progress line each, and the options every command takes.
+
+mod apply;
+mod demo;
+mod down;
+mod plan;
+mod status;
+mod up;
+mod validate;
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+use crate::connect::{Connection, Connector};
+use crate::progress::{HostLine, Reporter};
+use crate::state::StateDir;
+use crate::topology::{self, Host, Topology};
+
+/// What every command that touches hosts needs.
+pub struct Ctx {
+    pub topology: Topology,
+    pub state: StateDir,
+    pub connect_timeout: Duration,
+    pub parallel: usize,
+}
+
+impl Ctx {
+    fn load(cli: &Cli) -> Result<Self> {
+        let path = match &cli.file {
+            Some(p) => p.clone(),
+            None => topology::default_path()?,
+        };
+        Ok(Ctx {
+            topology: topology::load(&path)?,
+            state: StateDir::from_env()?,
+            connect_timeout: Duration::from_secs(cli.connect_timeout),
+            parallel: cli.parallel as usize,
+        })
+    }
+
+    pub fn reporter(&self) -> Reporter {
+        Reporter::new(self.topology.hosts.iter().map(|h| h.name.len()).max().unwrap_or(0))
+    }
+}
+
+/// Run the parsed command; the value is the exit code on success.
+pub async fn run(cli: Cli) -> Result<u8> {
+    if let Command::DemoHttp { port } = cli.command {
+        return demo::serve(port).await;
+    }
+    let ctx = Ctx::load(&cli)?;
+    match cli.command {
+        Command::Validate => validate::run(&ctx),
+        Command::Plan => plan::run(&ctx).await,
+        Command::Up => up::run(&ctx).await,
+        Command::Down { keep_data } => down::run(&ctx, keep_data).await,
+        Command::Status { output } => status::run(&ctx, output).await,
+        Command::DemoHttp { .. } => unreachable!("handled above"),
+    }
+}
+
+/// A host's connection attempt, with its progress line.
+pub struct Attempt<'a> {
+    pub host: &'a Host,
+    pub line: HostLine,
+    pub result: Result<Connection>,
+}
+
+/// Connect to `hosts` in parallel, marking each line connected or failed.
+pub async fn connect_hosts<'a>(connector: &Connector, hosts: &[&'a Host], reporter: &Reporter) -> Vec<Attempt<'a>> {
+    let lines: Vec<HostLine> = hosts.iter().map(|h| reporter.host(&h.name)).collect();
+    for l in &lines {
+        l.step("connecting");
+    }
+    let results = connector.connect_all(hosts).await;
+    hosts
+        .iter()
+        .zip(lines)
+        .zip(results)
+        .map(|((host, line), result)| {
+            match &result {
+                Ok(c) => line.ok(&format!("connected ({}, Docker {})", c.transport, c.engine_version)),
+                Err(e) => line.fail("connect", &format!("{e:#}")),
+            }
+            Attempt { host, line, result }
+        })
+        .collect()
+}
+
+/// "host-1, host-2 or host-3" for messages.
+pub fn join_or(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}

@@ -1,0 +1,283 @@
+//! What each host should run: a pure function of the validated topology.
+//!
+//! No Docker here: the output is plain data ([`HostState`]) that `reconcile`
+//! compares with what runs and `plan` prints. Every field that should force a
+//! container to be replaced when it changes is part of [`ContainerSpec`] and
+//! therefore of its hash; what should not (the human summary) is skipped.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::labels;
+use crate::topology::{Host, Topology};
+
+/// Where the Consul agent keeps its state inside its container.
+pub const CONSUL_DATA_DIR: &str = "/consul/data";
+/// Where it reads extra configuration (the gossip key) from.
+pub const CONSUL_CONFIG_DIR: &str = "/consul/config";
+
+/// Secrets that go into containers but never into output.
+#[derive(Clone)]
+pub struct Secrets {
+    /// Consul's gossip encryption key (base64 of 32 random bytes).
+    pub gossip_key: String,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets { .. }")
+    }
+}
+
+/// Everything one host should have for this environment.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostState {
+    pub host: String,
+    pub containers: Vec<ContainerSpec>,
+    pub volumes: Vec<VolumeSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VolumeSpec {
+    pub name: String,
+    pub component: String,
+}
+
+/// One container, described independently of Docker's API types.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub component: String,
+    pub image: String,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// `host` for agents that must bind the host's own address.
+    pub network_mode: Option<String>,
+    pub mounts: Vec<Mount>,
+    /// Files written into the container after it is created and before it
+    /// starts: how secrets get in without appearing in `docker inspect`.
+    pub files: Vec<FileSpec>,
+    /// One line for humans (plan output); not part of the hash.
+    #[serde(skip)]
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mount {
+    /// A named volume (created by stagectl) or, for binds, a host path.
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+    pub bind: bool,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct FileSpec {
+    pub path: String,
+    pub mode: u32,
+    /// Only the hash of the content takes part in the spec hash.
+    #[serde(skip)]
+    pub content: Vec<u8>,
+    pub content_sha256: String,
+}
+
+impl std::fmt::Debug for FileSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileSpec({}, {:o}, sha256 {})", self.path, self.mode, self.content_sha256)
+    }
+}
+
+impl FileSpec {
+    pub fn new(path: &str, mode: u32, content: Vec<u8>) -> Self {
+        FileSpec {
+            path: path.into(),
+            mode,
+            content_sha256: hex(&Sha256::digest(&content)),
+            content,
+        }
+    }
+}
+
+impl ContainerSpec {
+    /// A short, stable hash of everything that defines this container. It is
+    /// stored as a label; a different hash on the next `up` means "replace".
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_vec(self).expect("a spec always serializes");
+        hex(&Sha256::digest(&json))[..16].to_string()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The desired state of every host, in topology order.
+pub fn desired_state(topology: &Topology, secrets: &Secrets) -> Vec<HostState> {
+    topology
+        .hosts
+        .iter()
+        .map(|host| {
+            let (consul, consul_volume) = consul_agent(topology, host, secrets);
+            HostState {
+                host: host.name.clone(),
+                containers: vec![consul],
+                volumes: vec![consul_volume],
+            }
+        })
+        .collect()
+}
+
+/// Name of an object of this environment: `<env>-<what>`.
+pub fn object_name(env: &str, what: &str) -> String {
+    format!("{env}-{what}")
+}
+
+fn base_labels(topology: &Topology, host: &Host, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::ENV.to_string(), topology.name.clone()),
+        (labels::COMPONENT.to_string(), component.to_string()),
+        (labels::HOST.to_string(), host.name.clone()),
+    ])
+}
+
+/// The Consul agent: a server on server hosts, a client elsewhere; host
+/// networking so it binds and advertises the host's own address.
+fn consul_agent(topology: &Topology, host: &Host, secrets: &Secrets) -> (ContainerSpec, VolumeSpec) {
+    let ports = &topology.ports;
+    let ip = host.advertise.to_string();
+    let mut cmd: Vec<String> = vec![
+        "agent".into(),
+        format!("-node={}", host.name),
+        format!("-datacenter={}", topology.consul.datacenter),
+        format!("-data-dir={CONSUL_DATA_DIR}"),
+        format!("-config-dir={CONSUL_CONFIG_DIR}"),
+        format!("-bind={ip}"),
+        format!("-advertise={ip}"),
+        // The HTTP API answers on loopback only: agents on this host (host
+        // network) reach it, nothing outside the host does.
+        "-client=127.0.0.1".into(),
+        format!("-http-port={}", ports.consul_http),
+        format!("-serf-lan-port={}", ports.consul_serf_lan),
+        format!("-serf-wan-port={}", ports.consul_serf_wan),
+        format!("-server-port={}", ports.consul_server),
+        // DNS is not used by stagectl and would take port 8600 on every host.
+        "-dns-port=-1".into(),
+        // The default of 30 s between join attempts would make the cluster
+        // wait for the slowest host to start plus 30 s.
+        "-retry-interval=2s".into(),
+    ];
+    if host.consul_server {
+        cmd.push("-server".into());
+        cmd.push(format!("-bootstrap-expect={}", topology.consul.bootstrap_expect));
+    }
+    let joins: Vec<String> = topology
+        .consul_servers()
+        .filter(|s| s.name != host.name)
+        .map(|s| format!("{}:{}", s.advertise, ports.consul_serf_lan))
+        .collect();
+    for j in &joins {
+        cmd.push(format!("-retry-join={j}"));
+    }
+
+    let volume = VolumeSpec {
+        name: object_name(&topology.name, "consul-data"),
+        component: "consul".into(),
+    };
+    let encrypt = serde_json::json!({ "encrypt": secrets.gossip_key }).to_string();
+    let role = if host.consul_server {
+        format!("server (bootstrap-expect {})", topology.consul.bootstrap_expect)
+    } else {
+        "client".into()
+    };
+    let join_ips: Vec<String> = topology
+        .consul_servers()
+        .filter(|s| s.name != host.name)
+        .map(|s| s.advertise.to_string())
+        .collect();
+    let summary = format!("{role}, advertise {ip}, retry-join {}", join_ips.join(" "));
+    let spec = ContainerSpec {
+        name: object_name(&topology.name, "consul"),
+        component: "consul".into(),
+        image: topology.images.consul.clone(),
+        cmd,
+        env: vec![],
+        labels: base_labels(topology, host, "consul"),
+        network_mode: Some("host".into()),
+        mounts: vec![Mount {
+            source: volume.name.clone(),
+            target: CONSUL_DATA_DIR.into(),
+            read_only: false,
+            bind: false,
+        }],
+        files: vec![FileSpec::new(
+            &format!("{CONSUL_CONFIG_DIR}/encrypt.json"),
+            0o600,
+            encrypt.into_bytes(),
+        )],
+        summary,
+    };
+    (spec, volume)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology;
+    use std::path::Path;
+
+    fn topo(yaml: &str) -> Topology {
+        topology::parse(yaml, Path::new("t.yaml")).unwrap()
+    }
+
+    fn secrets() -> Secrets {
+        Secrets { gossip_key: "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY3OA==".into() }
+    }
+
+    const THREE: &str = "name: qa\nlab: { subnet: 10.77.0.0/24 }\nhosts:\n  host-1: { driver: local, address: 10.77.0.11, roles: [app] }\n  host-2: { driver: local, address: 10.77.0.12, roles: [app] }\n  host-3: { driver: local, address: 10.77.0.13, roles: [lb] }\n";
+
+    #[test]
+    fn three_servers_join_each_other() {
+        let state = desired_state(&topo(THREE), &secrets());
+        insta::assert_json_snapshot!(state);
+    }
+
+    #[test]
+    fn clients_join_every_server_and_do_not_bootstrap() {
+        let t = topo(&format!("{THREE}consul: {{ servers: [host-2] }}\n"));
+        let state = desired_state(&t, &secrets());
+        let host1 = &state[0].containers[0];
+        assert!(!host1.cmd.iter().any(|a| a == "-server"));
+        assert!(host1.cmd.contains(&"-retry-join=10.77.0.12:8301".to_string()));
+        let host2 = &state[1].containers[0];
+        assert!(host2.cmd.contains(&"-bootstrap-expect=1".to_string()));
+        assert!(!host2.cmd.iter().any(|a| a.starts_with("-retry-join")));
+    }
+
+    #[test]
+    fn secret_is_in_a_file_not_in_the_command_or_output() {
+        let s = secrets();
+        let state = desired_state(&topo(THREE), &s);
+        let consul = &state[0].containers[0];
+        assert!(!consul.cmd.iter().any(|a| a.contains(&s.gossip_key)));
+        let shown = format!("{state:?}{}", serde_json::to_string(&state).unwrap());
+        assert!(!shown.contains(&s.gossip_key));
+        assert!(String::from_utf8_lossy(&consul.files[0].content).contains(&s.gossip_key));
+    }
+
+    #[test]
+    fn hash_changes_with_spec_and_key_but_not_summary() {
+        let t = topo(THREE);
+        let a = desired_state(&t, &secrets())[0].containers[0].clone();
+        let mut b = a.clone();
+        b.summary = "something else".into();
+        assert_eq!(a.hash(), b.hash());
+        b.cmd.push("-ui".into());
+        assert_ne!(a.hash(), b.hash());
+        let other_key = Secrets { gossip_key: "b3RoZXI=".into() };
+        let c = desired_state(&t, &other_key)[0].containers[0].clone();
+        assert_ne!(a.hash(), c.hash());
+    }
+}

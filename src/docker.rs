@@ -1,0 +1,372 @@
+//! The Docker engine of one host, behind plain types.
+//!
+//! Everything stagectl asks of an engine goes through [`DockerHost`]: observe
+//! this environment's containers and volumes (by label), create a container
+//! from a [`ContainerSpec`], remove, exec, move images between engines.
+//! bollard types stay inside this module.
+
+use std::collections::HashMap;
+use std::io;
+
+use anyhow::{Context, Result};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount as DockerMount, MountType, RestartPolicy,
+    RestartPolicyNameEnum, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, ImportImageOptions, ListContainersOptions, ListVolumesOptions,
+    RemoveContainerOptions, RemoveVolumeOptions, UploadToContainerOptions,
+};
+use bollard::Docker;
+use futures_util::{StreamExt, TryStreamExt};
+
+use crate::consul::ExecOutput;
+use crate::desired::{ContainerSpec, FileSpec, VolumeSpec};
+use crate::labels;
+use crate::reconcile::{Observed, ObservedContainer};
+
+/// One host's engine, named after the topology host it serves.
+#[derive(Clone)]
+pub struct DockerHost {
+    pub name: String,
+    pub docker: Docker,
+}
+
+/// True when the engine answered "no such object" (404).
+pub fn is_not_found(err: &bollard::errors::Error) -> bool {
+    matches!(
+        err,
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }
+    )
+}
+
+impl DockerHost {
+    pub fn new(name: impl Into<String>, docker: Docker) -> Self {
+        DockerHost { name: name.into(), docker }
+    }
+
+    /// The engine's version string, e.g. `20.10.24+dfsg1`.
+    pub async fn engine_version(&self) -> Result<String> {
+        let v = self.docker.version().await?;
+        Ok(v.version.unwrap_or_else(|| "unknown".into()))
+    }
+
+    /// This environment's containers (running or not) and volumes.
+    pub async fn observe(&self, env: &str) -> Result<Observed> {
+        let filter = labels::filter(labels::ENV, env);
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filter.clone()),
+                ..Default::default()
+            }))
+            .await
+            .with_context(|| format!("{}: cannot list containers", self.name))?;
+        let volumes = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions { filters: Some(filter) }))
+            .await
+            .with_context(|| format!("{}: cannot list volumes", self.name))?;
+        let mut observed = Observed {
+            containers: containers
+                .into_iter()
+                .map(|c| {
+                    let labels = c.labels.unwrap_or_default();
+                    ObservedContainer {
+                        id: c.id.unwrap_or_default(),
+                        name: c
+                            .names
+                            .unwrap_or_default()
+                            .first()
+                            .map(|n| n.trim_start_matches('/').to_string())
+                            .unwrap_or_default(),
+                        component: labels.get(labels::COMPONENT).cloned().unwrap_or_default(),
+                        spec_hash: labels.get(labels::SPEC_HASH).cloned(),
+                        running: c.state.is_some_and(|s| {
+                            s == bollard::models::ContainerSummaryStateEnum::RUNNING
+                        }),
+                    }
+                })
+                .collect(),
+            volumes: volumes
+                .volumes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| v.name)
+                .collect(),
+        };
+        observed.containers.sort_by(|a, b| a.name.cmp(&b.name));
+        observed.volumes.sort();
+        Ok(observed)
+    }
+
+    /// Names of environments with containers on this host.
+    pub async fn environments(&self) -> Result<Vec<String>> {
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(HashMap::from([("label".to_string(), vec![labels::ENV.to_string()])])),
+                ..Default::default()
+            }))
+            .await?;
+        let mut envs: Vec<String> = containers
+            .into_iter()
+            .filter_map(|c| c.labels?.get(labels::ENV).cloned())
+            .collect();
+        envs.sort();
+        envs.dedup();
+        Ok(envs)
+    }
+
+    pub async fn create_volume(&self, env: &str, v: &VolumeSpec) -> Result<()> {
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(v.name.clone()),
+                labels: Some(HashMap::from([
+                    (labels::ENV.to_string(), env.to_string()),
+                    (labels::COMPONENT.to_string(), v.component.clone()),
+                ])),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("{}: cannot create volume {}", self.name, v.name))?;
+        Ok(())
+    }
+
+    pub async fn remove_volume(&self, name: &str) -> Result<()> {
+        match self
+            .docker
+            .remove_volume(name, Some(RemoveVolumeOptions { force: false }))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("{}: cannot remove volume {name}", self.name)),
+        }
+    }
+
+    /// Create the container, write its files, start it. The spec hash goes
+    /// into a label so the next `up` can tell whether it is still current.
+    pub async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String> {
+        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        labels.insert(labels::SPEC_HASH.into(), spec.hash());
+        let mounts = spec
+            .mounts
+            .iter()
+            .map(|m| DockerMount {
+                target: Some(m.target.clone()),
+                source: Some(m.source.clone()),
+                typ: Some(if m.bind { MountType::BIND } else { MountType::VOLUME }),
+                read_only: Some(m.read_only),
+                ..Default::default()
+            })
+            .collect();
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(spec.cmd.clone()),
+            env: Some(spec.env.clone()),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                network_mode: spec.network_mode.clone(),
+                mounts: Some(mounts),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions { name: Some(spec.name.clone()), platform: String::new() }),
+                body,
+            )
+            .await
+            .with_context(|| format!("{}: cannot create container {}", self.name, spec.name))?;
+        if !spec.files.is_empty() {
+            self.upload_files(&created.id, &spec.files)
+                .await
+                .with_context(|| format!("{}: cannot write files into {}", self.name, spec.name))?;
+        }
+        self.start(&created.id)
+            .await
+            .with_context(|| format!("{}: cannot start {}", self.name, spec.name))?;
+        Ok(created.id)
+    }
+
+    pub async fn start(&self, id: &str) -> Result<()> {
+        self.docker.start_container(id, None).await?;
+        Ok(())
+    }
+
+    /// Write files into a (created, not necessarily started) container.
+    pub async fn upload_files(&self, id: &str, files: &[FileSpec]) -> Result<()> {
+        let tar = tar_of(files)?;
+        self.docker
+            .upload_to_container(
+                id,
+                Some(UploadToContainerOptions { path: "/".into(), ..Default::default() }),
+                bollard::body_full(tar.into()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Remove a container and its anonymous volumes; gone already is fine.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        match self
+            .docker
+            .remove_container(id, Some(RemoveContainerOptions { force: true, v: true, link: false }))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("{}: cannot remove container {id}", self.name)),
+        }
+    }
+
+    /// Run a command in a running container and collect its output.
+    pub async fn exec(&self, container: &str, cmd: &[&str], env: &[String]) -> Result<ExecOutput> {
+        use bollard::exec::{CreateExecOptions, StartExecResults};
+        let exec = self
+            .docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+                    env: Some(env.to_vec()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(|| format!("{}: cannot exec in {container}", self.name))?;
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        if let StartExecResults::Attached { mut output, .. } = self.docker.start_exec(&exec.id, None).await? {
+            while let Some(chunk) = output.next().await {
+                match chunk? {
+                    bollard::container::LogOutput::StdErr { message } => {
+                        stderr.push_str(&String::from_utf8_lossy(&message))
+                    }
+                    other => stdout.push_str(&String::from_utf8_lossy(&other.into_bytes())),
+                }
+            }
+        }
+        let code = self.docker.inspect_exec(&exec.id).await?.exit_code.unwrap_or(-1);
+        Ok(ExecOutput { code, stdout, stderr })
+    }
+
+    pub async fn has_image(&self, reference: &str) -> Result<bool> {
+        match self.docker.inspect_image(reference).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("{}: cannot inspect image {reference}", self.name)),
+        }
+    }
+
+    /// Size in bytes of a local image (for progress bars).
+    pub async fn image_size(&self, reference: &str) -> Option<u64> {
+        self.docker.inspect_image(reference).await.ok()?.size.map(|s| s.max(0) as u64)
+    }
+}
+
+/// Stream images from one engine into another (`docker save | docker load`),
+/// all in one archive so shared layers travel once. `progress` is called
+/// with the bytes sent so far.
+pub async fn transfer_images(
+    from: &DockerHost,
+    to: &DockerHost,
+    references: &[String],
+    progress: impl Fn(u64) + Send + Sync + 'static,
+) -> Result<()> {
+    let refs: Vec<&str> = references.iter().map(String::as_str).collect();
+    let mut sent = 0u64;
+    let stream = from
+        .docker
+        .export_images(&refs)
+        .map_err(|e| io::Error::other(e.to_string()))
+        .inspect_ok(move |chunk| {
+            sent += chunk.len() as u64;
+            progress(sent);
+        });
+    let mut results = to
+        .docker
+        .import_image_stream(ImportImageOptions { quiet: true, ..Default::default() }, stream, None);
+    while let Some(r) = results.next().await {
+        let info = r.with_context(|| {
+            format!("cannot load {} from {} into {}", references.join(", "), from.name, to.name)
+        })?;
+        if let Some(err) = info.error_detail.and_then(|d| d.message) {
+            anyhow::bail!("{}: loading {}: {err}", to.name, references.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// A tar archive holding `files` (with their parent folders), for the
+/// archive API.
+fn tar_of(files: &[FileSpec]) -> Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut dirs_done = std::collections::BTreeSet::new();
+    for f in files {
+        let rel = f.path.trim_start_matches('/');
+        let mut parent = std::path::Path::new(rel).parent();
+        let mut dirs = Vec::new();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            dirs.push(p.to_path_buf());
+            parent = p.parent();
+        }
+        for d in dirs.into_iter().rev() {
+            if dirs_done.insert(d.clone()) {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                builder.append_data(&mut h, &d, io::empty())?;
+            }
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(f.mode);
+        h.set_size(f.content.len() as u64);
+        builder.append_data(&mut h, rel, f.content.as_slice())?;
+    }
+    Ok(builder.into_inner()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tar_holds_parents_and_modes() {
+        let files = vec![
+            FileSpec::new("/consul/config/encrypt.json", 0o600, b"{}".to_vec()),
+            FileSpec::new("/consul/config/other.json", 0o644, b"[]".to_vec()),
+        ];
+        let bytes = tar_of(&files).unwrap();
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let entries: Vec<(String, u32)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.path().unwrap().display().to_string(), e.header().mode().unwrap())
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            vec![
+                ("consul".to_string(), 0o755),
+                ("consul/config".to_string(), 0o755),
+                ("consul/config/encrypt.json".to_string(), 0o600),
+                ("consul/config/other.json".to_string(), 0o644),
+            ]
+        );
+    }
+}

@@ -1,0 +1,44 @@
+//! The binary's edge: parse arguments, run a command, map the outcome to an
+//! exit code (0 ok, 1 operation failed, 2 invalid input or usage).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use stagectl::cli::Cli;
+use stagectl::error::{is_input_error, EXIT_FAILED, EXIT_INPUT};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap exits 2 for usage errors and 0 for --help/--version.
+            let _ = e.print();
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match runtime.block_on(stagectl::commands::run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            if is_input_error(&err) {
+                // Topology errors arrive rendered (file:line:col, snippet).
+                let text = format!("{err:#}");
+                if text.starts_with("error:") {
+                    eprintln!("{text}");
+                } else {
+                    eprintln!("error: {text}");
+                }
+                ExitCode::from(EXIT_INPUT)
+            } else {
+                eprintln!("error: {err:#}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Desired state against observed state: a plan of steps per host.
+//!
+//! Pure: the observed side is plain data gathered by `docker::observe`, so
+//! every decision (create, replace, start, remove, leave alone) is made here
+//! and unit-tested without a daemon. The executor in `commands::apply` then
+//! carries the steps out without deciding anything.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::desired::{ContainerSpec, HostState, VolumeSpec};
+
+/// What runs on a host for this environment, found by its labels.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Observed {
+    pub containers: Vec<ObservedContainer>,
+    pub volumes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ObservedContainer {
+    pub id: String,
+    pub name: String,
+    pub component: String,
+    pub spec_hash: Option<String>,
+    pub running: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Step {
+    CreateVolume { volume: VolumeSpec },
+    Create { spec: ContainerSpec, cause: String },
+    Replace { spec: ContainerSpec, old_id: String, cause: String },
+    Start { name: String, id: String, cause: String },
+    Remove { name: String, id: String, cause: String },
+    RemoveVolume { name: String },
+}
+
+impl Step {
+    /// The symbol plan output uses, as terraform and the UX sketch do.
+    pub fn symbol(&self) -> char {
+        match self {
+            Step::CreateVolume { .. } | Step::Create { .. } => '+',
+            Step::Replace { .. } => '~',
+            Step::Start { .. } => '>',
+            Step::Remove { .. } | Step::RemoveVolume { .. } => '-',
+        }
+    }
+
+    /// The container or volume the step is about.
+    pub fn subject(&self) -> &str {
+        match self {
+            Step::CreateVolume { volume } => &volume.name,
+            Step::Create { spec, .. } | Step::Replace { spec, .. } => &spec.name,
+            Step::Start { name, .. } | Step::Remove { name, .. } => name,
+            Step::RemoveVolume { name } => name,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Step::CreateVolume { .. } => "volume".into(),
+            Step::Create { spec, .. } => format!("{}  {}", spec.image, spec.summary),
+            Step::Replace { cause, .. } => format!("replace: {cause}"),
+            Step::Start { cause, .. } => format!("start: {cause}"),
+            Step::Remove { cause, .. } => format!("remove: {cause}"),
+            Step::RemoveVolume { .. } => "remove volume (data is lost)".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostPlan {
+    pub host: String,
+    pub steps: Vec<Step>,
+    /// Containers already as desired.
+    pub unchanged: Vec<String>,
+}
+
+impl HostPlan {
+    pub fn is_noop(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+/// Plan `up` for one host.
+pub fn plan_up(desired: &HostState, observed: &Observed) -> HostPlan {
+    let mut steps = Vec::new();
+    let mut unchanged = Vec::new();
+    for v in &desired.volumes {
+        if !observed.volumes.contains(&v.name) {
+            steps.push(Step::CreateVolume { volume: v.clone() });
+        }
+    }
+    // Obsolete containers go first: they may hold ports or names the new
+    // ones need.
+    for o in &observed.containers {
+        if !desired.containers.iter().any(|d| d.name == o.name) {
+            steps.push(Step::Remove {
+                name: o.name.clone(),
+                id: o.id.clone(),
+                cause: "no longer in the topology".into(),
+            });
+        }
+    }
+    for spec in &desired.containers {
+        let hash = spec.hash();
+        match observed.containers.iter().find(|o| o.name == spec.name) {
+            None => steps.push(Step::Create {
+                spec: spec.clone(),
+                cause: "no existing container".into(),
+            }),
+            Some(o) if o.spec_hash.as_deref() != Some(hash.as_str()) => steps.push(Step::Replace {
+                spec: spec.clone(),
+                old_id: o.id.clone(),
+                cause: format!(
+                    "spec changed ({} → {hash})",
+                    o.spec_hash.as_deref().unwrap_or("no hash")
+                ),
+            }),
+            Some(o) if !o.running => steps.push(Step::Start {
+                name: o.name.clone(),
+                id: o.id.clone(),
+                cause: "stopped".into(),
+            }),
+            Some(_) => unchanged.push(spec.name.clone()),
+        }
+    }
+    HostPlan { host: desired.host.clone(), steps, unchanged }
+}
+
+/// Plan `down` for one host: everything of the environment goes, volumes too
+/// unless `keep_data`.
+pub fn plan_down(host: &str, observed: &Observed, keep_data: bool) -> HostPlan {
+    let mut steps: Vec<Step> = observed
+        .containers
+        .iter()
+        .map(|o| Step::Remove {
+            name: o.name.clone(),
+            id: o.id.clone(),
+            cause: "down".into(),
+        })
+        .collect();
+    if !keep_data {
+        steps.extend(observed.volumes.iter().map(|v| Step::RemoveVolume { name: v.clone() }));
+    }
+    HostPlan { host: host.to_string(), steps, unchanged: vec![] }
+}
+
+/// Counts for the summary line.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub create: usize,
+    pub replace: usize,
+    pub start: usize,
+    pub remove: usize,
+    pub unchanged: usize,
+}
+
+pub fn totals(plans: &[HostPlan]) -> Totals {
+    let mut t = Totals::default();
+    for p in plans {
+        t.unchanged += p.unchanged.len();
+        for s in &p.steps {
+            match s {
+                Step::Create { .. } | Step::CreateVolume { .. } => t.create += 1,
+                Step::Replace { .. } => t.replace += 1,
+                Step::Start { .. } => t.start += 1,
+                Step::Remove { .. } | Step::RemoveVolume { .. } => t.remove += 1,
+            }
+        }
+    }
+    t
+}
+
+impl std::fmt::Display for Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} to create, {} to replace, {} to start, {} to remove, {} unchanged",
+            self.create, self.replace, self.start, self.remove, self.unchanged
+        )
+    }
+}
+
+/// Plan text as `plan` prints it: one block per host, stable order.
+pub fn render(plans: &[HostPlan]) -> String {
+    let width = plans.iter().map(|p| p.host.len()).max().unwrap_or(4);
+    let mut out = String::new();
+    for p in plans {
+        let mut first = true;
+        let mut line = |sym: char, subject: &str, what: &str| {
+            let host = if first { p.host.as_str() } else { "" };
+            first = false;
+            let _ = writeln!(out, "{host:<width$}  {sym} {subject:<18} {what}");
+        };
+        for s in &p.steps {
+            line(s.symbol(), s.subject(), &s.describe());
+        }
+        for u in &p.unchanged {
+            line('=', u, "unchanged");
+        }
+        if p.steps.is_empty() && p.unchanged.is_empty() {
+            line(' ', "(nothing)", "");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{desired_state, Secrets};
+    use crate::topology;
+    use std::path::Path;
+
+    fn state() -> Vec<HostState> {
+        let t = topology::parse(
+            "name: qa\nlab: { subnet: 10.77.0.0/24 }\nhosts:\n  host-1: { driver: local, address: 10.77.0.11, roles: [app] }\n  host-2: { driver: local, address: 10.77.0.12, roles: [lb] }\n  host-3: { driver: local, address: 10.77.0.13 }\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        desired_state(&t, &Secrets { gossip_key: "a2V5".into() })
+    }
+
+    fn running(spec: &ContainerSpec, hash: Option<String>, running: bool) -> ObservedContainer {
+        ObservedContainer {
+            id: format!("id-{}", spec.name),
+            name: spec.name.clone(),
+            component: spec.component.clone(),
+            spec_hash: hash,
+            running,
+        }
+    }
+
+    fn converged(h: &HostState) -> Observed {
+        Observed {
+            containers: h.containers.iter().map(|c| running(c, Some(c.hash()), true)).collect(),
+            volumes: h.volumes.iter().map(|v| v.name.clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn nothing_running_creates_everything() {
+        let s = state();
+        let plans: Vec<HostPlan> = s.iter().map(|h| plan_up(h, &Observed::default())).collect();
+        insta::assert_snapshot!(render(&plans));
+        assert_eq!(totals(&plans), Totals { create: 6, ..Default::default() });
+    }
+
+    #[test]
+    fn converged_host_is_a_noop() {
+        let s = state();
+        let p = plan_up(&s[0], &converged(&s[0]));
+        assert!(p.is_noop(), "{p:?}");
+        assert_eq!(p.unchanged, vec!["qa-consul".to_string()]);
+    }
+
+    #[test]
+    fn changed_hash_replaces_stopped_starts_extra_removes() {
+        let s = state();
+        let mut obs = converged(&s[0]);
+        obs.containers[0].spec_hash = Some("0000".into());
+        let p = plan_up(&s[0], &obs);
+        assert!(matches!(&p.steps[..], [Step::Replace { old_id, .. }] if old_id == "id-qa-consul"));
+
+        let mut obs = converged(&s[0]);
+        obs.containers[0].running = false;
+        let p = plan_up(&s[0], &obs);
+        assert!(matches!(&p.steps[..], [Step::Start { .. }]));
+
+        let mut obs = converged(&s[0]);
+        obs.containers.push(ObservedContainer {
+            id: "x".into(),
+            name: "qa-old".into(),
+            component: "old".into(),
+            spec_hash: None,
+            running: true,
+        });
+        let p = plan_up(&s[0], &obs);
+        assert!(matches!(&p.steps[..], [Step::Remove { name, .. }] if name == "qa-old"));
+    }
+
+    #[test]
+    fn removed_by_hand_is_recreated_volume_kept() {
+        let s = state();
+        let mut obs = converged(&s[0]);
+        obs.containers.clear();
+        let p = plan_up(&s[0], &obs);
+        assert!(matches!(&p.steps[..], [Step::Create { .. }]));
+    }
+
+    #[test]
+    fn down_removes_containers_and_volumes_unless_kept() {
+        let s = state();
+        let obs = converged(&s[0]);
+        assert_eq!(totals(&[plan_down("host-1", &obs, false)]).remove, 2);
+        let keep = plan_down("host-1", &obs, true);
+        assert!(keep.steps.iter().all(|s| matches!(s, Step::Remove { .. })));
+        assert!(plan_down("host-1", &Observed::default(), false).is_noop());
+    }
+}

@@ -1,0 +1,143 @@
+//! What stagectl keeps on the operator's machine between runs.
+//!
+//! Layout under the state directory (`$STAGECTL_STATE_DIR`, else
+//! `$XDG_STATE_HOME/stagectl`, else `~/.local/state/stagectl`):
+//!
+//! ```text
+//! envs/<env>/gossip.key        Consul gossip key, generated once (0600)
+//! labs/<lab>/id_ed25519[.pub]  client key for the lab's hosts
+//! labs/<lab>/known_hosts       the lab hosts' keys, so checking stays strict
+//! labs/<lab>/hosts/<host>/...  each lab host's own SSH host key
+//! ```
+//!
+//! Secrets are written with mode 0600 in 0700 folders and never printed.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: PathBuf) -> Self {
+        StateDir { root }
+    }
+
+    /// The directory from the environment, as documented above.
+    pub fn from_env() -> Result<Self> {
+        if let Some(dir) = std::env::var_os("STAGECTL_STATE_DIR") {
+            return Ok(Self::new(dir.into()));
+        }
+        if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
+            return Ok(Self::new(PathBuf::from(dir).join("stagectl")));
+        }
+        let home = std::env::var_os("HOME").context("neither STAGECTL_STATE_DIR nor HOME is set")?;
+        Ok(Self::new(PathBuf::from(home).join(".local/state/stagectl")))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn env_dir(&self, env: &str) -> PathBuf {
+        self.root.join("envs").join(env)
+    }
+
+    pub fn lab_dir(&self, lab: &str) -> PathBuf {
+        self.root.join("labs").join(lab)
+    }
+
+    /// The environment's gossip key, created on first use.
+    pub fn gossip_key(&self, env: &str) -> Result<String> {
+        let path = self.env_dir(env).join("gossip.key");
+        if let Some(key) = read_secret(&path)? {
+            return Ok(key);
+        }
+        let key = crate::consul::generate_gossip_key()?;
+        write_secret(&path, key.as_bytes())?;
+        Ok(key)
+    }
+
+    /// The stored gossip key, if there is one (no creation).
+    pub fn existing_gossip_key(&self, env: &str) -> Result<Option<String>> {
+        read_secret(&self.env_dir(env).join("gossip.key"))
+    }
+
+    pub fn remove_env(&self, env: &str) -> Result<()> {
+        remove_dir(&self.env_dir(env))
+    }
+
+    pub fn remove_lab(&self, lab: &str) -> Result<()> {
+        remove_dir(&self.lab_dir(lab))
+    }
+}
+
+fn read_secret(path: &Path) -> Result<Option<String>> {
+    match fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Create a private directory (0700) and its parents.
+pub fn private_dir(path: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// Write a file only the owner can read, atomically (temp file + rename).
+pub fn write_secret(path: &Path, content: &[u8]) -> Result<()> {
+    let dir = path.parent().context("a secret's path has a parent")?;
+    private_dir(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(content)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn remove_dir(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn gossip_key_is_created_once_private_and_removed_with_env() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateDir::new(tmp.path().to_path_buf());
+        let k1 = s.gossip_key("qa").unwrap();
+        let k2 = s.gossip_key("qa").unwrap();
+        assert_eq!(k1, k2);
+        assert_ne!(k1, s.gossip_key("other").unwrap());
+        let meta = fs::metadata(s.env_dir("qa").join("gossip.key")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        s.remove_env("qa").unwrap();
+        assert!(s.existing_gossip_key("qa").unwrap().is_none());
+        s.remove_env("qa").unwrap();
+    }
+}

@@ -1,0 +1,137 @@
+//! The topology file as written: serde structs that mirror the YAML.
+//!
+//! Nothing here is checked beyond types and key names (`deny_unknown_fields`
+//! everywhere, so a typo is an error, not a silently ignored key). Values that
+//! later checks may complain about are wrapped in [`Spanned`] so those checks
+//! can point at the line and column they came from. `validate` turns this into
+//! the model the rest of the program uses.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTopology {
+    /// Environment name; prefixes every container, network and volume.
+    pub name: Spanned<String>,
+    pub hosts: Spanned<BTreeMap<String, Spanned<RawHost>>>,
+    #[serde(default)]
+    pub lab: Option<Spanned<RawLab>>,
+    /// SSH defaults for every `ssh://` host; a host's own `ssh:` overrides.
+    #[serde(default)]
+    pub ssh: Option<RawSsh>,
+    #[serde(default)]
+    pub images: Option<RawImages>,
+    #[serde(default)]
+    pub consul: Option<RawConsul>,
+    #[serde(default)]
+    pub ports: Option<RawPorts>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawDriver {
+    Local,
+    Remote,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum RawRole {
+    App,
+    Lb,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    /// `ssh://user@host:port`, `tcp://host:port`, `unix:///path`; for
+    /// `driver: local`, the lab host's IP address.
+    pub address: Spanned<String>,
+    #[serde(default)]
+    pub driver: Option<Spanned<RawDriver>>,
+    /// The IP other hosts reach this one at; defaults to the address's IP.
+    #[serde(default)]
+    pub advertise: Option<Spanned<String>>,
+    #[serde(default)]
+    pub roles: Option<Spanned<Vec<Spanned<RawRole>>>>,
+    #[serde(default)]
+    pub ssh: Option<RawSsh>,
+    #[serde(default)]
+    pub tls: Option<Spanned<RawTls>>,
+    /// Allow plain `tcp://` to a non-loopback address.
+    #[serde(default)]
+    pub insecure: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawSsh {
+    #[serde(default)]
+    pub user: Option<Spanned<String>>,
+    #[serde(default)]
+    pub port: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub identity_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub known_hosts: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub ca: Spanned<String>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLab {
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    pub subnet: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawImages {
+    #[serde(default)]
+    pub consul: Option<String>,
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub nginx: Option<String>,
+    #[serde(default)]
+    pub labhost: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsul {
+    #[serde(default)]
+    pub datacenter: Option<Spanned<String>>,
+    /// Hosts that run a Consul server; default: every host.
+    #[serde(default)]
+    pub servers: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Seconds `up` waits for a leader and every member.
+    #[serde(default)]
+    pub join_timeout: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPorts {
+    #[serde(default)]
+    pub lb_http: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub consul_http: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub consul_serf_lan: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub consul_serf_wan: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub consul_server: Option<Spanned<i64>>,
+}

@@ -30,9 +30,10 @@ set -euo pipefail
 # Bump to force every image to be rebuilt after a change the hashes cannot see.
 readonly RECIPE_VERSION=1
 
-readonly SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-readonly REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
-readonly IMAGES_DIR="$SCRIPT_DIR/images"
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+IMAGES_DIR="$SCRIPT_DIR/images"
+readonly SCRIPT_DIR REPO_ROOT IMAGES_DIR
 
 readonly BASE_IMAGE=stagectl/base:bookworm
 readonly SUITE=bookworm
@@ -56,10 +57,8 @@ WORK="$(mktemp -d "${TMPDIR:-/var/tmp}/stagectl-images.XXXXXX")"
 cleanup() {
     # debootstrap mounts /proc and /sys inside the root it builds; if it died half
     # way they may still be mounted: unmount before deleting anything.
-    local m
-    for m in $(awk -v w="$WORK/" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r); do
-        umount -l "$m" 2>/dev/null || true
-    done
+    awk -v w="$WORK/" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r |
+        while IFS= read -r m; do umount -l "$m" 2>/dev/null || true; done
     rm -rf --one-file-system "$WORK"
 }
 trap cleanup EXIT
@@ -203,6 +202,26 @@ UPDATES_URI="$(apt_source_uri "$SUITE-updates" || true)"
 SECURITY_URI="$(apt_source_uri "$SUITE-security" || true)"
 log "Debian mirror: $MIRROR"
 
+# The stagectl binary for the agent image, resolved now so that a missing one
+# fails the run before the long builds rather than after them.
+if [[ -n ${STAGECTL_BIN:-} ]]; then
+    [[ -f $STAGECTL_BIN ]] || die "STAGECTL_BIN=$STAGECTL_BIN: no such file"
+    BIN="$STAGECTL_BIN"
+else
+    BIN="$REPO_ROOT/target/release/stagectl"
+    if [[ ! -f $BIN ]]; then
+        command -v cargo >/dev/null || die "$BIN is missing and cargo is not installed"
+        log "$BIN missing: cargo build --release"
+        t0=$SECONDS
+        run_logged cargo-build cargo build --release --manifest-path "$REPO_ROOT/Cargo.toml" ||
+            die "cargo build --release failed"
+        log "cargo build --release: $((SECONDS - t0)) s"
+        [[ -f $BIN ]] || die "cargo build --release did not produce $BIN"
+    fi
+fi
+BIN_HASH="$(sha256sum <"$BIN" | cut -d' ' -f1)"
+log "stagectl binary: $BIN (sha256 ${BIN_HASH:0:12})"
+
 # ---------------------------------------------------------------------------
 # 1. stagectl/base:bookworm: debootstrap + docker import
 # ---------------------------------------------------------------------------
@@ -309,24 +328,6 @@ dir_image nginx stagectl/nginx:1.22
 # ---------------------------------------------------------------------------
 # 5-6. stagectl/agent and stagectl/demo: the stagectl binary on the base
 # ---------------------------------------------------------------------------
-
-if [[ -n ${STAGECTL_BIN:-} ]]; then
-    [[ -f $STAGECTL_BIN ]] || die "STAGECTL_BIN=$STAGECTL_BIN: no such file"
-    BIN="$STAGECTL_BIN"
-else
-    BIN="$REPO_ROOT/target/release/stagectl"
-    if [[ ! -f $BIN ]]; then
-        command -v cargo >/dev/null || die "$BIN is missing and cargo is not installed"
-        log "$BIN missing: cargo build --release"
-        t0=$SECONDS
-        run_logged cargo-build cargo build --release --manifest-path "$REPO_ROOT/Cargo.toml" ||
-            die "cargo build --release failed"
-        log "cargo build --release: $((SECONDS - t0)) s"
-        [[ -f $BIN ]] || die "cargo build --release did not produce $BIN"
-    fi
-fi
-BIN_HASH="$(sha256sum <"$BIN" | cut -d' ' -f1)"
-log "stagectl binary: $BIN (sha256 ${BIN_HASH:0:12})"
 
 # The build context is the Dockerfile plus a copy of the binary, not the repository.
 AGENT_CTX="$WORK/agent-context"

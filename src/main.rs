@@ -8,6 +8,12 @@ use stagectl::cli::Cli;
 use stagectl::error::{is_input_error, EXIT_FAILED, EXIT_INPUT};
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`stagectl status | head`) instead of
+    // panicking inside println!, as Unix tools do.
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

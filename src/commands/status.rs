@@ -2,7 +2,7 @@
 //! JSON. Exit code 1 when anything is degraded, so CI can gate on it.
 
 use anyhow::Result;
-use comfy_table::{presets::UTF8_NO_BORDERS, Table};
+use comfy_table::{presets::NOTHING, Table};
 use serde::Serialize;
 
 use super::{connect_hosts, Ctx};
@@ -157,7 +157,7 @@ async fn gather(ctx: &Ctx) -> Result<Status> {
 fn print_tables(s: &Status) {
     let leader = s.consul.as_ref().and_then(|c| c.leader.clone());
     let mut hosts = Table::new();
-    hosts.load_style(UTF8_NO_BORDERS);
+    hosts.load_style(NOTHING);
     hosts.set_header(vec!["HOST", "ADDRESS", "DOCKER", "CONSUL", "CONTAINERS", "STATE"]);
     for h in &s.hosts {
         let consul = if leader.as_deref() == Some(h.name.as_str()) { "leader" } else { h.consul_role };
@@ -183,7 +183,7 @@ fn print_tables(s: &Status) {
     println!("{hosts}");
     if let Some(c) = &s.consul {
         let mut members = Table::new();
-        members.load_style(UTF8_NO_BORDERS);
+        members.load_style(NOTHING);
         members.set_header(vec!["MEMBER", "ADDRESS", "STATUS", "TYPE"]);
         for m in &c.members {
             let kind = if Some(&m.node) == c.leader.as_ref() { "server (leader)".to_string() } else { m.kind.clone() };

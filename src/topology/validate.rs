@@ -446,12 +446,19 @@ impl Validator {
             None => (hosts.value.keys().cloned().collect(), hosts_loc),
             Some(list) => {
                 let mut set = BTreeSet::new();
+                let mut bad = false;
                 for s in &list.value {
                     if !hosts.value.contains_key(&s.value) {
                         self.error(&s.referenced, format!("consul server `{}` is not a host of this topology", s.value));
+                        bad = true;
                     } else if !set.insert(s.value.clone()) {
                         self.error(&s.referenced, format!("consul server `{}` is listed twice", s.value));
+                        bad = true;
                     }
+                }
+                if bad {
+                    // The count is meaningless until the names are fixed.
+                    return set;
                 }
                 (set, list.referenced)
             }

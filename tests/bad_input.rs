@@ -1,0 +1,94 @@
+//! Bad input never panics: every broken topology in tests/bad-topologies
+//! ends in exit code 2 with a message naming file, line and column, and the
+//! files that cannot be topologies at all (missing, a folder, huge, binary,
+//! empty) end the same way with a clear sentence.
+//!
+//! Each corpus file starts with `# expect L:C text`: the location and a
+//! piece of the message the error must show.
+
+mod common;
+
+use std::path::Path;
+
+use common::stagectl;
+
+fn check(path: &Path, location: Option<&str>, text: &str) {
+    let state = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let r = stagectl(state.path(), &["-f", path.to_str().unwrap(), "validate"]);
+    let shown = path.display();
+    assert!(started.elapsed().as_secs() < 10, "{shown}: took too long");
+    assert_eq!(r.code, 2, "{shown}: exit code\nstdout: {}\nstderr: {}", r.stdout, r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{shown}: panicked: {}", r.stderr);
+    assert!(r.stderr.starts_with("error: "), "{shown}: {}", r.stderr);
+    if let Some(loc) = location {
+        let want = format!("{shown}:{loc}");
+        assert!(r.stderr.contains(&want), "{shown}: expected location {want} in:\n{}", r.stderr);
+    }
+    assert!(r.stderr.contains(text), "{shown}: expected `{text}` in:\n{}", r.stderr);
+    // `plan` and `up` refuse the same file before touching anything.
+    for cmd in ["plan", "up"] {
+        let again = stagectl(state.path(), &["-f", path.to_str().unwrap(), cmd]);
+        assert_eq!(again.code, 2, "{shown}: {cmd} exit code: {}", again.stderr);
+    }
+    assert!(!state.path().join("envs").exists(), "{shown}: nothing may be written for bad input");
+}
+
+#[test]
+fn every_broken_topology_in_the_corpus_is_refused_with_its_location() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-topologies");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 20, "the corpus is there");
+    for f in files {
+        let first = std::fs::read_to_string(&f).unwrap().lines().next().unwrap_or("").to_string();
+        let spec = first.strip_prefix("# expect ").unwrap_or_else(|| panic!("{}: first line is `# expect L:C text`", f.display()));
+        let (loc, text) = spec.split_once(' ').unwrap();
+        check(&f, Some(loc), text);
+    }
+}
+
+#[test]
+fn files_that_cannot_be_topologies() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.yaml");
+    check(&missing, None, "cannot read");
+    check(dir.path(), None, "is not a file");
+
+    let huge = dir.path().join("huge.yaml");
+    std::fs::write(&huge, format!("name: demo\n#{}\n", "x".repeat(2 * 1024 * 1024))).unwrap();
+    check(&huge, None, "may be at most");
+
+    let binary = dir.path().join("binary.yaml");
+    std::fs::write(&binary, [0x6eu8, 0x61, 0xff, 0xfe, 0x00, 0x01, 0x80]).unwrap();
+    check(&binary, None, "not a text file");
+
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(&empty, "").unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let r = stagectl(state.path(), &["-f", empty.to_str().unwrap(), "validate"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("empty.yaml"), "{}", r.stderr);
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_exits_0() {
+    let state = tempfile::tempdir().unwrap();
+    assert_eq!(stagectl(state.path(), &["frobnicate"]).code, 2);
+    assert_eq!(stagectl(state.path(), &["status", "-o", "xml"]).code, 2);
+    assert_eq!(stagectl(state.path(), &["--connect-timeout", "0", "plan"]).code, 2);
+    let help = stagectl(state.path(), &["--help"]);
+    assert_eq!(help.code, 0);
+    assert!(help.stdout.contains("Exit codes"));
+}
+
+#[test]
+fn shipped_topologies_are_valid() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies");
+    for f in std::fs::read_dir(dir).unwrap() {
+        let f = f.unwrap().path();
+        let r = stagectl(state.path(), &["-f", f.to_str().unwrap(), "validate"]);
+        assert_eq!(r.code, 0, "{}: {}", f.display(), r.stderr);
+    }
+}

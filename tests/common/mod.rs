@@ -1,0 +1,121 @@
+//! Helpers for tests that run the real binary against the real Docker engine
+//! and a real local lab (Docker-in-Docker hosts reached over SSH).
+//!
+//! Each test environment gets its own state directory and its own lab subnet,
+//! and is taken down when the fixture is dropped, even if the test panicked.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    pub fn expect_ok(self, what: &str) -> Self {
+        assert_eq!(self.code, 0, "{what} failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+/// Run stagectl with a private state directory.
+pub fn stagectl(state: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_stagectl"))
+        .args(args)
+        .env("STAGECTL_STATE_DIR", state)
+        .output()
+        .expect("the stagectl binary runs");
+    Run::from(out)
+}
+
+/// Run a command on this machine (docker CLI, ssh) and return its output.
+pub fn sh(program: &str, args: &[&str]) -> Run {
+    Run::from(Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}")))
+}
+
+/// An environment on its own lab, taken down on drop.
+pub struct LabEnv {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    pub topology: PathBuf,
+    pub subnet_prefix: String,
+}
+
+impl LabEnv {
+    /// `name` is the environment (and lab) name; `net` the third octet of
+    /// its 10.77.<net>.0/24 lab subnet, unique per test.
+    pub fn new(name: &str, net: u8, extra_yaml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = format!("10.77.{net}");
+        let yaml = format!(
+            "name: {name}\nlab:\n  subnet: {prefix}.0/24\nhosts:\n  host-1: {{ driver: local, address: {prefix}.11, roles: [app] }}\n  host-2: {{ driver: local, address: {prefix}.12, roles: [app] }}\n  host-3: {{ driver: local, address: {prefix}.13, roles: [lb] }}\n{extra_yaml}"
+        );
+        let topology = dir.path().join("topology.yaml");
+        std::fs::write(&topology, yaml).unwrap();
+        LabEnv { name: name.into(), dir, topology, subnet_prefix: prefix }
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut full = vec!["-f", self.topology.to_str().unwrap()];
+        full.extend_from_slice(args);
+        stagectl(&self.state(), &full)
+    }
+
+    pub fn ip(&self, host: u8) -> String {
+        format!("{}.{}", self.subnet_prefix, 10 + host)
+    }
+
+    /// Run a command on a lab host over SSH with the lab's own keys, host
+    /// key checked strictly.
+    pub fn ssh(&self, host: u8, command: &str) -> Run {
+        let lab = self.state().join("labs").join(&self.name);
+        let known = format!("UserKnownHostsFile={}", lab.join("known_hosts").display());
+        let dest = format!("root@{}", self.ip(host));
+        sh(
+            "ssh",
+            &[
+                "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", &known,
+                "-i", lab.join("id_ed25519").to_str().unwrap(), &dest, command,
+            ],
+        )
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let r = self.run(&["status", "-o", "json"]);
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("status -o json is JSON ({e}):\n{}\n{}", r.stdout, r.stderr))
+    }
+}
+
+impl Drop for LabEnv {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+/// Names of local-engine objects carrying `label`.
+pub fn local_objects(kind: &str, label: &str) -> Vec<String> {
+    let args: Vec<&str> = match kind {
+        "container" => vec!["ps", "-a", "--filter", label, "--format", "{{.Names}}"],
+        "network" => vec!["network", "ls", "--filter", label, "--format", "{{.Name}}"],
+        "volume" => vec!["volume", "ls", "--filter", label, "--format", "{{.Name}}"],
+        other => panic!("unknown kind {other}"),
+    };
+    let r = sh("docker", &args);
+    r.stdout.lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+}

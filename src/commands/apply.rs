@@ -12,13 +12,22 @@ use crate::docker::{transfer_images, DockerHost};
 use crate::progress::HostLine;
 use crate::reconcile::{HostPlan, Step};
 
+/// Where the images a plan needs may come from.
+#[derive(Clone, Copy)]
+pub struct ImageSource<'a> {
+    /// The local engine, streamed from when it has an image.
+    pub local: Option<&'a DockerHost>,
+    /// Whether the host may pull from a registry as a last resort.
+    pub allow_pull: bool,
+}
+
 /// Apply `plan` on `host`. Images the steps need are made present first.
 pub async fn apply_host(
     host: &DockerHost,
     plan: &HostPlan,
     env: &str,
     line: &HostLine,
-    image_source: Option<&DockerHost>,
+    images_from: ImageSource<'_>,
 ) -> Result<()> {
     let images: BTreeSet<String> = plan
         .steps
@@ -30,7 +39,14 @@ pub async fn apply_host(
         .collect();
     if !images.is_empty() {
         line.step("images");
-        if let Err(e) = ensure_images(host, &images.into_iter().collect::<Vec<_>>(), image_source, line).await {
+        if let Err(e) = ensure_images(
+            host,
+            &images.into_iter().collect::<Vec<_>>(),
+            images_from.local,
+            images_from.allow_pull,
+            line,
+        )
+        .await {
             line.fail("images", &format!("{e:#}"));
             return Err(e);
         }
@@ -76,11 +92,14 @@ fn step_label(step: &Step) -> String {
 
 /// Make `images` present on `host`: already there; else streamed from the
 /// local engine when it has them (no registry needed, and no traffic beyond
-/// the operator's machine and the host); else pulled by the host.
+/// the operator's machine and the host); else pulled by the host, unless
+/// `allow_pull` is false (lab hosts: their images are always built here, and
+/// a pull would reach out to a public registry).
 pub async fn ensure_images(
     host: &DockerHost,
     images: &[String],
     source: Option<&DockerHost>,
+    allow_pull: bool,
     line: &HostLine,
 ) -> Result<()> {
     let mut missing = Vec::new();
@@ -108,6 +127,13 @@ pub async fn ensure_images(
             progress_line.bytes(&what, sent, (total > 0).then_some(total))
         })
         .await?;
+    }
+    if !allow_pull && !to_pull.is_empty() {
+        anyhow::bail!(
+            "image {} is neither on {} nor on the local engine; build it with scripts/build-images.sh",
+            to_pull.join(", "),
+            host.name
+        );
     }
     for image in to_pull {
         line.step(&format!("pull {image}"));

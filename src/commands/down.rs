@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{anyhow, Result};
 use tokio::sync::Semaphore;
 
-use super::{apply::apply_host, connect_hosts, Ctx};
+use super::{apply::{apply_host, ImageSource}, connect_hosts, Ctx};
 use crate::connect::{local_engine, Connector};
 use crate::error::EXIT_OK;
 use crate::lab;
@@ -55,7 +55,8 @@ pub async fn run(ctx: &Ctx, keep_data: bool) -> Result<u8> {
             };
             let observed = conn.host.observe(&t.name).await?;
             let plan = plan_down(&a.host.name, &observed, keep_data);
-            apply_host(&conn.host, &plan, &t.name, &a.line, None).await?;
+            let no_images = ImageSource { local: None, allow_pull: false };
+            apply_host(&conn.host, &plan, &t.name, &a.line, no_images).await?;
             if plan.is_noop() {
                 a.line.ok("nothing of this environment here");
             }

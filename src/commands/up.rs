@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use tokio::sync::Semaphore;
 
-use super::{apply::apply_host, connect_hosts, join_or, Attempt, Ctx};
+use super::{apply::{apply_host, ImageSource}, connect_hosts, join_or, Attempt, Ctx};
 use crate::connect::{local_engine, Connection, Connector};
 use crate::consul;
 use crate::desired::{desired_state, object_name, Secrets};
@@ -61,7 +61,8 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
             let conn = a.result.as_ref().expect("all hosts are connected here");
             let observed = conn.host.observe(&t.name).await?;
             let plan = plan_up(want, &observed);
-            apply_host(&conn.host, &plan, &t.name, &a.line, local).await?;
+            let images_from = ImageSource { local, allow_pull: !a.host.is_lab() };
+            apply_host(&conn.host, &plan, &t.name, &a.line, images_from).await?;
             a.line.finish();
             Ok::<_, anyhow::Error>(plan)
         }

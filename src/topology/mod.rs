@@ -62,11 +62,24 @@ pub fn load(path: &Path) -> Result<Topology> {
 /// resolve relative paths inside the file.
 pub fn parse(text: &str, path: &Path) -> Result<Topology> {
     let shown = path.display().to_string();
+    let only_comments = text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---");
+    if only_comments {
+        let diag = diag::Diagnostic { line: 0, column: 0, message: "the file is empty; a topology needs at least `name:` and `hosts:`".into(), hint: None };
+        return Err(input(diag.render(&shown, text).trim_end().to_string()));
+    }
     let raw: raw::RawTopology = serde_saphyr::from_str(text).map_err(|e| {
-        let rendered = e.render_with_options(serde_saphyr::render_options! {
-            source_name: Some(shown.as_str()),
-        });
-        input(rendered.trim_end().to_string())
+        // Rendered like our own checks' diagnostics: one style for all.
+        use serde_saphyr::MessageFormatter as _;
+        let message = serde_saphyr::DefaultMessageFormatter
+            .format_message(&e)
+            .replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+        let diag = match e.location() {
+            Some(loc) => diag::Diagnostic::at(&loc, message),
+            None => diag::Diagnostic { line: 0, column: 0, message, hint: None },
+        };
+        input(diag.render(&shown, text).trim_end().to_string())
     })?;
     validate::validate(raw, path).map_err(|diags| {
         let mut out: Vec<String> = diags.iter().map(|d| d.render(&shown, text)).collect();

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The project's test command (the README's second command):
+# formatting, lints, unit tests, then integration tests against the real
+# Docker engine with a real local lab (Docker-in-Docker hosts over SSH).
+# Needs a running Docker daemon, debootstrap and ssh (see .ci/run).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "release build (goes into the agent image)"
+cargo build --release --locked
+
+step "images"
+STAGECTL_BIN=target/release/stagectl ./scripts/build-images.sh
+
+step "unit and integration tests"
+# Snapshots must match what is committed; a missing one is a failure.
+INSTA_UPDATE=no cargo test --locked --all-targets

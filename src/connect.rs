@@ -62,7 +62,11 @@ impl Connector {
             .prefix("stagectl-")
             .tempdir_in("/tmp")
             .context("cannot create a private folder for sockets")?;
-        Ok(Connector { runtime_dir, timeout, lab })
+        Ok(Connector {
+            runtime_dir,
+            timeout,
+            lab,
+        })
     }
 
     /// Keys for lab hosts, once the lab exists.
@@ -79,7 +83,11 @@ impl Connector {
     /// booting (sshd or dockerd not up yet) are retried until the deadline.
     pub async fn connect(&self, host: &Host) -> Result<Connection> {
         // A lab host just created needs a few seconds for sshd and dockerd.
-        let timeout = if host.is_lab() { self.timeout.max(LAB_BOOT_TIMEOUT) } else { self.timeout };
+        let timeout = if host.is_lab() {
+            self.timeout.max(LAB_BOOT_TIMEOUT)
+        } else {
+            self.timeout
+        };
         let deadline = Instant::now() + timeout;
         loop {
             let attempt = tokio::time::timeout_at(deadline.into(), self.try_connect(host)).await;
@@ -99,11 +107,19 @@ impl Connector {
     async fn try_connect(&self, host: &Host) -> Result<Connection> {
         let (docker, transport, ssh) = match &host.endpoint {
             Endpoint::Unix { path } => (
-                Docker::connect_with_unix(&path.to_string_lossy(), API_TIMEOUT_SECS, API_DEFAULT_VERSION)?,
+                Docker::connect_with_unix(
+                    &path.to_string_lossy(),
+                    API_TIMEOUT_SECS,
+                    API_DEFAULT_VERSION,
+                )?,
                 "unix",
                 None,
             ),
-            Endpoint::Tcp { host: h, port, tls: Some(tls) } => (
+            Endpoint::Tcp {
+                host: h,
+                port,
+                tls: Some(tls),
+            } => (
                 Docker::connect_with_ssl(
                     &format!("{h}:{port}"),
                     &tls.key,
@@ -115,8 +131,16 @@ impl Connector {
                 "tls",
                 None,
             ),
-            Endpoint::Tcp { host: h, port, tls: None } => (
-                Docker::connect_with_http(&format!("{h}:{port}"), API_TIMEOUT_SECS, API_DEFAULT_VERSION)?,
+            Endpoint::Tcp {
+                host: h,
+                port,
+                tls: None,
+            } => (
+                Docker::connect_with_http(
+                    &format!("{h}:{port}"),
+                    API_TIMEOUT_SECS,
+                    API_DEFAULT_VERSION,
+                )?,
                 "tcp",
                 None,
             ),
@@ -142,17 +166,31 @@ impl Connector {
         };
         let docker = docker.negotiate_version().await.map_err(engine_error)?;
         let dh = DockerHost::new(host.name.clone(), docker);
-        let engine_version = dh.engine_version().await.map_err(|e| engine_error_any(e))?;
-        Ok(Connection { host: dh, engine_version, transport, _ssh: ssh })
+        let engine_version = dh.engine_version().await.map_err(engine_error_any)?;
+        Ok(Connection {
+            host: dh,
+            engine_version,
+            transport,
+            _ssh: ssh,
+        })
     }
 
     fn unix_docker(&self, socket: &Path) -> Result<Docker> {
-        Ok(Docker::connect_with_unix(&socket.to_string_lossy(), API_TIMEOUT_SECS, API_DEFAULT_VERSION)?)
+        Ok(Docker::connect_with_unix(
+            &socket.to_string_lossy(),
+            API_TIMEOUT_SECS,
+            API_DEFAULT_VERSION,
+        )?)
     }
 
     /// Open an SSH master and forward the remote Docker socket to a local one.
     /// `hermetic` ignores the user's ssh config (lab hosts are ours alone).
-    async fn ssh_forward(&self, name: &str, t: &SshTarget, hermetic: bool) -> Result<(Session, PathBuf)> {
+    async fn ssh_forward(
+        &self,
+        name: &str,
+        t: &SshTarget,
+        hermetic: bool,
+    ) -> Result<(Session, PathBuf)> {
         let mut b = SessionBuilder::default();
         b.user(t.user.clone())
             .port(t.port)
@@ -173,9 +211,18 @@ impl Connector {
         let socket = self.runtime_dir.path().join(format!("{name}.sock"));
         let _ = std::fs::remove_file(&socket);
         session
-            .request_port_forward(ForwardType::Local, socket.clone(), PathBuf::from("/var/run/docker.sock"))
+            .request_port_forward(
+                ForwardType::Local,
+                socket.clone(),
+                PathBuf::from("/var/run/docker.sock"),
+            )
             .await
-            .map_err(|e| anyhow!("cannot forward the Docker socket over SSH: {}", error_text(&e)))?;
+            .map_err(|e| {
+                anyhow!(
+                    "cannot forward the Docker socket over SSH: {}",
+                    error_text(&e)
+                )
+            })?;
         Ok((session, socket))
     }
 }
@@ -184,7 +231,9 @@ impl Connector {
 fn ssh_error(e: openssh::Error, t: &SshTarget) -> anyhow::Error {
     let text = error_text(&e);
     let mut msg = if text.is_empty() { e.to_string() } else { text };
-    if msg.contains("Host key verification failed") || msg.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+    if msg.contains("Host key verification failed")
+        || msg.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+    {
         let file = t
             .known_hosts
             .as_ref()
@@ -195,7 +244,10 @@ fn ssh_error(e: openssh::Error, t: &SshTarget) -> anyhow::Error {
             t.port, t.host
         ));
     } else if msg.contains("Permission denied") {
-        msg.push_str(&format!("\n  the key was refused; check `ssh.user` ({}) and `ssh.identity_file`", t.user));
+        msg.push_str(&format!(
+            "\n  the key was refused; check `ssh.user` ({}) and `ssh.identity_file`",
+            t.user
+        ));
     }
     anyhow!(msg)
 }

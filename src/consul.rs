@@ -17,7 +17,8 @@ use crate::docker::DockerHost;
 /// 32 random bytes, base64: what `consul keygen` produces.
 pub fn generate_gossip_key() -> Result<String> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the gossip key: {e}"))?;
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no randomness for the gossip key: {e}"))?;
     Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
@@ -48,18 +49,25 @@ pub struct ClusterView {
 
 impl ClusterView {
     pub fn leader(&self) -> Option<&str> {
-        self.peers.iter().find(|p| p.state == "leader").map(|p| p.node.as_str())
+        self.peers
+            .iter()
+            .find(|p| p.state == "leader")
+            .map(|p| p.node.as_str())
     }
 
     pub fn is_alive(&self, node: &str) -> bool {
-        self.members.iter().any(|m| m.node == node && m.status == "alive")
+        self.members
+            .iter()
+            .any(|m| m.node == node && m.status == "alive")
     }
 }
 
 /// Rows of a whitespace-aligned CLI table, as maps from header to cell.
 fn table_rows(text: &str) -> Vec<std::collections::HashMap<String, String>> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let Some(header) = lines.next() else { return vec![] };
+    let Some(header) = lines.next() else {
+        return vec![];
+    };
     let headers: Vec<String> = header.split_whitespace().map(str::to_string).collect();
     lines
         .map(|l| {
@@ -103,7 +111,11 @@ pub fn parse_raft_peers(text: &str) -> Vec<RaftPeer> {
 }
 
 /// Ask the agent on `host` for members and raft peers.
-pub async fn cluster_view(host: &DockerHost, container: &str, http_port: u16) -> Result<ClusterView> {
+pub async fn cluster_view(
+    host: &DockerHost,
+    container: &str,
+    http_port: u16,
+) -> Result<ClusterView> {
     let env = vec![format!("CONSUL_HTTP_ADDR=127.0.0.1:{http_port}")];
     let members = host
         .exec(container, &["consul", "members"], &env)
@@ -112,11 +124,19 @@ pub async fn cluster_view(host: &DockerHost, container: &str, http_port: u16) ->
     // A client agent, or a server before election, has no raft answer: that
     // is "no leader yet", not an error.
     let peers = host
-        .exec(container, &["consul", "operator", "raft", "list-peers"], &env)
+        .exec(
+            container,
+            &["consul", "operator", "raft", "list-peers"],
+            &env,
+        )
         .await?;
     Ok(ClusterView {
         members: parse_members(&members),
-        peers: if peers.code == 0 { parse_raft_peers(&peers.stdout) } else { vec![] },
+        peers: if peers.code == 0 {
+            parse_raft_peers(&peers.stdout)
+        } else {
+            vec![]
+        },
     })
 }
 
@@ -143,7 +163,9 @@ pub async fn wait_for_cluster(
                 match (view.leader(), missing.is_empty()) {
                     (Some(_), true) => return Ok(view),
                     (None, true) => last_problem = "all members alive but no leader elected".into(),
-                    (_, false) => last_problem = format!("not an alive member: {}", missing.join(", ")),
+                    (_, false) => {
+                        last_problem = format!("not an alive member: {}", missing.join(", "))
+                    }
                 }
             }
             Err(e) => last_problem = format!("{e:#}"),
@@ -195,7 +217,10 @@ host-2  9a0e2f55-7c1c-1b7e-4a43-2b1d8f1e0d22  10.77.0.12:8300  leader    true   
 
     #[test]
     fn members_and_leader_are_parsed() {
-        let view = ClusterView { members: parse_members(MEMBERS), peers: parse_raft_peers(PEERS) };
+        let view = ClusterView {
+            members: parse_members(MEMBERS),
+            peers: parse_raft_peers(PEERS),
+        };
         assert_eq!(view.members.len(), 3);
         assert_eq!(view.members[2].kind, "client");
         assert!(view.is_alive("host-1"));
@@ -207,7 +232,9 @@ host-2  9a0e2f55-7c1c-1b7e-4a43-2b1d8f1e0d22  10.77.0.12:8300  leader    true   
     #[test]
     fn empty_or_garbage_output_gives_nothing() {
         assert!(parse_members("").is_empty());
-        assert!(parse_raft_peers("Error retrieving peers: Unexpected response code: 500").is_empty());
+        assert!(
+            parse_raft_peers("Error retrieving peers: Unexpected response code: 500").is_empty()
+        );
         let view = ClusterView::default();
         assert_eq!(view.leader(), None);
     }
@@ -217,7 +244,9 @@ host-2  9a0e2f55-7c1c-1b7e-4a43-2b1d8f1e0d22  10.77.0.12:8300  leader    true   
         let a = generate_gossip_key().unwrap();
         let b = generate_gossip_key().unwrap();
         assert_ne!(a, b);
-        let raw = base64::engine::general_purpose::STANDARD.decode(&a).unwrap();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&a)
+            .unwrap();
         assert_eq!(raw.len(), 32);
     }
 }

@@ -86,7 +86,11 @@ pub struct FileSpec {
 
 impl std::fmt::Debug for FileSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FileSpec({}, {:o}, sha256 {})", self.path, self.mode, self.content_sha256)
+        write!(
+            f,
+            "FileSpec({}, {:o}, sha256 {})",
+            self.path, self.mode, self.content_sha256
+        )
     }
 }
 
@@ -145,7 +149,11 @@ fn base_labels(topology: &Topology, host: &Host, component: &str) -> BTreeMap<St
 
 /// The Consul agent: a server on server hosts, a client elsewhere; host
 /// networking so it binds and advertises the host's own address.
-fn consul_agent(topology: &Topology, host: &Host, secrets: &Secrets) -> (ContainerSpec, VolumeSpec) {
+fn consul_agent(
+    topology: &Topology,
+    host: &Host,
+    secrets: &Secrets,
+) -> (ContainerSpec, VolumeSpec) {
     let ports = &topology.ports;
     let ip = host.advertise.to_string();
     let mut cmd: Vec<String> = vec![
@@ -171,7 +179,10 @@ fn consul_agent(topology: &Topology, host: &Host, secrets: &Secrets) -> (Contain
     ];
     if host.consul_server {
         cmd.push("-server".into());
-        cmd.push(format!("-bootstrap-expect={}", topology.consul.bootstrap_expect));
+        cmd.push(format!(
+            "-bootstrap-expect={}",
+            topology.consul.bootstrap_expect
+        ));
     }
     let joins: Vec<String> = topology
         .consul_servers()
@@ -196,7 +207,10 @@ fn consul_agent(topology: &Topology, host: &Host, secrets: &Secrets) -> (Contain
     })
     .to_string();
     let role = if host.consul_server {
-        format!("server (bootstrap-expect {})", topology.consul.bootstrap_expect)
+        format!(
+            "server (bootstrap-expect {})",
+            topology.consul.bootstrap_expect
+        )
     } else {
         "client".into()
     };
@@ -241,7 +255,9 @@ mod tests {
     }
 
     fn secrets() -> Secrets {
-        Secrets { gossip_key: "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY3OA==".into() }
+        Secrets {
+            gossip_key: "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY3OA==".into(),
+        }
     }
 
     const THREE: &str = "name: qa\nlab: { subnet: 10.77.0.0/24 }\nhosts:\n  host-1: { driver: local, address: 10.77.0.11, roles: [app] }\n  host-2: { driver: local, address: 10.77.0.12, roles: [app] }\n  host-3: { driver: local, address: 10.77.0.13, roles: [lb] }\n";
@@ -258,7 +274,9 @@ mod tests {
         let state = desired_state(&t, &secrets());
         let host1 = &state[0].containers[0];
         assert!(!host1.cmd.iter().any(|a| a == "-server"));
-        assert!(host1.cmd.contains(&"-retry-join=10.77.0.12:8301".to_string()));
+        assert!(host1
+            .cmd
+            .contains(&"-retry-join=10.77.0.12:8301".to_string()));
         let host2 = &state[1].containers[0];
         assert!(host2.cmd.contains(&"-bootstrap-expect=1".to_string()));
         assert!(!host2.cmd.iter().any(|a| a.starts_with("-retry-join")));
@@ -284,7 +302,9 @@ mod tests {
         assert_eq!(a.hash(), b.hash());
         b.cmd.push("-ui".into());
         assert_ne!(a.hash(), b.hash());
-        let other_key = Secrets { gossip_key: "b3RoZXI=".into() };
+        let other_key = Secrets {
+            gossip_key: "b3RoZXI=".into(),
+        };
         let c = desired_state(&t, &other_key)[0].containers[0].clone();
         assert_ne!(a.hash(), c.hash());
     }

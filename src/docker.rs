@@ -36,13 +36,19 @@ pub struct DockerHost {
 pub fn is_not_found(err: &bollard::errors::Error) -> bool {
     matches!(
         err,
-        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
     )
 }
 
 impl DockerHost {
     pub fn new(name: impl Into<String>, docker: Docker) -> Self {
-        DockerHost { name: name.into(), docker }
+        DockerHost {
+            name: name.into(),
+            docker,
+        }
     }
 
     /// The engine's version string, e.g. `20.10.24+dfsg1`.
@@ -65,7 +71,9 @@ impl DockerHost {
             .with_context(|| format!("{}: cannot list containers", self.name))?;
         let volumes = self
             .docker
-            .list_volumes(Some(ListVolumesOptions { filters: Some(filter) }))
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(filter),
+            }))
             .await
             .with_context(|| format!("{}: cannot list volumes", self.name))?;
         let mut observed = Observed {
@@ -107,7 +115,10 @@ impl DockerHost {
             .docker
             .list_containers(Some(ListContainersOptions {
                 all: true,
-                filters: Some(HashMap::from([("label".to_string(), vec![labels::ENV.to_string()])])),
+                filters: Some(HashMap::from([(
+                    "label".to_string(),
+                    vec![labels::ENV.to_string()],
+                )])),
                 ..Default::default()
             }))
             .await?;
@@ -158,7 +169,11 @@ impl DockerHost {
             .map(|m| DockerMount {
                 target: Some(m.target.clone()),
                 source: Some(m.source.clone()),
-                typ: Some(if m.bind { MountType::BIND } else { MountType::VOLUME }),
+                typ: Some(if m.bind {
+                    MountType::BIND
+                } else {
+                    MountType::VOLUME
+                }),
                 read_only: Some(m.read_only),
                 ..Default::default()
             })
@@ -182,7 +197,10 @@ impl DockerHost {
         let created = self
             .docker
             .create_container(
-                Some(CreateContainerOptions { name: Some(spec.name.clone()), platform: String::new() }),
+                Some(CreateContainerOptions {
+                    name: Some(spec.name.clone()),
+                    platform: String::new(),
+                }),
                 body,
             )
             .await
@@ -209,7 +227,10 @@ impl DockerHost {
         self.docker
             .upload_to_container(
                 id,
-                Some(UploadToContainerOptions { path: "/".into(), ..Default::default() }),
+                Some(UploadToContainerOptions {
+                    path: "/".into(),
+                    ..Default::default()
+                }),
                 bollard::body_full(tar.into()),
             )
             .await?;
@@ -220,12 +241,21 @@ impl DockerHost {
     pub async fn remove_container(&self, id: &str) -> Result<()> {
         match self
             .docker
-            .remove_container(id, Some(RemoveContainerOptions { force: true, v: true, link: false }))
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    link: false,
+                }),
+            )
             .await
         {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("{}: cannot remove container {id}", self.name)),
+            Err(e) => {
+                Err(e).with_context(|| format!("{}: cannot remove container {id}", self.name))
+            }
         }
     }
 
@@ -248,7 +278,9 @@ impl DockerHost {
             .with_context(|| format!("{}: cannot exec in {container}", self.name))?;
         let mut stdout = String::new();
         let mut stderr = String::new();
-        if let StartExecResults::Attached { mut output, .. } = self.docker.start_exec(&exec.id, None).await? {
+        if let StartExecResults::Attached { mut output, .. } =
+            self.docker.start_exec(&exec.id, None).await?
+        {
             while let Some(chunk) = output.next().await {
                 match chunk? {
                     bollard::container::LogOutput::StdErr { message } => {
@@ -258,21 +290,37 @@ impl DockerHost {
                 }
             }
         }
-        let code = self.docker.inspect_exec(&exec.id).await?.exit_code.unwrap_or(-1);
-        Ok(ExecOutput { code, stdout, stderr })
+        let code = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await?
+            .exit_code
+            .unwrap_or(-1);
+        Ok(ExecOutput {
+            code,
+            stdout,
+            stderr,
+        })
     }
 
     pub async fn has_image(&self, reference: &str) -> Result<bool> {
         match self.docker.inspect_image(reference).await {
             Ok(_) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(e).with_context(|| format!("{}: cannot inspect image {reference}", self.name)),
+            Err(e) => {
+                Err(e).with_context(|| format!("{}: cannot inspect image {reference}", self.name))
+            }
         }
     }
 
     /// Size in bytes of a local image (for progress bars).
     pub async fn image_size(&self, reference: &str) -> Option<u64> {
-        self.docker.inspect_image(reference).await.ok()?.size.map(|s| s.max(0) as u64)
+        self.docker
+            .inspect_image(reference)
+            .await
+            .ok()?
+            .size
+            .map(|s| s.max(0) as u64)
     }
 }
 
@@ -295,12 +343,22 @@ pub async fn transfer_images(
             sent += chunk.len() as u64;
             progress(sent);
         });
-    let mut results = to
-        .docker
-        .import_image_stream(ImportImageOptions { quiet: true, ..Default::default() }, stream, None);
+    let mut results = to.docker.import_image_stream(
+        ImportImageOptions {
+            quiet: true,
+            ..Default::default()
+        },
+        stream,
+        None,
+    );
     while let Some(r) = results.next().await {
         let info = r.with_context(|| {
-            format!("cannot load {} from {} into {}", references.join(", "), from.name, to.name)
+            format!(
+                "cannot load {} from {} into {}",
+                references.join(", "),
+                from.name,
+                to.name
+            )
         })?;
         if let Some(err) = info.error_detail.and_then(|d| d.message) {
             anyhow::bail!("{}: loading {}: {err}", to.name, references.join(", "));
@@ -356,7 +414,10 @@ mod tests {
             .unwrap()
             .map(|e| {
                 let e = e.unwrap();
-                (e.path().unwrap().display().to_string(), e.header().mode().unwrap())
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().mode().unwrap(),
+                )
             })
             .collect();
         assert_eq!(

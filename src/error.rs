@@ -28,7 +28,8 @@ pub fn input(msg: impl Into<String>) -> anyhow::Error {
 
 /// True when any error in the chain is an input error.
 pub fn is_input_error(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| e.downcast_ref::<InputError>().is_some())
+    err.chain()
+        .any(|e| e.downcast_ref::<InputError>().is_some())
 }
 
 /// Exit codes, in one place.

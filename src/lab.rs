@@ -20,7 +20,9 @@ use bollard::models::{
     ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
     NetworkCreateRequest, NetworkingConfig,
 };
-use bollard::query_parameters::{CreateContainerOptions, ListContainersOptions, ListNetworksOptions};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, ListNetworksOptions,
+};
 
 use crate::connect::LabAccess;
 use crate::desired::FileSpec;
@@ -32,7 +34,10 @@ use crate::topology::{Endpoint, Lab, Topology};
 /// Keys and known_hosts of a lab, under the state directory.
 pub fn access(state: &StateDir, lab: &str) -> LabAccess {
     let dir = state.lab_dir(lab);
-    LabAccess { identity: dir.join("id_ed25519"), known_hosts: dir.join("known_hosts") }
+    LabAccess {
+        identity: dir.join("id_ed25519"),
+        known_hosts: dir.join("known_hosts"),
+    }
 }
 
 pub fn network_name(lab: &str) -> String {
@@ -55,7 +60,9 @@ pub async fn observe(local: &DockerHost, lab: &str) -> Result<LabObserved> {
     let filter = labels::filter(labels::LAB, lab);
     let nets = local
         .docker
-        .list_networks(Some(ListNetworksOptions { filters: Some(filter.clone()) }))
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(filter.clone()),
+        }))
         .await
         .context("cannot list networks on the local engine")?;
     let containers = local
@@ -82,7 +89,11 @@ pub async fn observe(local: &DockerHost, lab: &str) -> Result<LabObserved> {
 
 /// Create whatever of the lab is missing: keys, bridge, host containers.
 /// Idempotent; existing hosts are started if stopped, never recreated.
-pub async fn ensure(local: &DockerHost, topology: &Topology, state: &StateDir) -> Result<LabAccess> {
+pub async fn ensure(
+    local: &DockerHost,
+    topology: &Topology,
+    state: &StateDir,
+) -> Result<LabAccess> {
     let lab = topology.lab.as_ref().context("the topology has no lab")?;
     let access = access(state, &lab.name);
     ensure_keys(state, topology, lab, &access)?;
@@ -98,7 +109,9 @@ pub async fn ensure(local: &DockerHost, topology: &Topology, state: &StateDir) -
     };
     let client_pub = std::fs::read(access.identity.with_extension("pub"))?;
     for host in topology.lab_hosts() {
-        let Endpoint::Lab { ip } = host.endpoint else { continue };
+        let Endpoint::Lab { ip } = host.endpoint else {
+            continue;
+        };
         match observed.hosts.get(&host.name) {
             Some((_, true)) => {}
             Some((id, false)) => local
@@ -123,7 +136,10 @@ pub async fn ensure(local: &DockerHost, topology: &Topology, state: &StateDir) -
                         // everything else a nested dockerd needs is granted.
                         cap_add: Some(vec!["ALL".into()]),
                         cap_drop: Some(vec!["SYS_RESOURCE".into()]),
-                        security_opt: Some(vec!["seccomp=unconfined".into(), "apparmor=unconfined".into()]),
+                        security_opt: Some(vec![
+                            "seccomp=unconfined".into(),
+                            "apparmor=unconfined".into(),
+                        ]),
                         binds: Some(vec!["/sys/fs/cgroup:/sys/fs/cgroup".into()]),
                         network_mode: Some(network.clone()),
                         ..Default::default()
@@ -145,15 +161,26 @@ pub async fn ensure(local: &DockerHost, topology: &Topology, state: &StateDir) -
                 let created = local
                     .docker
                     .create_container(
-                        Some(CreateContainerOptions { name: Some(name.clone()), platform: String::new() }),
+                        Some(CreateContainerOptions {
+                            name: Some(name.clone()),
+                            platform: String::new(),
+                        }),
                         body,
                     )
                     .await
                     .with_context(|| format!("cannot create lab host {} ({ip})", host.name))?;
                 let host_dir = state.lab_dir(&lab.name).join("hosts").join(&host.name);
                 let files = vec![
-                    FileSpec::new("/etc/ssh/ssh_host_ed25519_key", 0o600, std::fs::read(host_dir.join("ssh_host_ed25519_key"))?),
-                    FileSpec::new("/etc/ssh/ssh_host_ed25519_key.pub", 0o644, std::fs::read(host_dir.join("ssh_host_ed25519_key.pub"))?),
+                    FileSpec::new(
+                        "/etc/ssh/ssh_host_ed25519_key",
+                        0o600,
+                        std::fs::read(host_dir.join("ssh_host_ed25519_key"))?,
+                    ),
+                    FileSpec::new(
+                        "/etc/ssh/ssh_host_ed25519_key.pub",
+                        0o644,
+                        std::fs::read(host_dir.join("ssh_host_ed25519_key.pub"))?,
+                    ),
                     FileSpec::new("/root/.ssh/authorized_keys", 0o600, client_pub.clone()),
                 ];
                 local.upload_files(&created.id, &files).await?;
@@ -198,7 +225,9 @@ fn ensure_keys(state: &StateDir, topology: &Topology, lab: &Lab, access: &LabAcc
     keygen(&access.identity, &format!("stagectl-lab-{}", lab.name))?;
     let mut known = String::new();
     for host in topology.lab_hosts() {
-        let Endpoint::Lab { ip } = host.endpoint else { continue };
+        let Endpoint::Lab { ip } = host.endpoint else {
+            continue;
+        };
         let host_dir = dir.join("hosts").join(&host.name);
         private_dir(&host_dir)?;
         let key = host_dir.join("ssh_host_ed25519_key");
@@ -206,7 +235,10 @@ fn ensure_keys(state: &StateDir, topology: &Topology, lab: &Lab, access: &LabAcc
         let public = std::fs::read_to_string(key.with_extension("pub"))?;
         let mut parts = public.split_whitespace();
         let (Some(kind), Some(b64)) = (parts.next(), parts.next()) else {
-            bail!("{} is not an SSH public key", key.with_extension("pub").display());
+            bail!(
+                "{} is not an SSH public key",
+                key.with_extension("pub").display()
+            );
         };
         known.push_str(&format!("{ip} {kind} {b64}\n"));
     }
@@ -223,7 +255,10 @@ fn keygen(path: &Path, comment: &str) -> Result<()> {
         .output()
         .context("cannot run ssh-keygen (install openssh-client)")?;
     if !out.status.success() {
-        bail!("ssh-keygen failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ssh-keygen failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }

@@ -26,16 +26,28 @@ impl Reporter {
         let multi = std::io::stderr()
             .is_terminal()
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-        Reporter { multi, width: host_name_width.max(7), quiet: false }
+        Reporter {
+            multi,
+            width: host_name_width.max(7),
+            quiet: false,
+        }
     }
 
     pub fn plain(host_name_width: usize) -> Self {
-        Reporter { multi: None, width: host_name_width.max(7), quiet: false }
+        Reporter {
+            multi: None,
+            width: host_name_width.max(7),
+            quiet: false,
+        }
     }
 
     /// Reports nothing (for commands that print their own summary).
     pub fn quiet() -> Self {
-        Reporter { multi: None, width: 7, quiet: true }
+        Reporter {
+            multi: None,
+            width: 7,
+            quiet: true,
+        }
     }
 
     pub fn host(&self, name: &str) -> HostLine {

@@ -30,12 +30,31 @@ pub struct ObservedContainer {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Step {
-    CreateVolume { volume: VolumeSpec },
-    Create { spec: ContainerSpec, cause: String },
-    Replace { spec: ContainerSpec, old_id: String, cause: String },
-    Start { name: String, id: String, cause: String },
-    Remove { name: String, id: String, cause: String },
-    RemoveVolume { name: String },
+    CreateVolume {
+        volume: VolumeSpec,
+    },
+    Create {
+        spec: ContainerSpec,
+        cause: String,
+    },
+    Replace {
+        spec: ContainerSpec,
+        old_id: String,
+        cause: String,
+    },
+    Start {
+        name: String,
+        id: String,
+        cause: String,
+    },
+    Remove {
+        name: String,
+        id: String,
+        cause: String,
+    },
+    RemoveVolume {
+        name: String,
+    },
 }
 
 impl Step {
@@ -128,7 +147,11 @@ pub fn plan_up(desired: &HostState, observed: &Observed) -> HostPlan {
             Some(_) => unchanged.push(spec.name.clone()),
         }
     }
-    HostPlan { host: desired.host.clone(), steps, unchanged }
+    HostPlan {
+        host: desired.host.clone(),
+        steps,
+        unchanged,
+    }
 }
 
 /// Plan `down` for one host: everything of the environment goes, volumes too
@@ -144,9 +167,18 @@ pub fn plan_down(host: &str, observed: &Observed, keep_data: bool) -> HostPlan {
         })
         .collect();
     if !keep_data {
-        steps.extend(observed.volumes.iter().map(|v| Step::RemoveVolume { name: v.clone() }));
+        steps.extend(
+            observed
+                .volumes
+                .iter()
+                .map(|v| Step::RemoveVolume { name: v.clone() }),
+        );
     }
-    HostPlan { host: host.to_string(), steps, unchanged: vec![] }
+    HostPlan {
+        host: host.to_string(),
+        steps,
+        unchanged: vec![],
+    }
 }
 
 /// Counts for the summary line.
@@ -222,7 +254,12 @@ mod tests {
             Path::new("t.yaml"),
         )
         .unwrap();
-        desired_state(&t, &Secrets { gossip_key: "a2V5".into() })
+        desired_state(
+            &t,
+            &Secrets {
+                gossip_key: "a2V5".into(),
+            },
+        )
     }
 
     fn running(spec: &ContainerSpec, hash: Option<String>, running: bool) -> ObservedContainer {
@@ -237,7 +274,11 @@ mod tests {
 
     fn converged(h: &HostState) -> Observed {
         Observed {
-            containers: h.containers.iter().map(|c| running(c, Some(c.hash()), true)).collect(),
+            containers: h
+                .containers
+                .iter()
+                .map(|c| running(c, Some(c.hash()), true))
+                .collect(),
             volumes: h.volumes.iter().map(|v| v.name.clone()).collect(),
         }
     }
@@ -247,7 +288,13 @@ mod tests {
         let s = state();
         let plans: Vec<HostPlan> = s.iter().map(|h| plan_up(h, &Observed::default())).collect();
         insta::assert_snapshot!(render(&plans));
-        assert_eq!(totals(&plans), Totals { create: 6, ..Default::default() });
+        assert_eq!(
+            totals(&plans),
+            Totals {
+                create: 6,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]

@@ -37,7 +37,8 @@ impl StateDir {
         if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
             return Ok(Self::new(PathBuf::from(dir).join("stagectl")));
         }
-        let home = std::env::var_os("HOME").context("neither STAGECTL_STATE_DIR nor HOME is set")?;
+        let home =
+            std::env::var_os("HOME").context("neither STAGECTL_STATE_DIR nor HOME is set")?;
         Ok(Self::new(PathBuf::from(home).join(".local/state/stagectl")))
     }
 

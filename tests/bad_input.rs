@@ -18,31 +18,60 @@ fn check(path: &Path, location: Option<&str>, text: &str) {
     let r = stagectl(state.path(), &["-f", path.to_str().unwrap(), "validate"]);
     let shown = path.display();
     assert!(started.elapsed().as_secs() < 10, "{shown}: took too long");
-    assert_eq!(r.code, 2, "{shown}: exit code\nstdout: {}\nstderr: {}", r.stdout, r.stderr);
-    assert!(!r.stderr.contains("panicked"), "{shown}: panicked: {}", r.stderr);
+    assert_eq!(
+        r.code, 2,
+        "{shown}: exit code\nstdout: {}\nstderr: {}",
+        r.stdout, r.stderr
+    );
+    assert!(
+        !r.stderr.contains("panicked"),
+        "{shown}: panicked: {}",
+        r.stderr
+    );
     assert!(r.stderr.starts_with("error: "), "{shown}: {}", r.stderr);
     if let Some(loc) = location {
         let want = format!("{shown}:{loc}");
-        assert!(r.stderr.contains(&want), "{shown}: expected location {want} in:\n{}", r.stderr);
+        assert!(
+            r.stderr.contains(&want),
+            "{shown}: expected location {want} in:\n{}",
+            r.stderr
+        );
     }
-    assert!(r.stderr.contains(text), "{shown}: expected `{text}` in:\n{}", r.stderr);
+    assert!(
+        r.stderr.contains(text),
+        "{shown}: expected `{text}` in:\n{}",
+        r.stderr
+    );
     // `plan` and `up` refuse the same file before touching anything.
     for cmd in ["plan", "up"] {
         let again = stagectl(state.path(), &["-f", path.to_str().unwrap(), cmd]);
         assert_eq!(again.code, 2, "{shown}: {cmd} exit code: {}", again.stderr);
     }
-    assert!(!state.path().join("envs").exists(), "{shown}: nothing may be written for bad input");
+    assert!(
+        !state.path().join("envs").exists(),
+        "{shown}: nothing may be written for bad input"
+    );
 }
 
 #[test]
 fn every_broken_topology_in_the_corpus_is_refused_with_its_location() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-topologies");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert!(files.len() >= 20, "the corpus is there");
     for f in files {
-        let first = std::fs::read_to_string(&f).unwrap().lines().next().unwrap_or("").to_string();
-        let spec = first.strip_prefix("# expect ").unwrap_or_else(|| panic!("{}: first line is `# expect L:C text`", f.display()));
+        let first = std::fs::read_to_string(&f)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let spec = first
+            .strip_prefix("# expect ")
+            .unwrap_or_else(|| panic!("{}: first line is `# expect L:C text`", f.display()));
         let (loc, text) = spec.split_once(' ').unwrap();
         // 0:0: the problem is the whole file, so there is no position.
         check(&f, (loc != "0:0").then_some(loc), text);
@@ -57,7 +86,11 @@ fn files_that_cannot_be_topologies() {
     check(dir.path(), None, "is not a file");
 
     let huge = dir.path().join("huge.yaml");
-    std::fs::write(&huge, format!("name: demo\n#{}\n", "x".repeat(2 * 1024 * 1024))).unwrap();
+    std::fs::write(
+        &huge,
+        format!("name: demo\n#{}\n", "x".repeat(2 * 1024 * 1024)),
+    )
+    .unwrap();
     check(&huge, None, "may be at most");
 
     let binary = dir.path().join("binary.yaml");
@@ -74,7 +107,10 @@ fn usage_errors_exit_2_and_help_exits_0() {
     let state = tempfile::tempdir().unwrap();
     assert_eq!(stagectl(state.path(), &["frobnicate"]).code, 2);
     assert_eq!(stagectl(state.path(), &["status", "-o", "xml"]).code, 2);
-    assert_eq!(stagectl(state.path(), &["--connect-timeout", "0", "plan"]).code, 2);
+    assert_eq!(
+        stagectl(state.path(), &["--connect-timeout", "0", "plan"]).code,
+        2
+    );
     let help = stagectl(state.path(), &["--help"]);
     assert_eq!(help.code, 0);
     assert!(help.stdout.contains("Exit codes"));

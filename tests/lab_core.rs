@@ -19,8 +19,17 @@ fn lab_up_converges_idempotently_and_down_leaves_nothing() {
     let _ = sh("docker", &["rm", "-f", "itcore-bystander"]);
     sh(
         "docker",
-        &["run", "-d", "--name", "itcore-bystander", "--label", "io.stagectl.env=itcore-other",
-          "stagectl/base:bookworm", "sleep", "infinity"],
+        &[
+            "run",
+            "-d",
+            "--name",
+            "itcore-bystander",
+            "--label",
+            "io.stagectl.env=itcore-other",
+            "stagectl/base:bookworm",
+            "sleep",
+            "infinity",
+        ],
     )
     .expect_ok("starting the bystander container");
 
@@ -40,27 +49,61 @@ fn lab_up_converges_idempotently_and_down_leaves_nothing() {
     // The Consul HTTP API listens on the host's loopback only.
     let listening = env.ssh(1, "docker exec itcore-consul consul members -http-addr=http://127.0.0.1:8500 >/dev/null && echo ok");
     assert!(listening.stdout.contains("ok"), "{}", listening.stderr);
-    let exposed = sh("bash", &["-c", &format!("exec 3<>/dev/tcp/{}/8500 && echo open || echo closed", env.ip(1))]);
-    assert!(!exposed.stdout.contains("open"), "Consul's HTTP API must not be reachable from outside the host");
+    let exposed = sh(
+        "bash",
+        &[
+            "-c",
+            &format!(
+                "exec 3<>/dev/tcp/{}/8500 && echo open || echo closed",
+                env.ip(1)
+            ),
+        ],
+    );
+    assert!(
+        !exposed.stdout.contains("open"),
+        "Consul's HTTP API must not be reachable from outside the host"
+    );
 
-    let ids_before = env.ssh(1, "docker ps -q --no-trunc --filter label=io.stagectl.env=itcore").expect_ok("ssh");
+    let ids_before = env
+        .ssh(
+            1,
+            "docker ps -q --no-trunc --filter label=io.stagectl.env=itcore",
+        )
+        .expect_ok("ssh");
     let again = env.run(&["up"]).expect_ok("second up");
     assert!(
-        again.stdout.contains("0 to create, 0 to replace, 0 to start, 0 to remove, 3 unchanged"),
+        again
+            .stdout
+            .contains("0 to create, 0 to replace, 0 to start, 0 to remove, 3 unchanged"),
         "second up must change nothing: {}",
         again.stdout
     );
-    let ids_after = env.ssh(1, "docker ps -q --no-trunc --filter label=io.stagectl.env=itcore").expect_ok("ssh");
+    let ids_after = env
+        .ssh(
+            1,
+            "docker ps -q --no-trunc --filter label=io.stagectl.env=itcore",
+        )
+        .expect_ok("ssh");
     assert_eq!(ids_before.stdout, ids_after.stdout);
     assert!(!ids_before.stdout.trim().is_empty());
     outputs += &(again.stdout + &again.stderr);
 
     // A container removed by hand is recreated, and only that one.
-    env.ssh(2, "docker rm -f itcore-consul").expect_ok("removing consul by hand");
+    env.ssh(2, "docker rm -f itcore-consul")
+        .expect_ok("removing consul by hand");
     let plan = env.run(&["plan"]).expect_ok("plan");
-    assert!(plan.stdout.contains("1 to create, 0 to replace, 0 to start, 0 to remove, 2 unchanged"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("1 to create, 0 to replace, 0 to start, 0 to remove, 2 unchanged"),
+        "{}",
+        plan.stdout
+    );
     let repaired = env.run(&["up"]).expect_ok("up after removal");
-    assert!(repaired.stdout.contains("1 to create"), "{}", repaired.stdout);
+    assert!(
+        repaired.stdout.contains("1 to create"),
+        "{}",
+        repaired.stdout
+    );
     assert_eq!(env.status_json()["healthy"], true);
     outputs += &(plan.stdout + &repaired.stdout + &repaired.stderr);
 
@@ -82,15 +125,33 @@ fn lab_up_converges_idempotently_and_down_leaves_nothing() {
     .unwrap();
     let refused = stagectl(&env.state(), &["-f", strict.to_str().unwrap(), "up"]);
     assert_eq!(refused.code, 1, "{}", refused.stderr);
-    assert!(refused.stderr.contains(&format!("far (ssh://root@{}:22)", env.ip(1))), "{}", refused.stderr);
-    assert!(refused.stderr.contains("Host key verification failed"), "{}", refused.stderr);
-    let untouched = env.ssh(1, "docker ps -aq --filter label=io.stagectl.env=itkey").expect_ok("ssh");
-    assert!(untouched.stdout.trim().is_empty(), "nothing may be created on a refused host");
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("far (ssh://root@{}:22)", env.ip(1))),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("Host key verification failed"),
+        "{}",
+        refused.stderr
+    );
+    let untouched = env
+        .ssh(1, "docker ps -aq --filter label=io.stagectl.env=itkey")
+        .expect_ok("ssh");
+    assert!(
+        untouched.stdout.trim().is_empty(),
+        "nothing may be created on a refused host"
+    );
 
     // The gossip key is never printed.
     let key = std::fs::read_to_string(env.state().join("envs/itcore/gossip.key")).unwrap();
     assert!(key.trim().len() >= 40);
-    assert!(!outputs.contains(key.trim()), "the gossip key must not appear in any output");
+    assert!(
+        !outputs.contains(key.trim()),
+        "the gossip key must not appear in any output"
+    );
 
     let down = env.run(&["down"]).expect_ok("down");
     assert!(down.stdout.contains("itcore is down"), "{}", down.stdout);
@@ -98,9 +159,18 @@ fn lab_up_converges_idempotently_and_down_leaves_nothing() {
     assert!(local_objects("network", "label=io.stagectl.lab=itcore").is_empty());
     assert!(local_objects("container", "label=io.stagectl.env=itcore").is_empty());
     assert!(local_objects("volume", "label=io.stagectl.env=itcore").is_empty());
-    assert!(!env.state().join("envs/itcore").exists(), "the gossip key must be gone");
-    assert!(!env.state().join("labs/itcore").exists(), "the lab keys must be gone");
-    assert_eq!(local_objects("container", "name=itcore-bystander"), vec!["itcore-bystander".to_string()]);
+    assert!(
+        !env.state().join("envs/itcore").exists(),
+        "the gossip key must be gone"
+    );
+    assert!(
+        !env.state().join("labs/itcore").exists(),
+        "the lab keys must be gone"
+    );
+    assert_eq!(
+        local_objects("container", "name=itcore-bystander"),
+        vec!["itcore-bystander".to_string()]
+    );
 
     // `down` again, with nothing left anywhere: no error.
     env.run(&["down"]).expect_ok("second down");
@@ -117,17 +187,42 @@ fn unreachable_host_fails_up_before_anything_is_created() {
         "name: itunreach\nlab: { subnet: 10.77.52.0/24 }\nhosts:\n  far: { address: ssh://root@127.0.0.1:1, roles: [app] }\n  near-1: { driver: local, address: 10.77.52.11, roles: [lb] }\n  near-2: { driver: local, address: 10.77.52.12 }\n",
     )
     .unwrap();
-    let r = stagectl(&dir.path().join("state"), &["-f", topo.to_str().unwrap(), "up"]);
+    let r = stagectl(
+        &dir.path().join("state"),
+        &["-f", topo.to_str().unwrap(), "up"],
+    );
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("far (ssh://root@127.0.0.1:1)"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("far (ssh://root@127.0.0.1:1)"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("refused"), "{}", r.stderr);
-    assert!(r.stderr.contains("nothing was changed on near-1 or near-2"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("nothing was changed on near-1 or near-2"),
+        "{}",
+        r.stderr
+    );
     assert!(local_objects("network", "label=io.stagectl.lab=itunreach").is_empty());
     assert!(local_objects("container", "label=io.stagectl.lab=itunreach").is_empty());
-    assert!(!dir.path().join("state/envs/itunreach").exists(), "no key is generated");
+    assert!(
+        !dir.path().join("state/envs/itunreach").exists(),
+        "no key is generated"
+    );
     // And `down` where the environment never existed is not an error, as
     // long as the hosts answer; here the remote one does not.
-    let down = stagectl(&dir.path().join("state"), &["-f", topo.to_str().unwrap(), "down"]);
-    assert_eq!(down.code, 1, "an unreachable host makes down fail: {}", down.stderr);
-    assert!(down.stderr.contains("far (ssh://root@127.0.0.1:1)"), "{}", down.stderr);
+    let down = stagectl(
+        &dir.path().join("state"),
+        &["-f", topo.to_str().unwrap(), "down"],
+    );
+    assert_eq!(
+        down.code, 1,
+        "an unreachable host makes down fail: {}",
+        down.stderr
+    );
+    assert!(
+        down.stderr.contains("far (ssh://root@127.0.0.1:1)"),
+        "{}",
+        down.stderr
+    );
 }

@@ -46,7 +46,8 @@ pub async fn apply_host(
             images_from.allow_pull,
             line,
         )
-        .await {
+        .await
+        {
             line.fail("images", &format!("{e:#}"));
             return Err(e);
         }
@@ -138,7 +139,10 @@ pub async fn ensure_images(
     for image in to_pull {
         line.step(&format!("pull {image}"));
         let mut pull = host.docker.create_image(
-            Some(CreateImageOptions { from_image: Some(image.clone()), ..Default::default() }),
+            Some(CreateImageOptions {
+                from_image: Some(image.clone()),
+                ..Default::default()
+            }),
             None,
             None,
         );

@@ -11,7 +11,10 @@ use std::time::Instant;
 use anyhow::{anyhow, Result};
 use tokio::sync::Semaphore;
 
-use super::{apply::{apply_host, ImageSource}, connect_hosts, Ctx};
+use super::{
+    apply::{apply_host, ImageSource},
+    connect_hosts, Ctx,
+};
 use crate::connect::{local_engine, Connector};
 use crate::error::EXIT_OK;
 use crate::lab;
@@ -55,7 +58,10 @@ pub async fn run(ctx: &Ctx, keep_data: bool) -> Result<u8> {
             };
             let observed = conn.host.observe(&t.name).await?;
             let plan = plan_down(&a.host.name, &observed, keep_data);
-            let no_images = ImageSource { local: None, allow_pull: false };
+            let no_images = ImageSource {
+                local: None,
+                allow_pull: false,
+            };
             apply_host(&conn.host, &plan, &t.name, &a.line, no_images).await?;
             if plan.is_noop() {
                 a.line.ok("nothing of this environment here");
@@ -78,13 +84,23 @@ pub async fn run(ctx: &Ctx, keep_data: bool) -> Result<u8> {
 
     if let (Some(lab), Some((local, _))) = (&t.lab, &lab_state) {
         if !failed.is_empty() {
-            reporter.println(&format!("lab {} kept: not every host could be checked", lab.name));
+            reporter.println(&format!(
+                "lab {} kept: not every host could be checked",
+                lab.name
+            ));
         } else if other_envs.is_empty() {
             let n = lab::remove(local, &lab.name, &ctx.state).await?;
-            reporter.println(&format!("lab {}: {n} hosts, bridge and keys removed", lab.name));
+            reporter.println(&format!(
+                "lab {}: {n} hosts, bridge and keys removed",
+                lab.name
+            ));
         } else {
             let names: Vec<String> = other_envs.iter().cloned().collect();
-            reporter.println(&format!("lab {} kept: still used by {}", lab.name, names.join(", ")));
+            reporter.println(&format!(
+                "lab {} kept: still used by {}",
+                lab.name,
+                names.join(", ")
+            ));
         }
     }
     if !failed.is_empty() {
@@ -98,7 +114,11 @@ pub async fn run(ctx: &Ctx, keep_data: bool) -> Result<u8> {
         t.name,
         started.elapsed().as_secs_f64(),
         t.hosts.len(),
-        if keep_data { " (data volumes and gossip key kept)" } else { "" }
+        if keep_data {
+            " (data volumes and gossip key kept)"
+        } else {
+            ""
+        }
     );
     Ok(EXIT_OK)
 }

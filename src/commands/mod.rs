@@ -45,7 +45,14 @@ impl Ctx {
     }
 
     pub fn reporter(&self) -> Reporter {
-        Reporter::new(self.topology.hosts.iter().map(|h| h.name.len()).max().unwrap_or(0))
+        Reporter::new(
+            self.topology
+                .hosts
+                .iter()
+                .map(|h| h.name.len())
+                .max()
+                .unwrap_or(0),
+        )
     }
 }
 
@@ -73,7 +80,11 @@ pub struct Attempt<'a> {
 }
 
 /// Connect to `hosts` in parallel, marking each line connected or failed.
-pub async fn connect_hosts<'a>(connector: &Connector, hosts: &[&'a Host], reporter: &Reporter) -> Vec<Attempt<'a>> {
+pub async fn connect_hosts<'a>(
+    connector: &Connector,
+    hosts: &[&'a Host],
+    reporter: &Reporter,
+) -> Vec<Attempt<'a>> {
     let lines: Vec<HostLine> = hosts.iter().map(|h| reporter.host(&h.name)).collect();
     for l in &lines {
         l.step("connecting");
@@ -85,7 +96,10 @@ pub async fn connect_hosts<'a>(connector: &Connector, hosts: &[&'a Host], report
         .zip(results)
         .map(|((host, line), result)| {
             match &result {
-                Ok(c) => line.ok(&format!("connected ({}, Docker {})", c.transport, c.engine_version)),
+                Ok(c) => line.ok(&format!(
+                    "connected ({}, Docker {})",
+                    c.transport, c.engine_version
+                )),
                 Err(e) => line.fail("connect", &format!("{e:#}")),
             }
             Attempt { host, line, result }

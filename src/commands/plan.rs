@@ -25,7 +25,11 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
         let local = local_engine().await?;
         let observed = lab::observe(&local, &lab.name).await?;
         if observed.network.is_none() {
-            lab_lines.push(format!("+ bridge {} ({})", lab::network_name(&lab.name), lab.subnet));
+            lab_lines.push(format!(
+                "+ bridge {} ({})",
+                lab::network_name(&lab.name),
+                lab.subnet
+            ));
         }
         for h in t.lab_hosts() {
             match observed.hosts.get(&h.name) {
@@ -51,7 +55,11 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
     // Progress goes to stderr and only while connecting; the plan itself is
     // stdout, so `plan > file` gives exactly the plan.
     let reporter = Reporter::plain(0);
-    let reachable: Vec<&Host> = t.hosts.iter().filter(|h| !lab_missing.contains(&h.name)).collect();
+    let reachable: Vec<&Host> = t
+        .hosts
+        .iter()
+        .filter(|h| !lab_missing.contains(&h.name))
+        .collect();
     let attempts = connect_hosts(&connector, &reachable, &reporter).await;
     let failed: Vec<String> = attempts
         .iter()
@@ -62,12 +70,21 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
     }
 
     let key = ctx.state.existing_gossip_key(&t.name)?;
-    let secrets = Secrets { gossip_key: key.unwrap_or_else(|| "(a new key)".into()) };
+    let secrets = Secrets {
+        gossip_key: key.unwrap_or_else(|| "(a new key)".into()),
+    };
     let desired = desired_state(t, &secrets);
     let mut plans: Vec<HostPlan> = Vec::new();
     for want in &desired {
         let observed = match attempts.iter().find(|a| a.host.name == want.host) {
-            Some(a) => a.result.as_ref().expect("checked above").host.observe(&t.name).await?,
+            Some(a) => {
+                a.result
+                    .as_ref()
+                    .expect("checked above")
+                    .host
+                    .observe(&t.name)
+                    .await?
+            }
             None => Observed::default(),
         };
         plans.push(plan_up(want, &observed));

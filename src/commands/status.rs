@@ -66,13 +66,21 @@ async fn gather(ctx: &Ctx) -> Result<Status> {
         let local = local_engine().await?;
         let observed = lab::observe(&local, &lab.name).await?;
         for h in t.lab_hosts() {
-            if !observed.hosts.get(&h.name).is_some_and(|(_, running)| *running) {
+            if !observed
+                .hosts
+                .get(&h.name)
+                .is_some_and(|(_, running)| *running)
+            {
                 missing_lab_hosts.push(h.name.clone());
             }
         }
         connector.set_lab(lab::access(&ctx.state, &lab.name));
     }
-    let hosts: Vec<_> = t.hosts.iter().filter(|h| !missing_lab_hosts.contains(&h.name)).collect();
+    let hosts: Vec<_> = t
+        .hosts
+        .iter()
+        .filter(|h| !missing_lab_hosts.contains(&h.name))
+        .collect();
     // Quiet: status prints its own tables; connection failures show there.
     let attempts = connect_hosts(&connector, &hosts, &Reporter::quiet()).await;
 
@@ -108,8 +116,15 @@ async fn gather(ctx: &Ctx) -> Result<Status> {
                         })
                         .collect();
                     let consul = object_name(&t.name, "consul");
-                    if view.is_none() && h.consul_server && observed.containers.iter().any(|c| c.name == consul && c.running) {
-                        if let Ok(v) = cluster_view(&conn.host, &consul, t.ports.consul_http).await {
+                    if view.is_none()
+                        && h.consul_server
+                        && observed
+                            .containers
+                            .iter()
+                            .any(|c| c.name == consul && c.running)
+                    {
+                        if let Ok(v) = cluster_view(&conn.host, &consul, t.ports.consul_http).await
+                        {
                             view = Some((h.name.clone(), v));
                         }
                     }
@@ -139,7 +154,11 @@ async fn gather(ctx: &Ctx) -> Result<Status> {
                 problems.push("consul: no leader".into());
             }
             for h in &t.hosts {
-                if !c.members.iter().any(|m| m.node == h.name && m.status == "alive") {
+                if !c
+                    .members
+                    .iter()
+                    .any(|m| m.node == h.name && m.status == "alive")
+                {
                     problems.push(format!("consul: {} is not an alive member", h.name));
                 }
             }
@@ -158,17 +177,36 @@ fn print_tables(s: &Status) {
     let leader = s.consul.as_ref().and_then(|c| c.leader.clone());
     let mut hosts = Table::new();
     hosts.load_style(NOTHING);
-    hosts.set_header(vec!["HOST", "ADDRESS", "DOCKER", "CONSUL", "CONTAINERS", "STATE"]);
+    hosts.set_header(vec![
+        "HOST",
+        "ADDRESS",
+        "DOCKER",
+        "CONSUL",
+        "CONTAINERS",
+        "STATE",
+    ]);
     for h in &s.hosts {
-        let consul = if leader.as_deref() == Some(h.name.as_str()) { "leader" } else { h.consul_role };
+        let consul = if leader.as_deref() == Some(h.name.as_str()) {
+            "leader"
+        } else {
+            h.consul_role
+        };
         let containers: Vec<String> = h
             .containers
             .iter()
-            .map(|c| if c.running { c.component.clone() } else { format!("{} (stopped)", c.component) })
+            .map(|c| {
+                if c.running {
+                    c.component.clone()
+                } else {
+                    format!("{} (stopped)", c.component)
+                }
+            })
             .collect();
         let state = match &h.error {
             Some(e) => format!("unreachable: {e}"),
-            None if h.containers.iter().all(|c| c.running) && !h.containers.is_empty() => "ok".into(),
+            None if h.containers.iter().all(|c| c.running) && !h.containers.is_empty() => {
+                "ok".into()
+            }
             None => "degraded".into(),
         };
         hosts.add_row(vec![
@@ -186,10 +224,24 @@ fn print_tables(s: &Status) {
         members.load_style(NOTHING);
         members.set_header(vec!["MEMBER", "ADDRESS", "STATUS", "TYPE"]);
         for m in &c.members {
-            let kind = if Some(&m.node) == c.leader.as_ref() { "server (leader)".to_string() } else { m.kind.clone() };
-            members.add_row(vec![m.node.clone(), m.address.clone(), m.status.clone(), kind]);
+            let kind = if Some(&m.node) == c.leader.as_ref() {
+                "server (leader)".to_string()
+            } else {
+                m.kind.clone()
+            };
+            members.add_row(vec![
+                m.node.clone(),
+                m.address.clone(),
+                m.status.clone(),
+                kind,
+            ]);
         }
-        println!("\nCONSUL  leader {}, {} servers (asked {})", c.leader.as_deref().unwrap_or("none"), c.servers, c.asked);
+        println!(
+            "\nCONSUL  leader {}, {} servers (asked {})",
+            c.leader.as_deref().unwrap_or("none"),
+            c.servers,
+            c.asked
+        );
         println!("{members}");
     }
     if s.healthy {

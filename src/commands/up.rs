@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use tokio::sync::Semaphore;
 
-use super::{apply::{apply_host, ImageSource}, connect_hosts, join_or, Attempt, Ctx};
+use super::{
+    apply::{apply_host, ImageSource},
+    connect_hosts, join_or, Attempt, Ctx,
+};
 use crate::connect::{local_engine, Connection, Connector};
 use crate::consul;
 use crate::desired::{desired_state, object_name, Secrets};
@@ -39,7 +42,12 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
     fail_if_unreachable(&attempts, t.hosts.iter().map(|h| h.name.as_str()))?;
 
     if let (Some(lab), Some(local)) = (&t.lab, &local) {
-        reporter.println(&format!("lab {}: {} hosts on {}", lab.name, lab_hosts.len(), lab.subnet));
+        reporter.println(&format!(
+            "lab {}: {} hosts on {}",
+            lab.name,
+            lab_hosts.len(),
+            lab.subnet
+        ));
         let access = lab::ensure(local, t, &ctx.state).await?;
         connector.set_lab(access);
         let lab_attempts = connect_hosts(&connector, &lab_hosts, &reporter).await;
@@ -49,7 +57,9 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
     // Back to topology order.
     attempts.sort_by_key(|a| t.hosts.iter().position(|h| h.name == a.host.name));
 
-    let secrets = Secrets { gossip_key: ctx.state.gossip_key(&t.name)? };
+    let secrets = Secrets {
+        gossip_key: ctx.state.gossip_key(&t.name)?,
+    };
     let desired = desired_state(t, &secrets);
 
     let limit = Arc::new(Semaphore::new(ctx.parallel));
@@ -61,7 +71,10 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
             let conn = a.result.as_ref().expect("all hosts are connected here");
             let observed = conn.host.observe(&t.name).await?;
             let plan = plan_up(want, &observed);
-            let images_from = ImageSource { local, allow_pull: !a.host.is_lab() };
+            let images_from = ImageSource {
+                local,
+                allow_pull: !a.host.is_lab(),
+            };
             apply_host(&conn.host, &plan, &t.name, &a.line, images_from).await?;
             a.line.finish();
             Ok::<_, anyhow::Error>(plan)
@@ -100,7 +113,13 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
         view.leader().unwrap_or("?"),
         expected.iter().filter(|n| view.is_alive(n)).count(),
         expected.len(),
-        w = t.hosts.iter().map(|h| h.name.len()).max().unwrap_or(0).max(7),
+        w = t
+            .hosts
+            .iter()
+            .map(|h| h.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(7),
     ));
     let totals = totals(&plans);
     println!(
@@ -112,7 +131,10 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
 }
 
 /// Stop before changing anything when a host cannot be reached.
-fn fail_if_unreachable<'a>(attempts: &[Attempt<'_>], all: impl Iterator<Item = &'a str>) -> Result<()> {
+fn fail_if_unreachable<'a>(
+    attempts: &[Attempt<'_>],
+    all: impl Iterator<Item = &'a str>,
+) -> Result<()> {
     let failed: Vec<String> = attempts
         .iter()
         .filter_map(|a| a.result.as_ref().err().map(|e| format!("{e:#}")))

@@ -66,7 +66,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Topology> {
         .lines()
         .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---");
     if only_comments {
-        let diag = diag::Diagnostic { line: 0, column: 0, message: "the file is empty; a topology needs at least `name:` and `hosts:`".into(), hint: None };
+        let diag = diag::Diagnostic {
+            line: 0,
+            column: 0,
+            message: "the file is empty; a topology needs at least `name:` and `hosts:`".into(),
+            hint: None,
+        };
         return Err(input(diag.render(&shown, text).trim_end().to_string()));
     }
     let raw: raw::RawTopology = serde_saphyr::from_str(text).map_err(|e| {
@@ -77,7 +82,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Topology> {
             .replace(", set DuplicateKeyPolicy in Options if acceptable", "");
         let diag = match e.location() {
             Some(loc) => diag::Diagnostic::at(&loc, message),
-            None => diag::Diagnostic { line: 0, column: 0, message, hint: None },
+            None => diag::Diagnostic {
+                line: 0,
+                column: 0,
+                message,
+                hint: None,
+            },
         };
         input(diag.render(&shown, text).trim_end().to_string())
     })?;

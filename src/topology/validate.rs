@@ -22,10 +22,7 @@ const MAX_NAME_LEN: usize = 32;
 pub fn validate(raw: RawTopology, source: &Path) -> Result<Topology, Vec<Diagnostic>> {
     let mut v = Validator {
         diags: Vec::new(),
-        base_dir: source
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default(),
+        base_dir: source.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
     let topology = v.topology(raw, source);
     if v.diags.is_empty() {
@@ -65,7 +62,10 @@ impl Validator {
             }
         }
         if raw.hosts.value.is_empty() {
-            self.error(&hosts_loc, "`hosts` is empty; a topology needs at least one host");
+            self.error(
+                &hosts_loc,
+                "`hosts` is empty; a topology needs at least one host",
+            );
         }
         self.unique_addresses(&raw.hosts.value, &hosts);
 
@@ -106,7 +106,10 @@ impl Validator {
                     if !(1..=3600).contains(&t.value) {
                         self.error(
                             &t.referenced,
-                            format!("join_timeout {} is out of range; expected 1 to 3600 seconds", t.value),
+                            format!(
+                                "join_timeout {} is out of range; expected 1 to 3600 seconds",
+                                t.value
+                            ),
                         );
                     }
                     t.value.clamp(1, 3600) as u64
@@ -169,13 +172,19 @@ impl Validator {
             Ok(net) => {
                 self.error(
                     &lab.value.subnet.referenced,
-                    format!("lab subnet /{} is not usable; expected a prefix from /8 to /29", net.prefix),
+                    format!(
+                        "lab subnet /{} is not usable; expected a prefix from /8 to /29",
+                        net.prefix
+                    ),
                 );
                 net
             }
             Err(e) => {
                 self.error(&lab.value.subnet.referenced, format!("lab subnet: {e}"));
-                Ipv4Net { addr: Ipv4Addr::UNSPECIFIED, prefix: 0 }
+                Ipv4Net {
+                    addr: Ipv4Addr::UNSPECIFIED,
+                    prefix: 0,
+                }
             }
         };
         Lab { name, subnet }
@@ -190,7 +199,11 @@ impl Validator {
     ) -> Option<Host> {
         let loc = host.referenced;
         self.name(
-            &Spanned { value: name.to_string(), referenced: loc, defined: loc },
+            &Spanned {
+                value: name.to_string(),
+                referenced: loc,
+                defined: loc,
+            },
             "host name",
         );
         let raw = &host.value;
@@ -198,11 +211,17 @@ impl Validator {
         let local = is_local(host);
 
         if raw.insecure.is_some() && !addr.value.starts_with("tcp://") {
-            self.error(&loc, format!("host {name}: `insecure` only applies to tcp:// addresses"));
+            self.error(
+                &loc,
+                format!("host {name}: `insecure` only applies to tcp:// addresses"),
+            );
         }
         if let Some(tls) = &raw.tls {
             if !addr.value.starts_with("tcp://") {
-                self.error(&tls.referenced, format!("host {name}: `tls` only applies to tcp:// addresses"));
+                self.error(
+                    &tls.referenced,
+                    format!("host {name}: `tls` only applies to tcp:// addresses"),
+                );
             }
         }
 
@@ -236,17 +255,17 @@ impl Validator {
                 }
             }
         } else {
-            match self.remote_endpoint(name, raw, default_ssh) {
-                Some(e) => e,
-                None => return None,
-            }
+            self.remote_endpoint(name, raw, default_ssh)?
         };
 
         let advertise = match (&raw.advertise, &endpoint) {
             (Some(a), _) => match a.value.parse::<IpAddr>() {
                 Ok(ip) => ip,
                 Err(_) => {
-                    self.error(&a.referenced, format!("host {name}: advertise `{}` is not an IP address", a.value));
+                    self.error(
+                        &a.referenced,
+                        format!("host {name}: advertise `{}` is not an IP address", a.value),
+                    );
                     return None;
                 }
             },
@@ -281,7 +300,10 @@ impl Validator {
                     RawRole::Lb => Role::Lb,
                 };
                 if !roles.insert(role_v) {
-                    self.error(&role.referenced, format!("host {name}: role `{role_v}` is listed twice"));
+                    self.error(
+                        &role.referenced,
+                        format!("host {name}: role `{role_v}` is listed twice"),
+                    );
                 }
             }
         }
@@ -295,7 +317,12 @@ impl Validator {
         })
     }
 
-    fn remote_endpoint(&mut self, name: &str, raw: &RawHost, default_ssh: &RawSsh) -> Option<Endpoint> {
+    fn remote_endpoint(
+        &mut self,
+        name: &str,
+        raw: &RawHost,
+        default_ssh: &RawSsh,
+    ) -> Option<Endpoint> {
         let addr = &raw.address;
         let Some((scheme, rest)) = addr.value.split_once("://") else {
             self.error_hint(
@@ -312,10 +339,7 @@ impl Validator {
                     Some((u, h)) => (Some(u), h),
                     None => (None, rest),
                 };
-                let (host, port) = match self.host_port(name, addr, hostport) {
-                    Some(hp) => hp,
-                    None => return None,
-                };
+                let (host, port) = self.host_port(name, addr, hostport)?;
                 let port = match (port, &ssh.port) {
                     (Some(p), _) => p,
                     (None, Some(p)) => self.port_value(p, "ssh port"),
@@ -326,11 +350,20 @@ impl Validator {
                     .or_else(|| ssh.user.as_ref().map(|u| u.value.clone()))
                     .unwrap_or_else(|| "root".into());
                 if user.is_empty() {
-                    self.error(&addr.referenced, format!("host {name}: empty user in `{}`", addr.value));
+                    self.error(
+                        &addr.referenced,
+                        format!("host {name}: empty user in `{}`", addr.value),
+                    );
                 }
                 let identity_file = ssh.identity_file.as_ref().map(|p| self.existing_file(p));
                 let known_hosts = ssh.known_hosts.as_ref().map(|p| self.existing_file(p));
-                Some(Endpoint::Ssh(SshTarget { user, host, port, identity_file, known_hosts }))
+                Some(Endpoint::Ssh(SshTarget {
+                    user,
+                    host,
+                    port,
+                    identity_file,
+                    known_hosts,
+                }))
             }
             "tcp" => {
                 let (host, port) = self.host_port(name, addr, rest)?;
@@ -339,8 +372,8 @@ impl Validator {
                     cert: self.existing_file(&t.value.cert),
                     key: self.existing_file(&t.value.key),
                 });
-                let loopback = host == "localhost"
-                    || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                let loopback =
+                    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
                 if tls.is_none() && !loopback && raw.insecure != Some(true) {
                     self.error_hint(
                         &addr.referenced,
@@ -356,7 +389,9 @@ impl Validator {
                     self.error(&addr.referenced, format!("host {name}: unix:// needs an absolute socket path, e.g. unix:///var/run/docker.sock"));
                     return None;
                 }
-                Some(Endpoint::Unix { path: PathBuf::from(rest) })
+                Some(Endpoint::Unix {
+                    path: PathBuf::from(rest),
+                })
             }
             other => {
                 self.error_hint(
@@ -370,7 +405,12 @@ impl Validator {
     }
 
     /// `host[:port]`, with `[v6]:port` brackets allowed.
-    fn host_port(&mut self, name: &str, addr: &Spanned<String>, s: &str) -> Option<(String, Option<u16>)> {
+    fn host_port(
+        &mut self,
+        name: &str,
+        addr: &Spanned<String>,
+        s: &str,
+    ) -> Option<(String, Option<u16>)> {
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
             match rest.split_once(']') {
                 Some((h, p)) => (h.to_string(), p.strip_prefix(':')),
@@ -383,18 +423,23 @@ impl Validator {
             }
         };
         if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
-            self.error(&addr.referenced, format!("host {name}: `{}` has no valid host name", addr.value));
+            self.error(
+                &addr.referenced,
+                format!("host {name}: `{}` has no valid host name", addr.value),
+            );
             return None;
         }
         let port = match port {
             None => None,
-            Some(p) => match p.parse::<u32>() {
-                Ok(n) if (1..=65535).contains(&n) => Some(n as u16),
-                _ => {
-                    self.error(&addr.referenced, format!("host {name}: port `{p}` in `{}` is out of range; expected 1 to 65535", addr.value));
-                    return None;
+            Some(p) => {
+                match p.parse::<u32>() {
+                    Ok(n) if (1..=65535).contains(&n) => Some(n as u16),
+                    _ => {
+                        self.error(&addr.referenced, format!("host {name}: port `{p}` in `{}` is out of range; expected 1 to 65535", addr.value));
+                        return None;
+                    }
                 }
-            },
+            }
         };
         Some((host, port))
     }
@@ -403,7 +448,10 @@ impl Validator {
         if (1..=65535).contains(&p.value) {
             p.value as u16
         } else {
-            self.error(&p.referenced, format!("{what} {} is out of range; expected 1 to 65535", p.value));
+            self.error(
+                &p.referenced,
+                format!("{what} {} is out of range; expected 1 to 65535", p.value),
+            );
             1
         }
     }
@@ -413,7 +461,10 @@ impl Validator {
         if let Err(e) = std::fs::metadata(&path) {
             // No host name: a path from the top-level `ssh:` is shared by
             // many hosts and is reported once.
-            self.error(&p.referenced, format!("cannot read {}: {e}", path.display()));
+            self.error(
+                &p.referenced,
+                format!("cannot read {}: {e}", path.display()),
+            );
         }
         path
     }
@@ -424,14 +475,23 @@ impl Validator {
         for h in hosts {
             let loc = raw[&h.name].referenced;
             if let Some(other) = seen_ip.insert(h.advertise, &h.name) {
-                self.error(&loc, format!("host {} has the same IP {} as host {other}", h.name, h.advertise));
+                self.error(
+                    &loc,
+                    format!(
+                        "host {} has the same IP {} as host {other}",
+                        h.name, h.advertise
+                    ),
+                );
             }
             let ep = match &h.endpoint {
                 Endpoint::Ssh(t) => format!("ssh://{}:{}", t.host, t.port),
                 other => other.to_string(),
             };
             if let Some(other) = seen_ep.insert(ep.clone(), &h.name) {
-                self.error(&loc, format!("host {} has the same address {ep} as host {other}", h.name));
+                self.error(
+                    &loc,
+                    format!("host {} has the same address {ep} as host {other}", h.name),
+                );
             }
         }
     }
@@ -449,10 +509,16 @@ impl Validator {
                 let mut bad = false;
                 for s in &list.value {
                     if !hosts.value.contains_key(&s.value) {
-                        self.error(&s.referenced, format!("consul server `{}` is not a host of this topology", s.value));
+                        self.error(
+                            &s.referenced,
+                            format!("consul server `{}` is not a host of this topology", s.value),
+                        );
                         bad = true;
                     } else if !set.insert(s.value.clone()) {
-                        self.error(&s.referenced, format!("consul server `{}` is listed twice", s.value));
+                        self.error(
+                            &s.referenced,
+                            format!("consul server `{}` is listed twice", s.value),
+                        );
                         bad = true;
                     }
                 }
@@ -467,7 +533,10 @@ impl Validator {
             return servers;
         }
         if servers.is_empty() {
-            self.error(&loc, "no Consul server; the cluster needs 1, 3 or 5 servers");
+            self.error(
+                &loc,
+                "no Consul server; the cluster needs 1, 3 or 5 servers",
+            );
         } else if servers.len() % 2 == 0 {
             let hint = if consul.servers.is_none() {
                 "every host is a server by default; list an odd number in `consul: { servers: [...] }`"
@@ -486,27 +555,58 @@ impl Validator {
     fn ports(&mut self, raw: RawPorts) -> Ports {
         let d = Ports::default();
         let get = |v: &Option<Spanned<i64>>, what: &str, default: u16, me: &mut Self| {
-            v.as_ref().map(|p| me.port_value(p, what)).unwrap_or(default)
+            v.as_ref()
+                .map(|p| me.port_value(p, what))
+                .unwrap_or(default)
         };
         let ports = Ports {
             lb_http: get(&raw.lb_http, "ports.lb_http", d.lb_http, self),
             consul_http: get(&raw.consul_http, "ports.consul_http", d.consul_http, self),
-            consul_serf_lan: get(&raw.consul_serf_lan, "ports.consul_serf_lan", d.consul_serf_lan, self),
-            consul_serf_wan: get(&raw.consul_serf_wan, "ports.consul_serf_wan", d.consul_serf_wan, self),
-            consul_server: get(&raw.consul_server, "ports.consul_server", d.consul_server, self),
+            consul_serf_lan: get(
+                &raw.consul_serf_lan,
+                "ports.consul_serf_lan",
+                d.consul_serf_lan,
+                self,
+            ),
+            consul_serf_wan: get(
+                &raw.consul_serf_wan,
+                "ports.consul_serf_wan",
+                d.consul_serf_wan,
+                self,
+            ),
+            consul_server: get(
+                &raw.consul_server,
+                "ports.consul_server",
+                d.consul_server,
+                self,
+            ),
         };
         let named = [
             ("lb_http", &raw.lb_http, ports.lb_http),
             ("consul_http", &raw.consul_http, ports.consul_http),
-            ("consul_serf_lan", &raw.consul_serf_lan, ports.consul_serf_lan),
-            ("consul_serf_wan", &raw.consul_serf_wan, ports.consul_serf_wan),
+            (
+                "consul_serf_lan",
+                &raw.consul_serf_lan,
+                ports.consul_serf_lan,
+            ),
+            (
+                "consul_serf_wan",
+                &raw.consul_serf_wan,
+                ports.consul_serf_wan,
+            ),
             ("consul_server", &raw.consul_server, ports.consul_server),
         ];
         let mut seen: HashMap<u16, &str> = HashMap::new();
         for (name, spanned, value) in named {
             if let Some(other) = seen.insert(value, name) {
-                let loc = spanned.as_ref().map(|s| s.referenced).unwrap_or(Location::UNKNOWN);
-                self.error(&loc, format!("ports.{name} {value} is also ports.{other}; every port must differ"));
+                let loc = spanned
+                    .as_ref()
+                    .map(|s| s.referenced)
+                    .unwrap_or(Location::UNKNOWN);
+                self.error(
+                    &loc,
+                    format!("ports.{name} {value} is also ports.{other}; every port must differ"),
+                );
             }
         }
         ports
@@ -524,7 +624,10 @@ impl Validator {
 }
 
 fn is_local(h: &Spanned<RawHost>) -> bool {
-    h.value.driver.as_ref().is_some_and(|d| d.value == RawDriver::Local)
+    h.value
+        .driver
+        .as_ref()
+        .is_some_and(|d| d.value == RawDriver::Local)
 }
 
 /// A host's `ssh:` keys win over the top-level defaults, key by key.

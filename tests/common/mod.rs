@@ -25,7 +25,11 @@ impl Run {
     }
 
     pub fn expect_ok(self, what: &str) -> Self {
-        assert_eq!(self.code, 0, "{what} failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "{what} failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -42,7 +46,12 @@ pub fn stagectl(state: &Path, args: &[&str]) -> Run {
 
 /// Run a command on this machine (docker CLI, ssh) and return its output.
 pub fn sh(program: &str, args: &[&str]) -> Run {
-    Run::from(Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}")))
+    Run::from(
+        Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}")),
+    )
 }
 
 /// An environment on its own lab, taken down on drop.
@@ -64,7 +73,12 @@ impl LabEnv {
         );
         let topology = dir.path().join("topology.yaml");
         std::fs::write(&topology, yaml).unwrap();
-        LabEnv { name: name.into(), dir, topology, subnet_prefix: prefix }
+        LabEnv {
+            name: name.into(),
+            dir,
+            topology,
+            subnet_prefix: prefix,
+        }
     }
 
     pub fn state(&self) -> PathBuf {
@@ -90,15 +104,26 @@ impl LabEnv {
         sh(
             "ssh",
             &[
-                "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", &known,
-                "-i", lab.join("id_ed25519").to_str().unwrap(), &dest, command,
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                &known,
+                "-i",
+                lab.join("id_ed25519").to_str().unwrap(),
+                &dest,
+                command,
             ],
         )
     }
 
     pub fn status_json(&self) -> serde_json::Value {
         let r = self.run(&["status", "-o", "json"]);
-        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("status -o json is JSON ({e}):\n{}\n{}", r.stdout, r.stderr))
+        serde_json::from_str(&r.stdout)
+            .unwrap_or_else(|e| panic!("status -o json is JSON ({e}):\n{}\n{}", r.stdout, r.stderr))
     }
 }
 
@@ -117,5 +142,9 @@ pub fn local_objects(kind: &str, label: &str) -> Vec<String> {
         other => panic!("unknown kind {other}"),
     };
     let r = sh("docker", &args);
-    r.stdout.lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+    r.stdout
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect()
 }

@@ -50,11 +50,75 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// Show a component's logs on a host (consul, register, nginx, template, or a service instance such as web-1)
+    Logs {
+        host: String,
+        component: String,
+        /// Keep following the log
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Lines from the end to start with
+        #[arg(long, default_value = "200")]
+        tail: String,
+    },
+    /// The agents that run in containers on the hosts (started by `up`)
+    #[command(subcommand, hide = true)]
+    Agent(AgentCommand),
     /// A tiny HTTP server answering with its instance identity (demo image)
     #[command(hide = true)]
     DemoHttp {
         #[arg(long, default_value_t = 8080)]
         port: u16,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Register this host's containers with published ports in Consul
+    Register {
+        #[arg(long)]
+        env: String,
+        /// Topology name of this host (part of every service ID)
+        #[arg(long)]
+        host: String,
+        /// The IP services are registered at
+        #[arg(long)]
+        advertise: String,
+        /// The local Consul agent's HTTP address
+        #[arg(long, default_value = "127.0.0.1:8500")]
+        consul: String,
+        /// Seconds between full resyncs
+        #[arg(long, default_value_t = 10)]
+        resync: u64,
+        /// Leave containers without an environment label alone
+        #[arg(long)]
+        only_labeled: bool,
+    },
+    /// Render the nginx config from Consul and reload nginx when it changes
+    Template {
+        #[arg(long)]
+        env: String,
+        #[arg(long, default_value = "127.0.0.1:8500")]
+        consul: String,
+        #[arg(long)]
+        nginx_container: String,
+        #[arg(long)]
+        conf_dir: PathBuf,
+        #[arg(long)]
+        template: Option<PathBuf>,
+        #[arg(long, default_value = "stagectl.test")]
+        domain: String,
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+        #[arg(long, default_value_t = 20)]
+        quiet_ms: u64,
+        #[arg(long, default_value_t = 250)]
+        max_wait_ms: u64,
+    },
+    /// Print every service's instances and their health as JSON
+    Services {
+        #[arg(long, default_value = "127.0.0.1:8500")]
+        consul: String,
     },
 }
 

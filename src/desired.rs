@@ -11,7 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::labels;
-use crate::topology::{Host, Topology};
+use crate::topology::{Host, Role, Service, Topology};
 
 /// Where the Consul agent keeps its state inside its container.
 pub const CONSUL_DATA_DIR: &str = "/consul/data";
@@ -57,6 +57,8 @@ pub struct ContainerSpec {
     /// `host` for agents that must bind the host's own address.
     pub network_mode: Option<String>,
     pub mounts: Vec<Mount>,
+    /// Container ports published on free host ports (TCP).
+    pub ports: Vec<u16>,
     /// Files written into the container after it is created and before it
     /// starts: how secrets get in without appearing in `docker inspect`.
     pub files: Vec<FileSpec>,
@@ -118,17 +120,203 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The desired state of every host, in topology order.
+/// The desired state of every host, in topology order. Within a host,
+/// containers are in start order: Consul first (the agents talk to it),
+/// nginx before the template agent that reloads it, services last.
 pub fn desired_state(topology: &Topology, secrets: &Secrets) -> Vec<HostState> {
     topology
         .hosts
         .iter()
         .map(|host| {
             let (consul, consul_volume) = consul_agent(topology, host, secrets);
-            HostState {
+            let mut state = HostState {
                 host: host.name.clone(),
                 containers: vec![consul],
                 volumes: vec![consul_volume],
+            };
+            if host.has_role(Role::App) {
+                state.containers.push(register_agent(topology, host));
+            }
+            if host.has_role(Role::Lb) {
+                let (nginx, template, volume) = load_balancer(topology, host);
+                state.volumes.push(volume);
+                state.containers.push(nginx);
+                state.containers.push(template);
+            }
+            for service in &topology.services {
+                if service.hosts.contains(&host.name) {
+                    state
+                        .containers
+                        .extend(service_instances(topology, host, service));
+                }
+            }
+            state
+        })
+        .collect()
+}
+
+/// The Docker socket, for the agents that watch or signal containers.
+fn docker_socket() -> Mount {
+    Mount {
+        source: "/var/run/docker.sock".into(),
+        target: "/var/run/docker.sock".into(),
+        read_only: false,
+        bind: true,
+    }
+}
+
+fn consul_addr(topology: &Topology) -> String {
+    format!("127.0.0.1:{}", topology.ports.consul_http)
+}
+
+/// The registration agent: containers of this host → Consul services.
+fn register_agent(topology: &Topology, host: &Host) -> ContainerSpec {
+    ContainerSpec {
+        name: object_name(&topology.name, "register"),
+        component: "register".into(),
+        image: topology.images.agent.clone(),
+        cmd: vec![
+            "agent".into(),
+            "register".into(),
+            format!("--env={}", topology.name),
+            format!("--host={}", host.name),
+            format!("--advertise={}", host.advertise),
+            format!("--consul={}", consul_addr(topology)),
+        ],
+        env: vec![],
+        labels: base_labels(topology, host, "register"),
+        network_mode: Some("host".into()),
+        mounts: vec![docker_socket()],
+        ports: vec![],
+        files: vec![],
+        summary: format!(
+            "registers containers of {} at {}",
+            host.name, host.advertise
+        ),
+    }
+}
+
+/// Where the template agent reads a user template from.
+pub const USER_TEMPLATE_PATH: &str = "/etc/stagectl/nginx.conf.j2";
+
+/// nginx, and the template agent that writes its config and reloads it;
+/// they share the config folder as a volume.
+fn load_balancer(topology: &Topology, host: &Host) -> (ContainerSpec, ContainerSpec, VolumeSpec) {
+    let volume = VolumeSpec {
+        name: object_name(&topology.name, "nginx-conf"),
+        component: "nginx".into(),
+    };
+    let nginx_name = object_name(&topology.name, "nginx");
+    let port = topology.ports.lb_http;
+    let nginx = ContainerSpec {
+        name: nginx_name.clone(),
+        component: "nginx".into(),
+        image: topology.images.nginx.clone(),
+        cmd: vec![],
+        env: vec![],
+        labels: base_labels(topology, host, "nginx"),
+        network_mode: Some("host".into()),
+        mounts: vec![Mount {
+            source: volume.name.clone(),
+            target: "/etc/nginx/conf.d".into(),
+            read_only: false,
+            bind: false,
+        }],
+        ports: vec![],
+        files: vec![],
+        summary: format!("load balancer on {}:{port}", host.advertise),
+    };
+    let lb = &topology.lb;
+    let mut cmd = vec![
+        "agent".into(),
+        "template".into(),
+        format!("--env={}", topology.name),
+        format!("--consul={}", consul_addr(topology)),
+        format!("--nginx-container={nginx_name}"),
+        "--conf-dir=/conf".into(),
+        format!("--domain={}", lb.domain),
+        format!("--port={port}"),
+        format!("--quiet-ms={}", lb.quiet_ms),
+        format!("--max-wait-ms={}", lb.max_wait_ms),
+    ];
+    let mut files = vec![];
+    if let Some((_, text)) = &lb.template {
+        cmd.push(format!("--template={USER_TEMPLATE_PATH}"));
+        files.push(FileSpec::new(
+            USER_TEMPLATE_PATH,
+            0o644,
+            text.clone().into_bytes(),
+        ));
+    }
+    let template = ContainerSpec {
+        name: object_name(&topology.name, "template"),
+        component: "template".into(),
+        image: topology.images.agent.clone(),
+        cmd,
+        env: vec![],
+        labels: base_labels(topology, host, "template"),
+        network_mode: Some("host".into()),
+        mounts: vec![
+            Mount {
+                source: volume.name.clone(),
+                target: "/conf".into(),
+                read_only: false,
+                bind: false,
+            },
+            docker_socket(),
+        ],
+        ports: vec![],
+        files,
+        summary: format!(
+            "routes <service>.{}.{} and /<service>/ (template: {})",
+            topology.name,
+            lb.domain,
+            lb.template
+                .as_ref()
+                .map(|(p, _)| p.display().to_string())
+                .unwrap_or_else(|| "built-in".into())
+        ),
+    };
+    (nginx, template, volume)
+}
+
+/// Label naming the service an instance belongs to.
+pub const SERVICE_LABEL: &str = "io.stagectl.service";
+
+fn service_instances(topology: &Topology, host: &Host, service: &Service) -> Vec<ContainerSpec> {
+    (1..=service.per_host)
+        .map(|i| {
+            let mut labels = base_labels(topology, host, "service");
+            labels.extend(service.labels.clone());
+            // Ours last: a user label cannot move an instance to another
+            // environment or hide it from `down`.
+            labels.insert(labels::ENV.into(), topology.name.clone());
+            labels.insert(labels::COMPONENT.into(), "service".into());
+            labels.insert(SERVICE_LABEL.into(), service.name.clone());
+            labels.insert("SERVICE_NAME".into(), service.name.clone());
+            if let Some(path) = &service.check_http {
+                labels.insert("SERVICE_CHECK_HTTP".into(), path.clone());
+            }
+            let env = service
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            ContainerSpec {
+                name: object_name(&topology.name, &format!("{}-{i}", service.name)),
+                component: format!("service {}", service.name),
+                image: service.image.clone(),
+                cmd: vec![],
+                env,
+                labels,
+                network_mode: None,
+                mounts: vec![],
+                ports: vec![service.port],
+                files: vec![],
+                summary: format!(
+                    "{} instance {i}, port {} published",
+                    service.name, service.port
+                ),
             }
         })
         .collect()
@@ -234,6 +422,7 @@ fn consul_agent(
             read_only: false,
             bind: false,
         }],
+        ports: vec![],
         files: vec![FileSpec::new(
             &format!("{CONSUL_CONFIG_DIR}/stagectl.json"),
             0o600,

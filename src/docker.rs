@@ -178,14 +178,31 @@ impl DockerHost {
                 ..Default::default()
             })
             .collect();
+        let port_keys: Vec<String> = spec.ports.iter().map(|p| format!("{p}/tcp")).collect();
+        // An empty host port asks the engine for a free one.
+        let bindings: bollard::models::PortMap = port_keys
+            .iter()
+            .map(|k| {
+                (
+                    k.clone(),
+                    Some(vec![bollard::models::PortBinding {
+                        host_ip: None,
+                        host_port: Some(String::new()),
+                    }]),
+                )
+            })
+            .collect();
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
-            cmd: Some(spec.cmd.clone()),
+            exposed_ports: (!port_keys.is_empty()).then_some(port_keys),
+            // No command: the image's own.
+            cmd: (!spec.cmd.is_empty()).then(|| spec.cmd.clone()),
             env: Some(spec.env.clone()),
             labels: Some(labels),
             host_config: Some(HostConfig {
                 network_mode: spec.network_mode.clone(),
                 mounts: Some(mounts),
+                port_bindings: (!bindings.is_empty()).then_some(bindings),
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                     maximum_retry_count: None,

@@ -12,10 +12,12 @@
 //! - [`commands`]: `up`, `down`, `plan`, `status`, `validate`: each wires the
 //!   above together and reports through [`progress`].
 
+pub mod agent;
 pub mod cli;
 pub mod commands;
 pub mod connect;
 pub mod consul;
+pub mod consul_http;
 pub mod desired;
 pub mod docker;
 pub mod error;

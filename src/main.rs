@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use stagectl::cli::Cli;
+use stagectl::cli::{Cli, Command};
 use stagectl::error::{is_input_error, EXIT_FAILED, EXIT_INPUT};
 
 fn main() -> ExitCode {
@@ -22,10 +22,15 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The agents wait on I/O almost always: one thread keeps them small.
+    // The CLI works on many hosts at once: a thread per core.
+    let mut builder = match cli.command {
+        Command::Agent(_) | Command::DemoHttp { .. } => {
+            tokio::runtime::Builder::new_current_thread()
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

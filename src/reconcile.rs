@@ -291,7 +291,7 @@ mod tests {
         assert_eq!(
             totals(&plans),
             Totals {
-                create: 6,
+                create: 10,
                 ..Default::default()
             }
         );
@@ -302,7 +302,10 @@ mod tests {
         let s = state();
         let p = plan_up(&s[0], &converged(&s[0]));
         assert!(p.is_noop(), "{p:?}");
-        assert_eq!(p.unchanged, vec!["qa-consul".to_string()]);
+        assert_eq!(
+            p.unchanged,
+            vec!["qa-consul".to_string(), "qa-register".to_string()]
+        );
     }
 
     #[test]
@@ -334,16 +337,17 @@ mod tests {
     fn removed_by_hand_is_recreated_volume_kept() {
         let s = state();
         let mut obs = converged(&s[0]);
-        obs.containers.clear();
+        obs.containers.retain(|c| c.name != "qa-register");
         let p = plan_up(&s[0], &obs);
-        assert!(matches!(&p.steps[..], [Step::Create { .. }]));
+        assert!(matches!(&p.steps[..], [Step::Create { spec, .. }] if spec.name == "qa-register"));
+        assert_eq!(p.unchanged, vec!["qa-consul".to_string()]);
     }
 
     #[test]
     fn down_removes_containers_and_volumes_unless_kept() {
         let s = state();
         let obs = converged(&s[0]);
-        assert_eq!(totals(&[plan_down("host-1", &obs, false)]).remove, 2);
+        assert_eq!(totals(&[plan_down("host-1", &obs, false)]).remove, 3);
         let keep = plan_down("host-1", &obs, true);
         assert!(keep.steps.iter().all(|s| matches!(s, Step::Remove { .. })));
         assert!(plan_down("host-1", &Observed::default(), false).is_noop());

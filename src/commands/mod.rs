@@ -4,9 +4,11 @@
 //! Shared here: loading the topology, connecting to a set of hosts with one
 //! progress line each, and the options every command takes.
 
+mod agent;
 mod apply;
 mod demo;
 mod down;
+mod logs;
 mod plan;
 mod status;
 mod up;
@@ -58,8 +60,10 @@ impl Ctx {
 
 /// Run the parsed command; the value is the exit code on success.
 pub async fn run(cli: Cli) -> Result<u8> {
-    if let Command::DemoHttp { port } = cli.command {
-        return demo::serve(port).await;
+    match cli.command {
+        Command::DemoHttp { port } => return demo::serve(port).await,
+        Command::Agent(agent) => return agent::run(agent).await,
+        _ => {}
     }
     let ctx = Ctx::load(&cli)?;
     match cli.command {
@@ -68,7 +72,13 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Up => up::run(&ctx).await,
         Command::Down { keep_data } => down::run(&ctx, keep_data).await,
         Command::Status { output } => status::run(&ctx, output).await,
-        Command::DemoHttp { .. } => unreachable!("handled above"),
+        Command::Logs {
+            host,
+            component,
+            follow,
+            tail,
+        } => logs::run(&ctx, &host, &component, follow, &tail).await,
+        Command::DemoHttp { .. } | Command::Agent(_) => unreachable!("handled above"),
     }
 }
 

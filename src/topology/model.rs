@@ -25,6 +25,9 @@ pub struct Topology {
     pub images: Images,
     pub consul: ConsulSettings,
     pub ports: Ports,
+    pub lb: LbSettings,
+    /// App services, in name order.
+    pub services: Vec<Service>,
 }
 
 impl Topology {
@@ -40,6 +43,47 @@ impl Topology {
     pub fn lab_hosts(&self) -> impl Iterator<Item = &Host> {
         self.hosts.iter().filter(|h| h.is_lab())
     }
+
+    pub fn lb_hosts(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().filter(|h| h.has_role(Role::Lb))
+    }
+}
+
+/// How the load balancer routes and reloads.
+#[derive(Debug, Clone, Serialize)]
+pub struct LbSettings {
+    /// Services answer as `<service>.<env>.<domain>`.
+    pub domain: String,
+    /// A user template (its path, and its text, read at validation).
+    pub template: Option<(PathBuf, String)>,
+    pub quiet_ms: u64,
+    pub max_wait_ms: u64,
+}
+
+impl Default for LbSettings {
+    fn default() -> Self {
+        LbSettings {
+            domain: "stagectl.test".into(),
+            template: None,
+            quiet_ms: 20,
+            max_wait_ms: 250,
+        }
+    }
+}
+
+/// An app service: instances of one image on some app hosts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub image: String,
+    /// The port it listens on in its container; published on a free host port.
+    pub port: u16,
+    pub hosts: Vec<String>,
+    pub per_host: u16,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub check_http: Option<String>,
+    pub drain_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -28,6 +28,52 @@ pub struct RawTopology {
     pub consul: Option<RawConsul>,
     #[serde(default)]
     pub ports: Option<RawPorts>,
+    #[serde(default)]
+    pub lb: Option<RawLb>,
+    /// App services to deploy; registered by the agents, not by `up`.
+    #[serde(default)]
+    pub services: Option<BTreeMap<String, Spanned<RawService>>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLb {
+    /// Services are served as `<service>.<env>.<domain>`.
+    #[serde(default)]
+    pub domain: Option<Spanned<String>>,
+    /// A minijinja template for the nginx config, instead of the built-in.
+    #[serde(default)]
+    pub template: Option<Spanned<String>>,
+    /// Quiet period before a burst of changes is applied.
+    #[serde(default)]
+    pub quiet_ms: Option<Spanned<i64>>,
+    /// Longest a change waits while changes keep coming.
+    #[serde(default)]
+    pub max_wait_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub image: Spanned<String>,
+    /// The port the service listens on inside its container.
+    pub port: Spanned<i64>,
+    /// Hosts to run on; default: every `app` host.
+    #[serde(default)]
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Instances per host.
+    #[serde(default)]
+    pub per_host: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Path of an HTTP health check; default: a TCP check on the port.
+    #[serde(default)]
+    pub check_http: Option<Spanned<String>>,
+    /// Seconds to wait between deregistering an instance and stopping it.
+    #[serde(default)]
+    pub drain_seconds: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -119,6 +119,8 @@ impl Validator {
 
         let ports = self.ports(raw.ports.unwrap_or_default());
         let images = self.images(raw.images.unwrap_or_default());
+        let lb = self.lb(raw.lb.unwrap_or_default());
+        let services = self.services(raw.services.unwrap_or_default(), &hosts);
 
         if lab.is_none() {
             if let Some(h) = raw.hosts.value.values().find(|h| is_local(h)) {
@@ -138,7 +140,209 @@ impl Validator {
             images,
             consul,
             ports,
+            lb,
+            services,
         }
+    }
+
+    fn lb(&mut self, raw: RawLb) -> LbSettings {
+        let d = LbSettings::default();
+        let domain = match raw.domain {
+            Some(dom) => {
+                let ok = !dom.value.is_empty()
+                    && dom.value.len() <= 200
+                    && dom.value.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.chars()
+                                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    });
+                if !ok {
+                    self.error(&dom.referenced, format!("lb.domain `{}` is not a DNS domain (lowercase labels separated by dots)", dom.value));
+                }
+                dom.value
+            }
+            None => d.domain,
+        };
+        let template = raw.template.map(|t| {
+            let path = expand_path(&t.value, &self.base_dir);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    if let Err(e) = minijinja::Environment::new().template_from_str(&text) {
+                        self.error(
+                            &t.referenced,
+                            format!("lb.template {}: {e}", path.display()),
+                        );
+                    }
+                    (path, text)
+                }
+                Err(e) => {
+                    self.error(
+                        &t.referenced,
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    (path, String::new())
+                }
+            }
+        });
+        let mut ms = |v: Option<Spanned<i64>>,
+                      what: &str,
+                      default: u64,
+                      range: std::ops::RangeInclusive<i64>| match v {
+            None => default,
+            Some(v) if range.contains(&v.value) => v.value as u64,
+            Some(v) => {
+                self.error(
+                    &v.referenced,
+                    format!(
+                        "lb.{what} {} is out of range; expected {} to {}",
+                        v.value,
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                default
+            }
+        };
+        let quiet_ms = ms(raw.quiet_ms, "quiet_ms", d.quiet_ms, 0..=10_000);
+        let max_wait_ms = ms(raw.max_wait_ms, "max_wait_ms", d.max_wait_ms, 1..=60_000);
+        LbSettings {
+            domain,
+            template,
+            quiet_ms,
+            max_wait_ms,
+        }
+    }
+
+    fn services(
+        &mut self,
+        raw: BTreeMap<String, Spanned<RawService>>,
+        hosts: &[Host],
+    ) -> Vec<Service> {
+        let mut out = Vec::new();
+        for (name, svc) in raw {
+            let loc = svc.referenced;
+            self.name(
+                &Spanned {
+                    value: name.clone(),
+                    referenced: loc,
+                    defined: loc,
+                },
+                "service name",
+            );
+            let s = svc.value;
+            if s.image.value.trim().is_empty() || s.image.value.contains(char::is_whitespace) {
+                self.error(
+                    &s.image.referenced,
+                    format!(
+                        "service {name}: `{}` is not an image reference",
+                        s.image.value
+                    ),
+                );
+            }
+            let port = self.port_value(&s.port, &format!("service {name}: port"));
+            let app_hosts: Vec<String> = hosts
+                .iter()
+                .filter(|h| h.has_role(Role::App))
+                .map(|h| h.name.clone())
+                .collect();
+            let on = match &s.hosts {
+                None => {
+                    if app_hosts.is_empty() {
+                        self.error(
+                            &loc,
+                            format!("service {name}: no host has the `app` role to run it"),
+                        );
+                    }
+                    app_hosts
+                }
+                Some(list) => {
+                    let mut on = Vec::new();
+                    for h in &list.value {
+                        match hosts.iter().find(|x| x.name == h.value) {
+                            None => self.error(
+                                &h.referenced,
+                                format!(
+                                    "service {name}: `{}` is not a host of this topology",
+                                    h.value
+                                ),
+                            ),
+                            Some(x) if !x.has_role(Role::App) => self.error_hint(
+                                &h.referenced,
+                                format!(
+                                    "service {name}: host {} does not have the `app` role",
+                                    h.value
+                                ),
+                                "services run on app hosts, where the registration agent runs",
+                            ),
+                            Some(_) if on.contains(&h.value) => self.error(
+                                &h.referenced,
+                                format!("service {name}: host {} is listed twice", h.value),
+                            ),
+                            Some(_) => on.push(h.value.clone()),
+                        }
+                    }
+                    if list.value.is_empty() {
+                        self.error(
+                            &list.referenced,
+                            format!("service {name}: `hosts` is empty"),
+                        );
+                    }
+                    on
+                }
+            };
+            let per_host = match &s.per_host {
+                None => 1,
+                Some(n) if (1..=50).contains(&n.value) => n.value as u16,
+                Some(n) => {
+                    self.error(
+                        &n.referenced,
+                        format!(
+                            "service {name}: per_host {} is out of range; expected 1 to 50",
+                            n.value
+                        ),
+                    );
+                    1
+                }
+            };
+            let drain_seconds = match &s.drain_seconds {
+                None => 2,
+                Some(n) if (0..=600).contains(&n.value) => n.value as u64,
+                Some(n) => {
+                    self.error(
+                        &n.referenced,
+                        format!(
+                            "service {name}: drain_seconds {} is out of range; expected 0 to 600",
+                            n.value
+                        ),
+                    );
+                    2
+                }
+            };
+            let check_http = s.check_http.map(|c| {
+                if !c.value.starts_with('/') || c.value.contains(char::is_whitespace) {
+                    self.error(
+                        &c.referenced,
+                        format!(
+                            "service {name}: check_http `{}` must be a path starting with /",
+                            c.value
+                        ),
+                    );
+                }
+                c.value
+            });
+            out.push(Service {
+                name,
+                image: s.image.value,
+                port,
+                hosts: on,
+                per_host,
+                env: s.env.unwrap_or_default(),
+                labels: s.labels.unwrap_or_default(),
+                check_http,
+                drain_seconds,
+            });
+        }
+        out
     }
 
     /// Names end up in Docker object names and Consul node names.

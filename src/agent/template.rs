@@ -1,0 +1,343 @@
+//! `stagectl agent template`: keeps nginx's configuration equal to the
+//! healthy instances in Consul.
+//!
+//! Blocking queries follow the service list and each service's healthy
+//! instances. Changes are coalesced (a short quiet period, a maximum wait),
+//! rendered, and only when the text differs from what nginx runs: written
+//! atomically into the folder shared with the nginx container, checked with
+//! `nginx -t` there, and loaded with SIGHUP. A config that fails the check
+//! is taken back; nginx keeps serving the last good one. What happened is
+//! written to `stagectl-status.json` beside the config for `stagectl status`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use bollard::query_parameters::KillContainerOptions;
+use bollard::Docker;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::coalesce::Coalescer;
+use super::log;
+use super::render::{render, RenderContext, BUILTIN_TEMPLATE};
+use crate::consul_http::{next_index, ConsulClient, Instance};
+use crate::docker::DockerHost;
+
+pub const CONFIG_FILE: &str = "stagectl.conf";
+pub const STATUS_FILE: &str = "stagectl-status.json";
+
+pub struct TemplateOptions {
+    pub env: String,
+    pub consul: String,
+    pub nginx_container: String,
+    pub conf_dir: PathBuf,
+    pub template: Option<PathBuf>,
+    pub domain: String,
+    pub port: u16,
+    pub quiet: Duration,
+    pub max_wait: Duration,
+}
+
+/// What the template agent last did, for `stagectl status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LbStatus {
+    pub env: String,
+    /// Unix seconds of the last reload attempt.
+    pub last_reload_at: Option<u64>,
+    pub last_reload_ok: Option<bool>,
+    pub last_error: Option<String>,
+    /// Short hash of the config nginx runs.
+    pub config: Option<String>,
+    pub reloads: u64,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Route {
+    pub service: String,
+    pub server_name: String,
+    pub path: String,
+    pub upstreams: Vec<String>,
+}
+
+enum Update {
+    Services(Vec<String>),
+    Instances(String, Vec<Instance>),
+}
+
+/// Blocking queries wait at most this long before answering unchanged.
+const WAIT: Duration = Duration::from_secs(30);
+
+pub async fn run(opts: TemplateOptions) -> Result<()> {
+    let template = match &opts.template {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read template {}", p.display()))?,
+        None => BUILTIN_TEMPLATE.to_string(),
+    };
+    let consul = ConsulClient::new(&opts.consul);
+    let docker =
+        Docker::connect_with_unix("/var/run/docker.sock", 60, bollard::API_DEFAULT_VERSION)?;
+    let nginx = DockerHost::new("nginx", docker);
+    log(&format!(
+        "rendering nginx config for {} from Consul at {} into {}",
+        opts.env,
+        opts.consul,
+        opts.conf_dir.display()
+    ));
+
+    let (tx, mut rx) = mpsc::channel::<Update>(256);
+    tokio::spawn(watch_services(consul.clone(), tx.clone()));
+    let mut watchers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut services: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
+    let mut status = LbStatus {
+        env: opts.env.clone(),
+        ..Default::default()
+    };
+    // What nginx runs: the file already there (an agent restart reloads
+    // nothing when nothing changed).
+    let mut current = std::fs::read_to_string(opts.conf_dir.join(CONFIG_FILE)).ok();
+    let mut coalescer = Coalescer::new(opts.quiet, opts.max_wait);
+    // Render once at start: even with no service, nginx gets a valid config.
+    coalescer.change(tokio::time::Instant::now());
+
+    loop {
+        let deadline = coalescer.deadline();
+        tokio::select! {
+            update = rx.recv() => {
+                match update.context("the watchers stopped")? {
+                    Update::Services(names) => {
+                        watchers.retain(|name, handle| {
+                            let keep = names.contains(name);
+                            if !keep { handle.abort(); }
+                            keep
+                        });
+                        services.retain(|name, _| names.contains(name));
+                        for name in names {
+                            watchers.entry(name.clone()).or_insert_with(|| {
+                                tokio::spawn(watch_instances(consul.clone(), name, tx.clone()))
+                            });
+                        }
+                    }
+                    Update::Instances(name, instances) => {
+                        if !watchers.contains_key(&name) { continue; }
+                        services.insert(name, instances);
+                    }
+                }
+                coalescer.change(tokio::time::Instant::now());
+            }
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                coalescer.reset();
+                let retry = apply(&opts, &template, &services, &nginx, &mut current, &mut status).await;
+                if retry {
+                    // nginx was not there to check or reload (restarting):
+                    // try again shortly rather than wait for the next change.
+                    coalescer.change(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn watch_services(consul: ConsulClient, tx: mpsc::Sender<Update>) {
+    let mut index = 0;
+    loop {
+        match consul.catalog_services(index, WAIT).await {
+            Ok((idx, names)) => {
+                if idx != index || index == 0 {
+                    let names: Vec<String> = names.into_iter().filter(|n| n != "consul").collect();
+                    if tx.send(Update::Services(names)).await.is_err() {
+                        return;
+                    }
+                }
+                index = next_index(index, idx);
+            }
+            Err(e) => {
+                log(&format!("watching services: {e:#}"));
+                index = 0;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn watch_instances(consul: ConsulClient, service: String, tx: mpsc::Sender<Update>) {
+    let mut index = 0;
+    loop {
+        match consul.healthy_instances(&service, index, WAIT).await {
+            Ok((idx, instances)) => {
+                let changed = idx != index || index == 0;
+                if changed
+                    && tx
+                        .send(Update::Instances(service.clone(), instances))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                index = next_index(index, idx);
+            }
+            Err(e) => {
+                log(&format!("watching {service}: {e:#}"));
+                index = 0;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Render; when the text changed, install it (checked) and reload nginx.
+/// Returns true when it failed for a reason that may pass (nginx away).
+async fn apply(
+    opts: &TemplateOptions,
+    template: &str,
+    services: &BTreeMap<String, Vec<Instance>>,
+    nginx: &DockerHost,
+    current: &mut Option<String>,
+    status: &mut LbStatus,
+) -> bool {
+    let ctx = RenderContext::new(&opts.env, &opts.domain, opts.port, services);
+    status.routes = ctx
+        .services
+        .iter()
+        .map(|s| Route {
+            service: s.name.clone(),
+            server_name: format!("{}.{}.{}", s.name, opts.env, opts.domain),
+            path: format!("/{}/", s.name),
+            upstreams: s
+                .instances
+                .iter()
+                .map(|i| format!("{}:{}", i.address, i.port))
+                .collect(),
+        })
+        .collect();
+    let result = match render(template, &ctx) {
+        Err(e) => Err(e),
+        Ok(text) if current.as_deref() == Some(text.as_str()) => {
+            write_status(&opts.conf_dir, status);
+            return false;
+        }
+        Ok(text) => install(opts, nginx, &text, current.as_deref())
+            .await
+            .map(|()| text),
+    };
+    status.last_reload_at = Some(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    );
+    let transient = result
+        .as_ref()
+        .err()
+        .is_some_and(|e| e.downcast_ref::<NginxAway>().is_some());
+    match result {
+        Ok(text) => {
+            status.reloads += 1;
+            status.last_reload_ok = Some(true);
+            status.last_error = None;
+            status.config = Some(short_hash(&text));
+            let n: usize = services.values().map(Vec::len).sum();
+            log(&format!(
+                "nginx reloaded: {} services, {n} healthy instances (config {})",
+                services.len(),
+                short_hash(&text)
+            ));
+            *current = Some(text);
+        }
+        Err(e) => {
+            status.last_reload_ok = Some(false);
+            status.last_error = Some(format!("{e:#}"));
+            log(&format!(
+                "config not applied, nginx keeps the last good one: {e:#}"
+            ));
+        }
+    }
+    write_status(&opts.conf_dir, status);
+    transient
+}
+
+/// nginx could not be asked (its container is not running): not the
+/// config's fault.
+#[derive(Debug)]
+struct NginxAway(String);
+
+impl std::fmt::Display for NginxAway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NginxAway {}
+
+async fn install(
+    opts: &TemplateOptions,
+    nginx: &DockerHost,
+    text: &str,
+    previous: Option<&str>,
+) -> Result<()> {
+    let path = opts.conf_dir.join(CONFIG_FILE);
+    write_atomically(&path, text)?;
+    let check = nginx
+        .exec(&opts.nginx_container, &["nginx", "-t", "-q"], &[])
+        .await;
+    let failure = match check {
+        Ok(out) if out.code == 0 => None,
+        Ok(out) => Some(anyhow::anyhow!("nginx -t: {}", out.stderr.trim())),
+        Err(e) => Some(anyhow::Error::new(NginxAway(format!(
+            "cannot run nginx -t: {e:#}"
+        )))),
+    };
+    if let Some(why) = failure {
+        // Put back what nginx runs, so a restart of nginx still works.
+        match previous {
+            Some(p) => write_atomically(&path, p)?,
+            None => {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        return Err(why);
+    }
+    nginx
+        .docker
+        .kill_container(
+            &opts.nginx_container,
+            Some(KillContainerOptions {
+                signal: "HUP".into(),
+            }),
+        )
+        .await
+        .map_err(|e| {
+            anyhow::Error::new(NginxAway(format!("cannot signal nginx to reload: {e}")))
+        })?;
+    Ok(())
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn write_status(dir: &Path, status: &LbStatus) {
+    if let Ok(json) = serde_json::to_string_pretty(status) {
+        let _ = write_atomically(&dir.join(STATUS_FILE), &json);
+    }
+}
+
+fn short_hash(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -39,6 +39,15 @@ pub struct HostState {
     pub volumes: Vec<VolumeSpec>,
 }
 
+impl HostState {
+    /// The image references this host's containers use, each once.
+    pub fn images(&self) -> Vec<String> {
+        let set: std::collections::BTreeSet<String> =
+            self.containers.iter().map(|c| c.image.clone()).collect();
+        set.into_iter().collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VolumeSpec {
     pub name: String,

@@ -57,8 +57,9 @@ impl DockerHost {
         Ok(v.version.unwrap_or_else(|| "unknown".into()))
     }
 
-    /// This environment's containers (running or not) and volumes.
-    pub async fn observe(&self, env: &str) -> Result<Observed> {
+    /// This environment's containers (running or not) and volumes, and the
+    /// IDs `images` point at here.
+    pub async fn observe(&self, env: &str, images: &[String]) -> Result<Observed> {
         let filter = labels::filter(labels::ENV, env);
         let containers = self
             .docker
@@ -94,6 +95,7 @@ impl DockerHost {
                         running: c.state.is_some_and(|s| {
                             s == bollard::models::ContainerSummaryStateEnum::RUNNING
                         }),
+                        image_id: c.image_id.unwrap_or_default(),
                     }
                 })
                 .collect(),
@@ -103,6 +105,7 @@ impl DockerHost {
                 .into_iter()
                 .map(|v| v.name)
                 .collect(),
+            image_ids: self.image_ids(images).await?,
         };
         observed.containers.sort_by(|a, b| a.name.cmp(&b.name));
         observed.volumes.sort();
@@ -321,13 +324,32 @@ impl DockerHost {
     }
 
     pub async fn has_image(&self, reference: &str) -> Result<bool> {
+        Ok(self.image_id(reference).await?.is_some())
+    }
+
+    /// The ID a reference points at here, if the image is present.
+    pub async fn image_id(&self, reference: &str) -> Result<Option<String>> {
         match self.docker.inspect_image(reference).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
+            Ok(i) => Ok(i.id),
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => {
                 Err(e).with_context(|| format!("{}: cannot inspect image {reference}", self.name))
             }
         }
+    }
+
+    /// IDs of the given references on this host (absent ones left out).
+    pub async fn image_ids(
+        &self,
+        references: &[String],
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let mut ids = std::collections::BTreeMap::new();
+        for r in references {
+            if let Some(id) = self.image_id(r).await? {
+                ids.insert(r.clone(), id);
+            }
+        }
+        Ok(ids)
     }
 
     /// Size in bytes of a local image (for progress bars).

@@ -5,6 +5,7 @@
 //! and unit-tested without a daemon. The executor in `commands::apply` then
 //! carries the steps out without deciding anything.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -16,6 +17,9 @@ use crate::desired::{ContainerSpec, HostState, VolumeSpec};
 pub struct Observed {
     pub containers: Vec<ObservedContainer>,
     pub volumes: Vec<String>,
+    /// The ID each image reference the plan uses points at on the host, so a
+    /// rebuilt image replaces the containers made from the old one.
+    pub image_ids: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -25,6 +29,7 @@ pub struct ObservedContainer {
     pub component: String,
     pub spec_hash: Option<String>,
     pub running: bool,
+    pub image_id: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -139,6 +144,18 @@ pub fn plan_up(desired: &HostState, observed: &Observed) -> HostPlan {
                     o.spec_hash.as_deref().unwrap_or("no hash")
                 ),
             }),
+            Some(o)
+                if observed
+                    .image_ids
+                    .get(&spec.image)
+                    .is_some_and(|id| *id != o.image_id) =>
+            {
+                steps.push(Step::Replace {
+                    spec: spec.clone(),
+                    old_id: o.id.clone(),
+                    cause: format!("image {} changed", spec.image),
+                })
+            }
             Some(o) if !o.running => steps.push(Step::Start {
                 name: o.name.clone(),
                 id: o.id.clone(),
@@ -269,6 +286,7 @@ mod tests {
             component: spec.component.clone(),
             spec_hash: hash,
             running,
+            image_id: format!("sha256:{}", spec.image),
         }
     }
 
@@ -280,6 +298,11 @@ mod tests {
                 .map(|c| running(c, Some(c.hash()), true))
                 .collect(),
             volumes: h.volumes.iter().map(|v| v.name.clone()).collect(),
+            image_ids: h
+                .containers
+                .iter()
+                .map(|c| (c.image.clone(), format!("sha256:{}", c.image)))
+                .collect(),
         }
     }
 
@@ -328,9 +351,27 @@ mod tests {
             component: "old".into(),
             spec_hash: None,
             running: true,
+            image_id: "x".into(),
         });
         let p = plan_up(&s[0], &obs);
         assert!(matches!(&p.steps[..], [Step::Remove { name, .. }] if name == "qa-old"));
+    }
+
+    #[test]
+    fn a_rebuilt_image_replaces_its_containers() {
+        let s = state();
+        let mut obs = converged(&s[0]);
+        obs.image_ids
+            .insert("stagectl/agent:latest".into(), "sha256:new".into());
+        let p = plan_up(&s[0], &obs);
+        assert!(
+            matches!(&p.steps[..], [Step::Replace { spec, cause, .. }] if spec.name == "qa-register" && cause.contains("image")),
+            "{p:?}"
+        );
+        // An image the host does not know (not yet delivered) decides nothing.
+        let mut obs = converged(&s[0]);
+        obs.image_ids.clear();
+        assert!(plan_up(&s[0], &obs).is_noop());
     }
 
     #[test]

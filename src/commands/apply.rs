@@ -2,8 +2,6 @@
 //! each on the host's progress line. It makes no decisions; those were made
 //! in `reconcile`.
 
-use std::collections::BTreeSet;
-
 use anyhow::{Context, Result};
 use bollard::query_parameters::CreateImageOptions;
 use futures_util::StreamExt;
@@ -21,38 +19,13 @@ pub struct ImageSource<'a> {
     pub allow_pull: bool,
 }
 
-/// Apply `plan` on `host`. Images the steps need are made present first.
+/// Apply `plan` on `host`, step by step.
 pub async fn apply_host(
     host: &DockerHost,
     plan: &HostPlan,
     env: &str,
     line: &HostLine,
-    images_from: ImageSource<'_>,
 ) -> Result<()> {
-    let images: BTreeSet<String> = plan
-        .steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::Create { spec, .. } | Step::Replace { spec, .. } => Some(spec.image.clone()),
-            _ => None,
-        })
-        .collect();
-    if !images.is_empty() {
-        line.step("images");
-        if let Err(e) = ensure_images(
-            host,
-            &images.into_iter().collect::<Vec<_>>(),
-            images_from.local,
-            images_from.allow_pull,
-            line,
-        )
-        .await
-        {
-            line.fail("images", &format!("{e:#}"));
-            return Err(e);
-        }
-        line.ok("images");
-    }
     for step in &plan.steps {
         let label = step_label(step);
         line.step(&label);
@@ -91,40 +64,62 @@ fn step_label(step: &Step) -> String {
     }
 }
 
-/// Make `images` present on `host`: already there; else streamed from the
-/// local engine when it has them (no registry needed, and no traffic beyond
-/// the operator's machine and the host); else pulled by the host, unless
-/// `allow_pull` is false (lab hosts: their images are always built here, and
-/// a pull would reach out to a public registry).
+/// Make `images` present and current on `host`, before planning (so a
+/// rebuilt image is seen as a change): an image the local engine has is
+/// streamed in when the host lacks it or has another version of it (no
+/// registry needed, no traffic beyond this machine and the host); an image
+/// the local engine lacks is pulled by the host if allowed (not lab hosts:
+/// their images are built here, and a pull would go to a public registry).
+/// Reports on `line` only when something moves.
 pub async fn ensure_images(
     host: &DockerHost,
     images: &[String],
-    source: Option<&DockerHost>,
-    allow_pull: bool,
+    from: ImageSource<'_>,
     line: &HostLine,
 ) -> Result<()> {
-    let mut missing = Vec::new();
-    for image in images {
-        if !host.has_image(image).await? {
-            missing.push(image.clone());
-        }
-    }
     let mut from_local = Vec::new();
     let mut to_pull = Vec::new();
-    for image in missing {
-        match source {
-            Some(src) if src.has_image(&image).await.unwrap_or(false) => from_local.push(image),
-            _ => to_pull.push(image),
+    for image in images {
+        let here = host.image_id(image).await?;
+        let there = match from.local {
+            Some(src) => src.image_id(image).await.unwrap_or(None),
+            None => None,
+        };
+        match (here, there) {
+            (Some(h), Some(l)) if h == l => {}
+            (Some(_), None) => {}
+            (_, Some(_)) => from_local.push(image.clone()),
+            (None, None) => to_pull.push(image.clone()),
         }
     }
-    if let Some(src) = source.filter(|_| !from_local.is_empty()) {
+    if from_local.is_empty() && to_pull.is_empty() {
+        return Ok(());
+    }
+    line.step("images");
+    let result = deliver(host, &from_local, &to_pull, from, line).await;
+    match &result {
+        Ok(()) => line.ok("images"),
+        Err(e) => line.fail("images", &format!("{e:#}")),
+    }
+    result
+}
+
+async fn deliver(
+    host: &DockerHost,
+    from_local: &[String],
+    to_pull: &[String],
+    from: ImageSource<'_>,
+    line: &HostLine,
+) -> Result<()> {
+    let allow_pull = from.allow_pull;
+    if let Some(src) = from.local.filter(|_| !from_local.is_empty()) {
         let mut total = 0;
-        for image in &from_local {
+        for image in from_local {
             total += src.image_size(image).await.unwrap_or(0);
         }
         let progress_line = line.clone();
         let what = format!("image {}", from_local.join(", "));
-        transfer_images(src, host, &from_local, move |sent| {
+        transfer_images(src, host, from_local, move |sent| {
             progress_line.bytes(&what, sent, (total > 0).then_some(total))
         })
         .await?;

@@ -11,10 +11,7 @@ use std::time::Instant;
 use anyhow::{anyhow, Result};
 use tokio::sync::Semaphore;
 
-use super::{
-    apply::{apply_host, ImageSource},
-    connect_hosts, Ctx,
-};
+use super::{apply::apply_host, connect_hosts, Ctx};
 use crate::connect::{local_engine, Connector};
 use crate::error::EXIT_OK;
 use crate::lab;
@@ -56,13 +53,9 @@ pub async fn run(ctx: &Ctx, keep_data: bool) -> Result<u8> {
                 Ok(c) => c,
                 Err(e) => return Err(anyhow!("{e:#}")),
             };
-            let observed = conn.host.observe(&t.name).await?;
+            let observed = conn.host.observe(&t.name, &[]).await?;
             let plan = plan_down(&a.host.name, &observed, keep_data);
-            let no_images = ImageSource {
-                local: None,
-                allow_pull: false,
-            };
-            apply_host(&conn.host, &plan, &t.name, &a.line, no_images).await?;
+            apply_host(&conn.host, &plan, &t.name, &a.line).await?;
             if plan.is_noop() {
                 a.line.ok("nothing of this environment here");
             }

@@ -27,7 +27,7 @@ pub async fn run(ctx: &Ctx, host: &str, component: &str, follow: bool, tail: &st
     }
     let conn = connector.connect(h).await?;
     let container = object_name(&t.name, component);
-    let observed = conn.host.observe(&t.name).await?;
+    let observed = conn.host.observe(&t.name, &[]).await?;
     if !observed.containers.iter().any(|c| c.name == container) {
         let names: Vec<String> = observed
             .containers

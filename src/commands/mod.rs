@@ -7,6 +7,7 @@
 mod agent;
 mod apply;
 mod demo;
+mod discovery;
 mod down;
 mod logs;
 mod plan;

@@ -74,19 +74,23 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
         gossip_key: key.unwrap_or_else(|| "(a new key)".into()),
     };
     let desired = desired_state(t, &secrets);
+    // `up` streams the local engine's version of an image to a host that has
+    // another: plan as if it had, so a rebuilt image shows as a replacement.
+    let local = local_engine().await.ok();
     let mut plans: Vec<HostPlan> = Vec::new();
     for want in &desired {
-        let observed = match attempts.iter().find(|a| a.host.name == want.host) {
+        let mut observed = match attempts.iter().find(|a| a.host.name == want.host) {
             Some(a) => {
-                a.result
-                    .as_ref()
-                    .expect("checked above")
-                    .host
-                    .observe(&t.name)
-                    .await?
+                let conn = a.result.as_ref().expect("checked above");
+                conn.host.observe(&t.name, &want.images()).await?
             }
             None => Observed::default(),
         };
+        if let Some(local) = &local {
+            observed
+                .image_ids
+                .extend(local.image_ids(&want.images()).await?);
+        }
         plans.push(plan_up(want, &observed));
     }
 

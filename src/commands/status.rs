@@ -6,13 +6,19 @@ use comfy_table::{presets::NOTHING, Table};
 use serde::Serialize;
 
 use super::{connect_hosts, Ctx};
+use crate::agent::template::LbStatus;
 use crate::cli::OutputFormat;
 use crate::connect::{local_engine, Connector};
 use crate::consul::{cluster_view, ClusterView};
+use crate::consul_http::InstanceHealth;
+use std::collections::BTreeMap;
+
+use super::discovery;
 use crate::desired::object_name;
 use crate::error::{EXIT_FAILED, EXIT_OK};
 use crate::lab;
 use crate::progress::Reporter;
+use crate::topology::Role;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -21,6 +27,26 @@ pub struct Status {
     pub problems: Vec<String>,
     pub hosts: Vec<HostStatus>,
     pub consul: Option<ClusterStatus>,
+    /// Every service in Consul with its instances and their health.
+    pub services: BTreeMap<String, ServiceStatus>,
+    /// What the template agent on the LB host last did.
+    pub lb: Option<LbView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    /// Instances the topology deploys (0 for services started by hand).
+    pub expected: usize,
+    pub passing: usize,
+    pub instances: Vec<InstanceHealth>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LbView {
+    pub host: String,
+    pub address: String,
+    #[serde(flatten)]
+    pub status: LbStatus,
 }
 
 #[derive(Debug, Serialize)]
@@ -105,7 +131,7 @@ async fn gather(ctx: &Ctx) -> Result<Status> {
                 Ok(conn) => {
                     row.reachable = true;
                     row.docker = Some(conn.engine_version.clone());
-                    let observed = conn.host.observe(&t.name).await?;
+                    let observed = conn.host.observe(&t.name, &[]).await?;
                     row.containers = observed
                         .containers
                         .iter()
@@ -141,6 +167,68 @@ async fn gather(ctx: &Ctx) -> Result<Status> {
         }
         host_rows.push(row);
     }
+    // Services and routes, from the first LB host whose template agent runs.
+    let mut services = BTreeMap::new();
+    let mut lb = None;
+    let expected = discovery::expected_instances(t);
+    let lb_conn = attempts.iter().find_map(|a| {
+        let conn = a.result.as_ref().ok()?;
+        a.host.has_role(Role::Lb).then_some((a.host, conn))
+    });
+    match lb_conn {
+        None => problems.push("lb: no load-balancer host answered".into()),
+        Some((host, conn)) => {
+            match discovery::service_report(&conn.host, t).await {
+                Ok(report) => {
+                    for (name, instances) in report {
+                        let passing = instances.iter().filter(|i| i.status == "passing").count();
+                        let want = expected.get(&name).copied().unwrap_or(0);
+                        services.insert(
+                            name,
+                            ServiceStatus {
+                                expected: want,
+                                passing,
+                                instances,
+                            },
+                        );
+                    }
+                }
+                Err(e) => problems.push(format!(
+                    "services: cannot ask the template agent on {}: {e:#}",
+                    host.name
+                )),
+            }
+            match discovery::lb_status(&conn.host, t).await {
+                Ok(Some(st)) => {
+                    if st.last_reload_ok == Some(false) {
+                        problems.push(format!(
+                            "lb: the last config was rejected, nginx serves the previous one: {}",
+                            st.last_error.clone().unwrap_or_default()
+                        ));
+                    }
+                    lb = Some(LbView {
+                        host: host.name.clone(),
+                        address: format!("{}:{}", host.advertise, t.ports.lb_http),
+                        status: st,
+                    });
+                }
+                Ok(None) => problems.push(format!(
+                    "lb: the template agent on {} has not rendered yet",
+                    host.name
+                )),
+                Err(e) => problems.push(format!("lb: {e:#}")),
+            }
+        }
+    }
+    for (name, want) in &expected {
+        let passing = services.get(name).map(|s| s.passing).unwrap_or(0);
+        if passing < *want {
+            problems.push(format!(
+                "service {name}: {passing}/{want} instances passing"
+            ));
+        }
+    }
+
     let consul = view.map(|(asked, v)| ClusterStatus {
         asked,
         leader: v.leader().map(str::to_string),
@@ -170,6 +258,8 @@ async fn gather(ctx: &Ctx) -> Result<Status> {
         problems,
         hosts: host_rows,
         consul,
+        services,
+        lb,
     })
 }
 
@@ -244,6 +334,71 @@ fn print_tables(s: &Status) {
         );
         println!("{members}");
     }
+    if !s.services.is_empty() {
+        let mut t = Table::new();
+        t.load_style(NOTHING);
+        t.set_header(vec!["SERVICE", "INSTANCES", "HEALTHY"]);
+        for (name, svc) in &s.services {
+            let instances: Vec<String> = svc
+                .instances
+                .iter()
+                .map(|i| {
+                    let mark = if i.status == "passing" {
+                        ""
+                    } else {
+                        " (critical)"
+                    };
+                    format!("{}:{}{mark}", i.node, i.port)
+                })
+                .collect();
+            let want = if svc.expected > 0 {
+                format!(" (want {})", svc.expected)
+            } else {
+                String::new()
+            };
+            t.add_row(vec![
+                name.clone(),
+                instances.join("  "),
+                format!("{}/{}{want}", svc.passing, svc.instances.len()),
+            ]);
+        }
+        println!("\n{t}");
+    }
+    if let Some(lb) = &s.lb {
+        let mut t = Table::new();
+        t.load_style(NOTHING);
+        t.set_header(vec!["ROUTE", "PATH", "UPSTREAMS"]);
+        for r in &lb.status.routes {
+            t.add_row(vec![
+                format!("{} → {}", r.server_name, r.service),
+                format!("http://{}{}", lb.address, r.path),
+                r.upstreams.len().to_string(),
+            ]);
+        }
+        let reload = match (lb.status.last_reload_at, lb.status.last_reload_ok) {
+            (Some(at), Some(ok)) => format!(
+                "{} {}{}",
+                clock(at),
+                if ok { "ok" } else { "REJECTED" },
+                lb.status
+                    .config
+                    .as_ref()
+                    .map(|c| format!(" (config {c})"))
+                    .unwrap_or_default()
+            ),
+            _ => "none yet".into(),
+        };
+        println!(
+            "\nLB  {} on {}, {} reloads, last {reload}",
+            lb.address, lb.host, lb.status.reloads
+        );
+        if !lb.status.routes.is_empty() {
+            println!("{t}");
+        }
+        if let (Some(false), Some(e)) = (lb.status.last_reload_ok, &lb.status.last_error) {
+            println!("  last error: {e}");
+        }
+    }
     if s.healthy {
         println!("\n{}: healthy", s.environment);
     } else {
@@ -252,4 +407,10 @@ fn print_tables(s: &Status) {
             println!("  - {p}");
         }
     }
+}
+
+/// `HH:MM:SS UTC` of a Unix time.
+fn clock(unix: u64) -> String {
+    let d = unix % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", d / 3600, d % 3600 / 60, d % 60)
 }

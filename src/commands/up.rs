@@ -13,8 +13,8 @@ use anyhow::{anyhow, Result};
 use tokio::sync::Semaphore;
 
 use super::{
-    apply::{apply_host, ImageSource},
-    connect_hosts, join_or, Attempt, Ctx,
+    apply::{apply_host, ensure_images, ImageSource},
+    connect_hosts, discovery, join_or, Attempt, Ctx,
 };
 use crate::connect::{local_engine, Connection, Connector};
 use crate::consul;
@@ -22,7 +22,7 @@ use crate::desired::{desired_state, object_name, Secrets};
 use crate::error::EXIT_OK;
 use crate::lab;
 use crate::reconcile::{plan_up, totals};
-use crate::topology::Host;
+use crate::topology::{Host, Role};
 
 pub async fn run(ctx: &Ctx) -> Result<u8> {
     let started = Instant::now();
@@ -69,13 +69,14 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
         async move {
             let _permit = limit.acquire().await.expect("semaphore is never closed");
             let conn = a.result.as_ref().expect("all hosts are connected here");
-            let observed = conn.host.observe(&t.name).await?;
-            let plan = plan_up(want, &observed);
             let images_from = ImageSource {
                 local,
                 allow_pull: !a.host.is_lab(),
             };
-            apply_host(&conn.host, &plan, &t.name, &a.line, images_from).await?;
+            ensure_images(&conn.host, &want.images(), images_from, &a.line).await?;
+            let observed = conn.host.observe(&t.name, &want.images()).await?;
+            let plan = plan_up(want, &observed);
+            apply_host(&conn.host, &plan, &t.name, &a.line).await?;
             a.line.finish();
             Ok::<_, anyhow::Error>(plan)
         }
@@ -121,11 +122,45 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
             .unwrap_or(0)
             .max(7),
     ));
+    // Services are registered by the agents, not by `up`: wait until the
+    // load balancer routes every instance, so "up" means "answering".
+    let lb = attempts
+        .iter()
+        .find(|a| a.host.has_role(Role::Lb))
+        .expect("validation guarantees an lb host");
+    let lb_conn: &Connection = lb.result.as_ref().expect("connected");
+    let routed = discovery::wait_for_routes(
+        &lb_conn.host,
+        t,
+        Duration::from_secs(t.consul.join_timeout_secs),
+    )
+    .await?;
+    for r in &routed.routes {
+        reporter.println(&format!(
+            "{:<w$}  ✔ {} → {} instance(s): http://{}:{}{}  or  Host: {}",
+            "route",
+            r.service,
+            r.upstreams.len(),
+            lb.host.advertise,
+            t.ports.lb_http,
+            r.path,
+            r.server_name,
+            w = t
+                .hosts
+                .iter()
+                .map(|h| h.name.len())
+                .max()
+                .unwrap_or(0)
+                .max(7),
+        ));
+    }
     let totals = totals(&plans);
     println!(
-        "{} is up in {:.1} s ({totals})",
+        "{} is up in {:.1} s ({totals}); load balancer http://{}:{}/",
         t.name,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        lb.host.advertise,
+        t.ports.lb_http,
     );
     Ok(EXIT_OK)
 }

@@ -1,0 +1,100 @@
+//! What the agents on the load-balancer host know, asked from outside:
+//! every service's instances and health (from Consul, through the template
+//! agent's container, which has the stagectl binary and loopback access to
+//! Consul), and what the template agent last did to nginx.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::agent::template::{LbStatus, STATUS_FILE};
+use crate::consul_http::InstanceHealth;
+use crate::desired::object_name;
+use crate::docker::DockerHost;
+use crate::topology::Topology;
+
+pub type ServiceReport = BTreeMap<String, Vec<InstanceHealth>>;
+
+pub async fn service_report(lb: &DockerHost, t: &Topology) -> Result<ServiceReport> {
+    let consul = format!("--consul=127.0.0.1:{}", t.ports.consul_http);
+    let out = lb
+        .exec(
+            &object_name(&t.name, "template"),
+            &["stagectl", "agent", "services", &consul],
+            &[],
+        )
+        .await?
+        .ok_or_stderr("stagectl agent services")?;
+    serde_json::from_str(&out).context("the service report is not JSON")
+}
+
+pub async fn lb_status(lb: &DockerHost, t: &Topology) -> Result<Option<LbStatus>> {
+    let path = format!("/conf/{STATUS_FILE}");
+    let out = lb
+        .exec(&object_name(&t.name, "template"), &["cat", &path], &[])
+        .await?;
+    if out.code != 0 {
+        return Ok(None); // not written yet
+    }
+    Ok(Some(
+        serde_json::from_str(&out.stdout).context("the LB status is not JSON")?,
+    ))
+}
+
+/// How many instances of each topology service should be up.
+pub fn expected_instances(t: &Topology) -> BTreeMap<String, usize> {
+    t.services
+        .iter()
+        .map(|s| (s.name.clone(), s.hosts.len() * s.per_host as usize))
+        .collect()
+}
+
+/// Wait until every topology service has its instances passing in Consul
+/// and routed by nginx.
+pub async fn wait_for_routes(lb: &DockerHost, t: &Topology, timeout: Duration) -> Result<LbStatus> {
+    let expected = expected_instances(t);
+    let start = Instant::now();
+    loop {
+        let problem = match (service_report(lb, t).await, lb_status(lb, t).await) {
+            (Ok(report), Ok(Some(status))) => {
+                let missing: Vec<String> = expected
+                    .iter()
+                    .filter_map(|(name, want)| {
+                        let passing = report
+                            .get(name)
+                            .map(|l| l.iter().filter(|i| i.status == "passing").count())
+                            .unwrap_or(0);
+                        let routed = status
+                            .routes
+                            .iter()
+                            .find(|r| &r.service == name)
+                            .map(|r| r.upstreams.len())
+                            .unwrap_or(0);
+                        (passing < *want || routed < *want)
+                            .then(|| format!("{name}: {passing}/{want} passing, {routed} routed"))
+                    })
+                    .collect();
+                if missing.is_empty() && status.last_reload_ok != Some(false) {
+                    return Ok(status);
+                }
+                match &status.last_error {
+                    Some(e) if status.last_reload_ok == Some(false) => {
+                        format!("nginx config rejected: {e}")
+                    }
+                    _ => missing.join("; "),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => format!("{e:#}"),
+            (_, Ok(None)) => "the template agent has not written its status yet".into(),
+        };
+        if start.elapsed() >= timeout {
+            bail!(
+                "services not routed within {} s on {}: {problem}",
+                timeout.as_secs(),
+                lb.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

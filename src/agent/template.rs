@@ -220,7 +220,7 @@ async fn apply(
                 .collect(),
         })
         .collect();
-    let result = match render(template, &ctx) {
+    let result = match render(template, &ctx).map(|t| with_marker(&t)) {
         Err(e) => Err(e),
         Ok(text) if current.as_deref() == Some(text.as_str()) => {
             write_status(&opts.conf_dir, status);
@@ -245,12 +245,12 @@ async fn apply(
             status.reloads += 1;
             status.last_reload_ok = Some(true);
             status.last_error = None;
-            status.config = Some(short_hash(&text));
+            status.config = Some(marker_of(&text));
             let n: usize = services.values().map(Vec::len).sum();
             log(&format!(
                 "nginx reloaded: {} services, {n} healthy instances (config {})",
                 services.len(),
-                short_hash(&text)
+                marker_of(&text)
             ));
             *current = Some(text);
         }
@@ -270,6 +270,23 @@ async fn apply(
 /// config's fault.
 #[derive(Debug)]
 struct NginxAway(String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_names_the_config_hash_and_is_stable() {
+        let a = with_marker("server {}\n");
+        assert_eq!(a, with_marker("server {}\n"));
+        assert_ne!(a, with_marker("server { }\n"));
+        assert_eq!(marker_of(&a), short_hash("server {}\n"));
+        assert!(a.ends_with(&format!(
+            "add_header X-Stagectl-Config \"{}\" always;\n",
+            marker_of(&a)
+        )));
+    }
+}
 
 impl std::fmt::Display for NginxAway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -319,7 +336,62 @@ async fn install(
         .map_err(|e| {
             anyhow::Error::new(NginxAway(format!("cannot signal nginx to reload: {e}")))
         })?;
+    // SIGHUP only asks: nginx starts new workers a few milliseconds later,
+    // and until then the old ones answer. Wait until an answer carries the
+    // new config's marker, so "reloaded" means "in effect".
+    let marker = marker_of(text);
+    if !wait_for_marker(opts.port, &marker, Duration::from_secs(2)).await {
+        log(&format!(
+            "nginx did not show config {marker} within 2 s (a template without the marker header?)"
+        ));
+    }
     Ok(())
+}
+
+/// The header every response carries once nginx runs a given config.
+const MARKER_HEADER: &str = "x-stagectl-config";
+
+/// The rendered text plus a directive naming its hash: appended at the
+/// `http` level (conf.d is included there), inherited by every server that
+/// sets no `add_header` of its own.
+fn with_marker(text: &str) -> String {
+    format!(
+        "{text}\nadd_header X-Stagectl-Config \"{}\" always;\n",
+        short_hash(text)
+    )
+}
+
+fn marker_of(text_with_marker: &str) -> String {
+    text_with_marker
+        .rsplit("X-Stagectl-Config \"")
+        .next()
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Ask nginx on loopback until a response carries `marker`.
+async fn wait_for_marker(port: u16, marker: &str, limit: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + limit;
+    let want = format!("{MARKER_HEADER}: {marker}");
+    while tokio::time::Instant::now() < deadline {
+        let attempt = async {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            s.write_all(b"HEAD /_stagectl/health HTTP/1.0\r\nHost: stagectl\r\n\r\n")
+                .await?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).to_ascii_lowercase())
+        };
+        if let Ok(Ok(head)) = tokio::time::timeout(Duration::from_millis(500), attempt).await {
+            if head.contains(&want) {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<()> {

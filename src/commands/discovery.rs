@@ -75,15 +75,19 @@ pub async fn wait_for_routes(lb: &DockerHost, t: &Topology, timeout: Duration) -
                             .then(|| format!("{name}: {passing}/{want} passing, {routed} routed"))
                     })
                     .collect();
-                if missing.is_empty() && status.last_reload_ok != Some(false) {
+                if status.last_reload_ok == Some(false) {
+                    // Waiting will not help: the template renders a config
+                    // nginx refuses (nginx keeps serving the previous one).
+                    bail!(
+                        "{}: nginx rejected the rendered config and keeps the previous one: {}",
+                        lb.name,
+                        status.last_error.unwrap_or_default()
+                    );
+                }
+                if missing.is_empty() {
                     return Ok(status);
                 }
-                match &status.last_error {
-                    Some(e) if status.last_reload_ok == Some(false) => {
-                        format!("nginx config rejected: {e}")
-                    }
-                    _ => missing.join("; "),
-                }
+                missing.join("; ")
             }
             (Err(e), _) | (_, Err(e)) => format!("{e:#}"),
             (_, Ok(None)) => "the template agent has not written its status yet".into(),

@@ -35,6 +35,9 @@ proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
 proxy_connect_timeout 1s;
 proxy_next_upstream error timeout http_502 http_503;
 proxy_next_upstream_tries 3;
+# Which instance answered (and which were tried before it): for curl -v,
+# and for the route latency benchmark.
+add_header X-Stagectl-Upstream $upstream_addr always;
 
 server {
     listen {{ port }} default_server;

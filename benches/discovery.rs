@@ -1,0 +1,188 @@
+//! Route latency on the local lab, through the real load balancer:
+//!
+//! - route-in: from `docker start` of an app container (API call issued) to
+//!   the first response from it through nginx on the LB host;
+//! - route-out: from `docker stop` (API call issued) to the moment nginx
+//!   stops trying it (ten responses in a row without its address in
+//!   `X-Stagectl-Upstream`), counting every failed request on the way;
+//! - the agents' resident memory and idle CPU.
+//!
+//! Needs the images of scripts/build-images.sh and target/release/stagectl.
+//! Run: `cargo bench --bench discovery -- [TRIALS]` (default 50). Prints
+//! figures; asserts nothing.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bollard::query_parameters::StopContainerOptions;
+use stagectl::connect::Connector;
+use stagectl::docker::DockerHost;
+use stagectl::lab;
+use stagectl::state::StateDir;
+
+const NET: &str = "10.77.61";
+
+fn main() {
+    let trials: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(50);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = root.join("target/release/stagectl");
+    assert!(bin.exists(), "build target/release/stagectl first (scripts/bench.sh does)");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let topo = dir.path().join("bench.yaml");
+    std::fs::write(
+        &topo,
+        format!(
+            "name: benchrt\nlab: {{ subnet: {NET}.0/24 }}\nhosts:\n  host-1: {{ driver: local, address: {NET}.11, roles: [app] }}\n  host-2: {{ driver: local, address: {NET}.12, roles: [app] }}\n  host-3: {{ driver: local, address: {NET}.13, roles: [lb] }}\nservices:\n  demo: {{ image: stagectl/demo:latest, port: 8080 }}\n"
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(&bin)
+            .arg("-f")
+            .arg(&topo)
+            .args(args)
+            .env("STAGECTL_STATE_DIR", &state)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "stagectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["up"]);
+    let result = std::panic::catch_unwind(|| measure(&state, &topo, trials));
+    run(&["down"]);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn measure(state: &Path, topo: &PathBuf, trials: usize) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let t = stagectl::topology::load(topo).unwrap();
+    let state = StateDir::new(state.to_path_buf());
+    let mut connector = Connector::new(Duration::from_secs(20), None).unwrap();
+    connector.set_lab(lab::access(&state, "benchrt"));
+    let hosts: Vec<DockerHost> = ["host-1", "host-3"]
+        .iter()
+        .map(|h| rt.block_on(connector.connect(t.host(h).unwrap())).unwrap().host)
+        .collect();
+    let (app, lbhost) = (&hosts[0], &hosts[1]);
+    let lb = format!("{NET}.13:80");
+    let container = "benchrt-demo-1";
+    let inspect = rt.block_on(app.docker.inspect_container(container, None)).unwrap();
+    let identity = inspect.config.unwrap().hostname.unwrap();
+    let port = inspect.network_settings.unwrap().ports.unwrap()["8080/tcp"].as_ref().unwrap()[0]
+        .host_port
+        .clone()
+        .unwrap();
+    let address = format!("{NET}.11:{port}");
+
+    let (mut route_in, mut route_out) = (Vec::new(), Vec::new());
+    let mut failed = 0usize;
+    let mut requests = 0usize;
+    for _ in 0..trials {
+        // Out: stop, then ask the LB until it has stopped trying the instance.
+        let t0 = Instant::now();
+        let stop = rt.spawn({
+            let d = app.docker.clone();
+            async move { d.stop_container(container, Some(StopContainerOptions { t: Some(10), signal: None })).await }
+        });
+        let mut clean = 0;
+        let mut first_clean = None;
+        while clean < 10 {
+            requests += 1;
+            match get(&lb) {
+                Some((200, upstreams, _)) if !upstreams.contains(&address) => {
+                    clean += 1;
+                    first_clean.get_or_insert_with(|| t0.elapsed());
+                }
+                Some((200, _, _)) => {
+                    clean = 0;
+                    first_clean = None;
+                }
+                _ => failed += 1,
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "the stopped instance stayed in the pool");
+        }
+        rt.block_on(stop).unwrap().unwrap();
+        route_out.push(first_clean.unwrap());
+        // In: start, then ask the LB until the instance answers.
+        let t0 = Instant::now();
+        let start = rt.spawn({
+            let d = app.docker.clone();
+            async move { d.start_container(container, None).await }
+        });
+        loop {
+            requests += 1;
+            match get(&lb) {
+                Some((200, _, body)) if body.contains(&identity) => break,
+                Some((200, _, _)) => {}
+                _ => failed += 1,
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "the started instance never answered");
+        }
+        route_in.push(t0.elapsed());
+        rt.block_on(start).unwrap().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    println!("\nroute latency through the LB, {trials} trials each ({requests} requests, {failed} failed)");
+    println!("{:<10} {:>8} {:>8} {:>8} {:>8}  target", "", "min", "p50", "p99", "max");
+    print_row("route-in", &mut route_in, "p50 < 150 ms, p99 < 500 ms");
+    print_row("route-out", &mut route_out, "p50 < 150 ms, p99 < 500 ms, 0 failed");
+
+    // Agents: resident memory, and CPU over 10 idle seconds.
+    println!("\nagents (idle)");
+    for (host, name) in [(app, "benchrt-register"), (lbhost, "benchrt-template")] {
+        let (rss0, ticks0) = proc_stats(&rt, host, name);
+        std::thread::sleep(Duration::from_secs(10));
+        let (rss1, ticks1) = proc_stats(&rt, host, name);
+        let cpu = (ticks1 - ticks0) as f64 / 100.0 / 10.0 * 100.0;
+        println!("{name:<18} RSS {:>6.1} MB (target < 15 MB)   CPU {cpu:.2} % of a core", rss0.max(rss1) as f64 / 1024.0);
+    }
+}
+
+fn print_row(name: &str, v: &mut [Duration], target: &str) {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "{name:<10} {:>6.1}ms {:>6.1}ms {:>6.1}ms {:>6.1}ms  {target}",
+        ms(v[0]),
+        ms(p(0.5)),
+        ms(p(0.99)),
+        ms(v[v.len() - 1])
+    );
+}
+
+/// GET /demo/ through the LB: status, X-Stagectl-Upstream, body.
+fn get(lb: &str) -> Option<(u16, String, String)> {
+    let mut s = TcpStream::connect_timeout(&lb.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.write_all(b"GET /demo/ HTTP/1.0\r\nHost: bench\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let upstreams = buf
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-stagectl-upstream:").map(|v| v.trim().to_string()))
+        .unwrap_or_default();
+    Some((code, upstreams, buf))
+}
+
+/// VmRSS in kB and utime+stime ticks of the container's main process.
+fn proc_stats(rt: &tokio::runtime::Runtime, host: &DockerHost, container: &str) -> (u64, u64) {
+    let status = rt.block_on(host.exec(container, &["cat", "/proc/1/status"], &[])).unwrap().stdout;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let stat = rt.block_on(host.exec(container, &["cat", "/proc/1/stat"], &[])).unwrap().stdout;
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (rss, ticks)
+}

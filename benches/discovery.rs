@@ -26,10 +26,16 @@ use stagectl::state::StateDir;
 const NET: &str = "10.77.61";
 
 fn main() {
-    let trials: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(50);
+    let trials: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(50);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let bin = root.join("target/release/stagectl");
-    assert!(bin.exists(), "build target/release/stagectl first (scripts/bench.sh does)");
+    assert!(
+        bin.exists(),
+        "build target/release/stagectl first (scripts/bench.sh does)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let topo = dir.path().join("bench.yaml");
@@ -48,7 +54,11 @@ fn main() {
             .env("STAGECTL_STATE_DIR", &state)
             .output()
             .unwrap();
-        assert!(out.status.success(), "stagectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "stagectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     run(&["up"]);
     let result = std::panic::catch_unwind(|| measure(&state, &topo, trials));
@@ -66,14 +76,22 @@ fn measure(state: &Path, topo: &PathBuf, trials: usize) {
     connector.set_lab(lab::access(&state, "benchrt"));
     let hosts: Vec<DockerHost> = ["host-1", "host-3"]
         .iter()
-        .map(|h| rt.block_on(connector.connect(t.host(h).unwrap())).unwrap().host)
+        .map(|h| {
+            rt.block_on(connector.connect(t.host(h).unwrap()))
+                .unwrap()
+                .host
+        })
         .collect();
     let (app, lbhost) = (&hosts[0], &hosts[1]);
     let lb = format!("{NET}.13:80");
     let container = "benchrt-demo-1";
-    let inspect = rt.block_on(app.docker.inspect_container(container, None)).unwrap();
+    let inspect = rt
+        .block_on(app.docker.inspect_container(container, None))
+        .unwrap();
     let identity = inspect.config.unwrap().hostname.unwrap();
-    let port = inspect.network_settings.unwrap().ports.unwrap()["8080/tcp"].as_ref().unwrap()[0]
+    let port = inspect.network_settings.unwrap().ports.unwrap()["8080/tcp"]
+        .as_ref()
+        .unwrap()[0]
         .host_port
         .clone()
         .unwrap();
@@ -87,7 +105,16 @@ fn measure(state: &Path, topo: &PathBuf, trials: usize) {
         let t0 = Instant::now();
         let stop = rt.spawn({
             let d = app.docker.clone();
-            async move { d.stop_container(container, Some(StopContainerOptions { t: Some(10), signal: None })).await }
+            async move {
+                d.stop_container(
+                    container,
+                    Some(StopContainerOptions {
+                        t: Some(10),
+                        signal: None,
+                    }),
+                )
+                .await
+            }
         });
         let mut clean = 0;
         let mut first_clean = None;
@@ -104,7 +131,10 @@ fn measure(state: &Path, topo: &PathBuf, trials: usize) {
                 }
                 _ => failed += 1,
             }
-            assert!(t0.elapsed() < Duration::from_secs(30), "the stopped instance stayed in the pool");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the stopped instance stayed in the pool"
+            );
         }
         rt.block_on(stop).unwrap().unwrap();
         route_out.push(first_clean.unwrap());
@@ -121,7 +151,10 @@ fn measure(state: &Path, topo: &PathBuf, trials: usize) {
                 Some((200, _, _)) => {}
                 _ => failed += 1,
             }
-            assert!(t0.elapsed() < Duration::from_secs(30), "the started instance never answered");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the started instance never answered"
+            );
         }
         route_in.push(t0.elapsed());
         rt.block_on(start).unwrap().unwrap();
@@ -129,9 +162,16 @@ fn measure(state: &Path, topo: &PathBuf, trials: usize) {
     }
 
     println!("\nroute latency through the LB, {trials} trials each ({requests} requests, {failed} failed)");
-    println!("{:<10} {:>8} {:>8} {:>8} {:>8}  target", "", "min", "p50", "p99", "max");
+    println!(
+        "{:<10} {:>8} {:>8} {:>8} {:>8}  target",
+        "", "min", "p50", "p99", "max"
+    );
     print_row("route-in", &mut route_in, "p50 < 150 ms, p99 < 500 ms");
-    print_row("route-out", &mut route_out, "p50 < 150 ms, p99 < 500 ms, 0 failed");
+    print_row(
+        "route-out",
+        &mut route_out,
+        "p50 < 150 ms, p99 < 500 ms, 0 failed",
+    );
 
     // Agents: resident memory, and CPU over 10 idle seconds.
     println!("\nagents (idle)");
@@ -140,7 +180,10 @@ fn measure(state: &Path, topo: &PathBuf, trials: usize) {
         std::thread::sleep(Duration::from_secs(10));
         let (rss1, ticks1) = proc_stats(&rt, host, name);
         let cpu = (ticks1 - ticks0) as f64 / 100.0 / 10.0 * 100.0;
-        println!("{name:<18} RSS {:>6.1} MB (target < 15 MB)   CPU {cpu:.2} % of a core", rss0.max(rss1) as f64 / 1024.0);
+        println!(
+            "{name:<18} RSS {:>6.1} MB (target < 15 MB)   CPU {cpu:.2} % of a core",
+            rss0.max(rss1) as f64 / 1024.0
+        );
     }
 }
 
@@ -161,28 +204,40 @@ fn print_row(name: &str, v: &mut [Duration], target: &str) {
 fn get(lb: &str) -> Option<(u16, String, String)> {
     let mut s = TcpStream::connect_timeout(&lb.parse().ok()?, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    s.write_all(b"GET /demo/ HTTP/1.0\r\nHost: bench\r\n\r\n").ok()?;
+    s.write_all(b"GET /demo/ HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;
     let upstreams = buf
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-stagectl-upstream:").map(|v| v.trim().to_string()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-stagectl-upstream:")
+                .map(|v| v.trim().to_string())
+        })
         .unwrap_or_default();
     Some((code, upstreams, buf))
 }
 
 /// VmRSS in kB and utime+stime ticks of the container's main process.
 fn proc_stats(rt: &tokio::runtime::Runtime, host: &DockerHost, container: &str) -> (u64, u64) {
-    let status = rt.block_on(host.exec(container, &["cat", "/proc/1/status"], &[])).unwrap().stdout;
+    let status = rt
+        .block_on(host.exec(container, &["cat", "/proc/1/status"], &[]))
+        .unwrap()
+        .stdout;
     let rss = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
-    let stat = rt.block_on(host.exec(container, &["cat", "/proc/1/stat"], &[])).unwrap().stdout;
+    let stat = rt
+        .block_on(host.exec(container, &["cat", "/proc/1/stat"], &[]))
+        .unwrap()
+        .stdout;
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     (rss, ticks)
 }

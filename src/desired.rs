@@ -74,6 +74,20 @@ pub struct ContainerSpec {
     /// One line for humans (plan output); not part of the hash.
     #[serde(skip)]
     pub summary: String,
+    /// For app service instances: replace them one host at a time, taking
+    /// them out of the pool first. Not part of the hash.
+    #[serde(skip)]
+    pub drain: Option<Drain>,
+}
+
+/// How to take an instance out of the load balancer before replacing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drain {
+    /// The Consul service ID the registration agent gives it.
+    pub service_id: String,
+    pub service: String,
+    /// How long in-flight requests get after deregistration.
+    pub seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -198,6 +212,7 @@ fn register_agent(topology: &Topology, host: &Host) -> ContainerSpec {
         mounts: vec![docker_socket()],
         ports: vec![],
         files: vec![],
+        drain: None,
         summary: format!(
             "registers containers of {} at {}",
             host.name, host.advertise
@@ -234,6 +249,7 @@ fn load_balancer(topology: &Topology, host: &Host) -> (ContainerSpec, ContainerS
         ports: vec![],
         files: vec![],
         summary: format!("load balancer on {}:{port}", host.advertise),
+        drain: None,
     };
     let lb = &topology.lb;
     let mut cmd = vec![
@@ -276,6 +292,7 @@ fn load_balancer(topology: &Topology, host: &Host) -> (ContainerSpec, ContainerS
         ],
         ports: vec![],
         files,
+        drain: None,
         summary: format!(
             "routes <service>.{}.{} and /<service>/ (template: {})",
             topology.name,
@@ -311,8 +328,9 @@ fn service_instances(topology: &Topology, host: &Host, service: &Service) -> Vec
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
+            let name = object_name(&topology.name, &format!("{}-{i}", service.name));
             ContainerSpec {
-                name: object_name(&topology.name, &format!("{}-{i}", service.name)),
+                name: name.clone(),
                 component: format!("service {}", service.name),
                 image: service.image.clone(),
                 cmd: vec![],
@@ -326,6 +344,15 @@ fn service_instances(topology: &Topology, host: &Host, service: &Service) -> Vec
                     "{} instance {i}, port {} published",
                     service.name, service.port
                 ),
+                drain: Some(Drain {
+                    service_id: crate::agent::registration::service_id(
+                        &host.name,
+                        &name,
+                        service.port,
+                    ),
+                    service: service.name.clone(),
+                    seconds: service.drain_seconds,
+                }),
             }
         })
         .collect()
@@ -438,6 +465,7 @@ fn consul_agent(
             config.into_bytes(),
         )],
         summary,
+        drain: None,
     };
     (spec, volume)
 }

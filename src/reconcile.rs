@@ -87,6 +87,9 @@ impl Step {
         match self {
             Step::CreateVolume { .. } => "volume".into(),
             Step::Create { spec, .. } => format!("{}  {}", spec.image, spec.summary),
+            Step::Replace { spec, cause, .. } if spec.drain.is_some() => {
+                format!("replace, drained, one host at a time: {cause}")
+            }
             Step::Replace { cause, .. } => format!("replace: {cause}"),
             Step::Start { cause, .. } => format!("start: {cause}"),
             Step::Remove { cause, .. } => format!("remove: {cause}"),
@@ -168,6 +171,19 @@ pub fn plan_up(desired: &HostState, observed: &Observed) -> HostPlan {
         host: desired.host.clone(),
         steps,
         unchanged,
+    }
+}
+
+impl HostPlan {
+    /// Take out the replacements that must happen one host at a time with
+    /// a drain (app service instances), leaving the rest to run in parallel.
+    pub fn split_rolling(mut self) -> (HostPlan, Vec<Step>) {
+        let (rolling, rest): (Vec<Step>, Vec<Step>) = self
+            .steps
+            .into_iter()
+            .partition(|s| matches!(s, Step::Replace { spec, .. } if spec.drain.is_some()));
+        self.steps = rest;
+        (self, rolling)
     }
 }
 
@@ -372,6 +388,36 @@ mod tests {
         let mut obs = converged(&s[0]);
         obs.image_ids.clear();
         assert!(plan_up(&s[0], &obs).is_noop());
+    }
+
+    #[test]
+    fn service_replacements_roll_and_the_rest_does_not() {
+        let t = topology::parse(
+            "name: qa\nlab: { subnet: 10.77.0.0/24 }\nhosts:\n  host-1: { driver: local, address: 10.77.0.11, roles: [app, lb] }\nservices:\n  web: { image: web:1, port: 80 }\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        let s = desired_state(
+            &t,
+            &Secrets {
+                gossip_key: "a2V5".into(),
+            },
+        );
+        let mut obs = converged(&s[0]);
+        for c in &mut obs.containers {
+            c.spec_hash = Some("old".into());
+        }
+        let (now, rolling) = plan_up(&s[0], &obs).split_rolling();
+        assert_eq!(rolling.len(), 1);
+        assert!(
+            matches!(&rolling[0], Step::Replace { spec, .. } if spec.name == "qa-web-1"
+            && spec.drain.as_ref().unwrap().service_id == "host-1:qa-web-1:80")
+        );
+        assert!(now
+            .steps
+            .iter()
+            .all(|s| matches!(s, Step::Replace { spec, .. } if spec.drain.is_none())));
+        assert_eq!(now.steps.len(), 4, "consul, register, nginx, template");
     }
 
     #[test]

@@ -152,3 +152,85 @@ async fn deliver(
     }
     Ok(())
 }
+
+/// Replace one app service instance without failing a request: take it out
+/// of Consul (so the load balancer stops sending to it), give in-flight
+/// requests the drain time, replace the container, and wait until the new
+/// one passes its check and the load balancer routes to it.
+pub async fn rolling_replace(
+    host: &DockerHost,
+    lb: &DockerHost,
+    t: &crate::topology::Topology,
+    spec: &crate::desired::ContainerSpec,
+    old_id: &str,
+    line: &HostLine,
+) -> Result<()> {
+    let drain = spec
+        .drain
+        .as_ref()
+        .context("a rolling replacement has drain settings")?;
+    let label = format!("{} (rolling)", spec.component);
+    line.step(&format!("{label}: draining"));
+    let consul_env = vec![format!(
+        "CONSUL_HTTP_ADDR=127.0.0.1:{}",
+        t.ports.consul_http
+    )];
+    let id_arg = format!("-id={}", drain.service_id);
+    // Deregistering something already gone is fine: the goal is "not routed".
+    let _ = host
+        .exec(
+            &crate::desired::object_name(&t.name, "consul"),
+            &["consul", "services", "deregister", &id_arg],
+            &consul_env,
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_secs(drain.seconds)).await;
+    line.step(&format!("{label}: replacing"));
+    host.remove_container(old_id).await?;
+    host.create_and_start(spec).await?;
+    line.step(&format!("{label}: waiting until healthy and routed"));
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_secs(t.consul.join_timeout_secs);
+    loop {
+        let report = super::discovery::service_report(lb, t)
+            .await
+            .unwrap_or_default();
+        let passing = report.get(&drain.service).is_some_and(|l| {
+            l.iter()
+                .any(|i| i.id == drain.service_id && i.status == "passing")
+        });
+        let routed = super::discovery::lb_status(lb, t)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|s| {
+                s.routes.iter().any(|r| {
+                    r.service == drain.service
+                        && r.upstreams
+                            .iter()
+                            .any(|u| u.starts_with(&format!("{}:", host_advertise(t, &host.name))))
+                })
+            });
+        if passing && routed {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            let e = anyhow::anyhow!(
+                "{}: {} did not become healthy and routed in time",
+                host.name,
+                spec.name
+            );
+            line.fail(&label, &format!("{e:#}"));
+            return Err(e);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    line.ok(&label);
+    Ok(())
+}
+
+fn host_advertise(t: &crate::topology::Topology, host: &str) -> String {
+    t.host(host)
+        .map(|h| h.advertise.to_string())
+        .unwrap_or_default()
+}

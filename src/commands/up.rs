@@ -13,7 +13,7 @@ use anyhow::{anyhow, Result};
 use tokio::sync::Semaphore;
 
 use super::{
-    apply::{apply_host, ensure_images, ImageSource},
+    apply::{apply_host, ensure_images, rolling_replace, ImageSource},
     connect_hosts, discovery, join_or, Attempt, Ctx,
 };
 use crate::connect::{local_engine, Connection, Connector};
@@ -21,7 +21,7 @@ use crate::consul;
 use crate::desired::{desired_state, object_name, Secrets};
 use crate::error::EXIT_OK;
 use crate::lab;
-use crate::reconcile::{plan_up, totals};
+use crate::reconcile::{plan_up, totals, Step};
 use crate::topology::{Host, Role};
 
 pub async fn run(ctx: &Ctx) -> Result<u8> {
@@ -75,18 +75,23 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
             };
             ensure_images(&conn.host, &want.images(), images_from, &a.line).await?;
             let observed = conn.host.observe(&t.name, &want.images()).await?;
-            let plan = plan_up(want, &observed);
+            // App service instances being replaced go one host at a time,
+            // after the rest is up (they need the agents and the LB).
+            let (plan, rolling) = plan_up(want, &observed).split_rolling();
             apply_host(&conn.host, &plan, &t.name, &a.line).await?;
-            a.line.finish();
-            Ok::<_, anyhow::Error>(plan)
+            Ok::<_, anyhow::Error>((plan, rolling))
         }
     });
     let results = futures_util::future::join_all(work).await;
     let mut plans = Vec::new();
+    let mut rolling = Vec::new();
     let mut failed = Vec::new();
     for (a, r) in attempts.iter().zip(results) {
         match r {
-            Ok(p) => plans.push(p),
+            Ok((p, r)) => {
+                plans.push(p);
+                rolling.push(r);
+            }
             Err(e) => failed.push(format!("{}: {e:#}", a.host.name)),
         }
     }
@@ -122,13 +127,24 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
             .unwrap_or(0)
             .max(7),
     ));
-    // Services are registered by the agents, not by `up`: wait until the
-    // load balancer routes every instance, so "up" means "answering".
     let lb = attempts
         .iter()
         .find(|a| a.host.has_role(Role::Lb))
         .expect("validation guarantees an lb host");
     let lb_conn: &Connection = lb.result.as_ref().expect("connected");
+    for (a, steps) in attempts.iter().zip(&rolling) {
+        let conn = a.result.as_ref().expect("connected");
+        for step in steps {
+            if let Step::Replace { spec, old_id, .. } = step {
+                rolling_replace(&conn.host, &lb_conn.host, t, spec, old_id, &a.line).await?;
+            }
+        }
+    }
+    for a in &attempts {
+        a.line.finish();
+    }
+    // Services are registered by the agents, not by `up`: wait until the
+    // load balancer routes every instance, so "up" means "answering".
     let routed = discovery::wait_for_routes(
         &lb_conn.host,
         t,
@@ -153,6 +169,9 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
                 .unwrap_or(0)
                 .max(7),
         ));
+    }
+    for (p, r) in plans.iter_mut().zip(rolling) {
+        p.steps.extend(r);
     }
     let totals = totals(&plans);
     println!(

@@ -74,15 +74,12 @@ fn measure(state: &Path, topo: &PathBuf, trials: usize) {
     let state = StateDir::new(state.to_path_buf());
     let mut connector = Connector::new(Duration::from_secs(20), None).unwrap();
     connector.set_lab(lab::access(&state, "benchrt"));
-    let hosts: Vec<DockerHost> = ["host-1", "host-3"]
+    // The connections hold the SSH masters: keep them for the whole run.
+    let conns: Vec<_> = ["host-1", "host-3"]
         .iter()
-        .map(|h| {
-            rt.block_on(connector.connect(t.host(h).unwrap()))
-                .unwrap()
-                .host
-        })
+        .map(|h| rt.block_on(connector.connect(t.host(h).unwrap())).unwrap())
         .collect();
-    let (app, lbhost) = (&hosts[0], &hosts[1]);
+    let (app, lbhost) = (&conns[0].host, &conns[1].host);
     let lb = format!("{NET}.13:80");
     let container = "benchrt-demo-1";
     let inspect = rt

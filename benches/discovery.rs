@@ -86,18 +86,24 @@ fn measure(state: &Path, topo: &PathBuf, trials: usize) {
         .block_on(app.docker.inspect_container(container, None))
         .unwrap();
     let identity = inspect.config.unwrap().hostname.unwrap();
-    let port = inspect.network_settings.unwrap().ports.unwrap()["8080/tcp"]
-        .as_ref()
-        .unwrap()[0]
-        .host_port
-        .clone()
-        .unwrap();
-    let address = format!("{NET}.11:{port}");
+    // The published host port changes with every start: read it each time.
+    let address = |rt: &tokio::runtime::Runtime| {
+        let i = rt
+            .block_on(app.docker.inspect_container(container, None))
+            .unwrap();
+        let ports = i.network_settings.unwrap().ports.unwrap();
+        let port = ports["8080/tcp"].as_ref().unwrap()[0]
+            .host_port
+            .clone()
+            .unwrap();
+        format!("{NET}.11:{port}")
+    };
 
-    let (mut route_in, mut route_out) = (Vec::new(), Vec::new());
+    let (mut route_in, mut route_in_started, mut route_out) = (Vec::new(), Vec::new(), Vec::new());
     let mut failed = 0usize;
     let mut requests = 0usize;
     for _ in 0..trials {
+        let address = address(&rt);
         // Out: stop, then ask the LB until it has stopped trying the instance.
         let t0 = Instant::now();
         let stop = rt.spawn({
@@ -139,7 +145,10 @@ fn measure(state: &Path, topo: &PathBuf, trials: usize) {
         let t0 = Instant::now();
         let start = rt.spawn({
             let d = app.docker.clone();
-            async move { d.start_container(container, None).await }
+            async move {
+                let r = d.start_container(container, None).await;
+                (r, Instant::now())
+            }
         });
         loop {
             requests += 1;
@@ -153,8 +162,11 @@ fn measure(state: &Path, topo: &PathBuf, trials: usize) {
                 "the started instance never answered"
             );
         }
-        route_in.push(t0.elapsed());
-        rt.block_on(start).unwrap().unwrap();
+        let routed = Instant::now();
+        route_in.push(routed - t0);
+        let (r, started) = rt.block_on(start).unwrap();
+        r.unwrap();
+        route_in_started.push(routed.saturating_duration_since(started));
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -163,7 +175,16 @@ fn measure(state: &Path, topo: &PathBuf, trials: usize) {
         "{:<10} {:>8} {:>8} {:>8} {:>8}  target",
         "", "min", "p50", "p99", "max"
     );
-    print_row("route-in", &mut route_in, "p50 < 150 ms, p99 < 500 ms");
+    print_row(
+        "route-in",
+        &mut route_in,
+        "p50 < 150 ms, p99 < 500 ms (from the start call)",
+    );
+    print_row(
+        "  started",
+        &mut route_in_started,
+        "(from the start call's return: container running)",
+    );
     print_row(
         "route-out",
         &mut route_out,

@@ -303,6 +303,7 @@ async fn install(
     previous: Option<&str>,
 ) -> Result<()> {
     let path = opts.conf_dir.join(CONFIG_FILE);
+    let t0 = std::time::Instant::now();
     write_atomically(&path, text)?;
     let check = nginx
         .exec(&opts.nginx_container, &["nginx", "-t", "-q"], &[])
@@ -324,6 +325,7 @@ async fn install(
         }
         return Err(why);
     }
+    let checked = t0.elapsed();
     nginx
         .docker
         .kill_container(
@@ -339,12 +341,19 @@ async fn install(
     // SIGHUP only asks: nginx starts new workers a few milliseconds later,
     // and until then the old ones answer. Wait until an answer carries the
     // new config's marker, so "reloaded" means "in effect".
+    let signalled = t0.elapsed();
     let marker = marker_of(text);
     if !wait_for_marker(opts.port, &marker, Duration::from_secs(2)).await {
         log(&format!(
             "nginx did not show config {marker} within 2 s (a template without the marker header?)"
         ));
     }
+    log(&format!(
+        "timing: nginx -t {} ms, HUP {} ms, in effect after {} ms",
+        checked.as_millis(),
+        (signalled - checked).as_millis(),
+        t0.elapsed().as_millis()
+    ));
     Ok(())
 }
 

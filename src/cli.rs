@@ -110,7 +110,7 @@ pub enum AgentCommand {
         domain: String,
         #[arg(long, default_value_t = 80)]
         port: u16,
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 10)]
         quiet_ms: u64,
         #[arg(long, default_value_t = 250)]
         max_wait_ms: u64,

@@ -85,6 +85,23 @@ fn instances_are_registered_balanced_and_follow_their_containers() {
         "the restarted instance must be routed to again"
     );
 
+    // The agents' logs are one command away.
+    let logs = env.run(&["logs", "host-1", "register"]).expect_ok("logs");
+    assert!(logs.stdout.contains("registered itdisc-demo-1 as demo"), "{}", logs.stdout);
+    let bad = env.run(&["logs", "host-1", "nosuch"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+
+    // Consul restarted on an app host: its instance is back in the pool.
+    env.ssh(1, "docker restart itdisc-consul").expect_ok("restarting consul");
+    assert!(
+        eventually(30, || {
+            let s = env.status_json();
+            s["services"]["demo"]["passing"] == 2 && s["healthy"] == true
+        }),
+        "after a Consul restart every instance is registered again"
+    );
+    assert!(eventually(5, || by_path(6).contains_key(&stopped)));
+
     // Started by hand, with no stagectl command: routed to.
     env.ssh(
         2,

@@ -65,7 +65,7 @@ impl Default for LbSettings {
         LbSettings {
             domain: "stagectl.test".into(),
             template: None,
-            quiet_ms: 20,
+            quiet_ms: 10,
             max_wait_ms: 250,
         }
     }

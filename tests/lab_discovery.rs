@@ -87,12 +87,17 @@ fn instances_are_registered_balanced_and_follow_their_containers() {
 
     // The agents' logs are one command away.
     let logs = env.run(&["logs", "host-1", "register"]).expect_ok("logs");
-    assert!(logs.stdout.contains("registered itdisc-demo-1 as demo"), "{}", logs.stdout);
+    assert!(
+        logs.stdout.contains("registered itdisc-demo-1 as demo"),
+        "{}",
+        logs.stdout
+    );
     let bad = env.run(&["logs", "host-1", "nosuch"]);
     assert_eq!(bad.code, 2, "{}", bad.stderr);
 
     // Consul restarted on an app host: its instance is back in the pool.
-    env.ssh(1, "docker restart itdisc-consul").expect_ok("restarting consul");
+    env.ssh(1, "docker restart itdisc-consul")
+        .expect_ok("restarting consul");
     assert!(
         eventually(30, || {
             let s = env.status_json();

@@ -13,7 +13,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -68,7 +68,7 @@ fn main() {
     }
 }
 
-fn measure(state: &Path, topo: &PathBuf, trials: usize) {
+fn measure(state: &Path, topo: &Path, trials: usize) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let t = stagectl::topology::load(topo).unwrap();
     let state = StateDir::new(state.to_path_buf());

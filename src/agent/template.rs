@@ -271,23 +271,6 @@ async fn apply(
 #[derive(Debug)]
 struct NginxAway(String);
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_marker_names_the_config_hash_and_is_stable() {
-        let a = with_marker("server {}\n");
-        assert_eq!(a, with_marker("server {}\n"));
-        assert_ne!(a, with_marker("server { }\n"));
-        assert_eq!(marker_of(&a), short_hash("server {}\n"));
-        assert!(a.ends_with(&format!(
-            "add_header X-Stagectl-Config \"{}\" always;\n",
-            marker_of(&a)
-        )));
-    }
-}
-
 impl std::fmt::Display for NginxAway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -421,4 +404,21 @@ fn short_hash(text: &str) -> String {
         .take(4)
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_names_the_config_hash_and_is_stable() {
+        let a = with_marker("server {}\n");
+        assert_eq!(a, with_marker("server {}\n"));
+        assert_ne!(a, with_marker("server { }\n"));
+        assert_eq!(marker_of(&a), short_hash("server {}\n"));
+        assert!(a.ends_with(&format!(
+            "add_header X-Stagectl-Config \"{}\" always;\n",
+            marker_of(&a)
+        )));
+    }
 }

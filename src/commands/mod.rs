@@ -67,18 +67,34 @@ pub async fn run(cli: Cli) -> Result<u8> {
         _ => {}
     }
     let ctx = Ctx::load(&cli)?;
-    match cli.command {
-        Command::Validate => validate::run(&ctx),
-        Command::Plan => plan::run(&ctx).await,
-        Command::Up => up::run(&ctx).await,
-        Command::Down { keep_data } => down::run(&ctx, keep_data).await,
-        Command::Status { output } => status::run(&ctx, output).await,
+    // Ctrl-C drops the command's future: connections close (their SSH
+    // masters exit) and the private socket folder is removed. What was
+    // applied stays applied; the next `up` converges from there.
+    tokio::select! {
+        result = run_command(&ctx, cli.command) => result,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted; nothing half-made is left running: run the command again to converge");
+            Ok(EXIT_INTERRUPTED)
+        }
+    }
+}
+
+/// 128 + SIGINT, as shells report it.
+const EXIT_INTERRUPTED: u8 = 130;
+
+async fn run_command(ctx: &Ctx, command: Command) -> Result<u8> {
+    match command {
+        Command::Validate => validate::run(ctx),
+        Command::Plan => plan::run(ctx).await,
+        Command::Up => up::run(ctx).await,
+        Command::Down { keep_data } => down::run(ctx, keep_data).await,
+        Command::Status { output } => status::run(ctx, output).await,
         Command::Logs {
             host,
             component,
             follow,
             tail,
-        } => logs::run(&ctx, &host, &component, follow, &tail).await,
+        } => logs::run(ctx, &host, &component, follow, &tail).await,
         Command::DemoHttp { .. } | Command::Agent(_) => unreachable!("handled above"),
     }
 }

@@ -1,0 +1,267 @@
+//! Failure drills on a real local lab, each with a bound on time that it
+//! asserts and prints (`cargo test --test lab_drills -- --nocapture` shows
+//! the measured figures). One lab serves every drill, in order; each drill
+//! leaves the environment healthy for the next.
+//!
+//! Needs a Docker engine and the images of scripts/build-images.sh.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SERVICES: &str = "services:\n  demo:\n    image: stagectl/demo:latest\n    port: 8080\n";
+
+/// Requests the LB in the background until stopped; every answer that is
+/// not a 200 is a failure.
+struct Client {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Client {
+    fn start(lb: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = {
+            let (stop, lb) = (stop.clone(), lb.to_string());
+            std::thread::spawn(move || {
+                let (mut total, mut failed) = (0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    total += 1;
+                    match http_get(&lb, "/demo/", "x") {
+                        Ok((200, _)) => {}
+                        other => failed.push(format!("{other:?}")),
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                (total, failed)
+            })
+        };
+        Client { stop, handle }
+    }
+
+    fn finish(self, what: &str) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (total, failed) = self.handle.join().unwrap();
+        assert!(total > 10, "{what}: the client kept asking ({total})");
+        assert!(
+            failed.is_empty(),
+            "{what}: {} of {total} requests failed: {failed:?}",
+            failed.len()
+        );
+        println!("drill {what}: {total} requests, none failed");
+    }
+}
+
+/// Upstream addresses (host IPs) seen in ten answers.
+fn upstream_hosts(lb: &str) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..10 {
+        if let Ok((200, body)) = http_get_headers(lb) {
+            for addr in body.split(',') {
+                let ip = addr.trim().split(':').next().unwrap_or("").to_string();
+                *seen.entry(ip).or_default() += 1;
+            }
+        }
+    }
+    seen
+}
+
+/// GET /demo/ and return the X-Stagectl-Upstream header.
+fn http_get_headers(lb: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&lb.parse().unwrap(), Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /demo/ HTTP/1.0\r\nHost: x\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let up = buf
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-stagectl-upstream:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    Ok((code, up))
+}
+
+/// Seconds until `check` holds, asserting it does within `bound`.
+fn within(what: &str, bound: u64, mut check: impl FnMut() -> bool) -> f64 {
+    let t0 = Instant::now();
+    assert!(
+        eventually(bound, &mut check),
+        "{what}: not within {bound} s"
+    );
+    let secs = t0.elapsed().as_secs_f64();
+    println!("drill {what}: {secs:.1} s (bound {bound} s)");
+    secs
+}
+
+#[test]
+fn failure_drills() {
+    let env = LabEnv::new("itdrill", 54, SERVICES);
+    env.run(&["up"]).expect_ok("up");
+    let lb = format!("{}:80", env.ip(3));
+    let host1 = env.ip(1);
+    let healthy = |env: &LabEnv| env.status_json()["healthy"] == true;
+
+    // 1. The Consul leader's container is killed: a leader remains, the LB
+    //    keeps serving; `up` restores the killed agent.
+    let status = env.status_json();
+    let leader = status["consul"]["leader"].as_str().unwrap().to_string();
+    let n: u8 = leader.trim_start_matches("host-").parse().unwrap();
+    let client = Client::start(&lb);
+    env.ssh(n, "docker kill itdrill-consul")
+        .expect_ok("killing the leader's consul");
+    within("consul leader killed → new leader", 15, || {
+        let s = env.status_json();
+        s["consul"]["leader"].as_str().is_some_and(|l| l != leader)
+    });
+    client.finish("consul leader killed");
+    env.run(&["up"]).expect_ok("up restores consul");
+    assert!(healthy(&env));
+
+    // 2. A whole app host frozen: its instance leaves the pool, the other
+    //    keeps serving; unfrozen, it comes back.
+    let client = Client::start(&lb);
+    sh("docker", &["pause", "itdrill-host-1"]).expect_ok("pausing host-1");
+    within("app host paused → out of the pool", 10, || {
+        !upstream_hosts(&lb).contains_key(&host1)
+    });
+    client.finish("app host paused");
+    sh("docker", &["unpause", "itdrill-host-1"]).expect_ok("unpausing host-1");
+    within("app host unpaused → back in the pool", 20, || {
+        upstream_hosts(&lb).contains_key(&host1)
+    });
+
+    // 3. The app host cut off from the others, then reconnected: same.
+    let client = Client::start(&lb);
+    sh(
+        "docker",
+        &["network", "disconnect", "itdrill-lab", "itdrill-host-1"],
+    )
+    .expect_ok("disconnecting host-1");
+    within("app host disconnected → out of the pool", 10, || {
+        !upstream_hosts(&lb).contains_key(&host1)
+    });
+    client.finish("app host disconnected");
+    sh(
+        "docker",
+        &[
+            "network",
+            "connect",
+            "--ip",
+            &host1,
+            "itdrill-lab",
+            "itdrill-host-1",
+        ],
+    )
+    .expect_ok("reconnecting host-1");
+    within("app host reconnected → back in the pool", 30, || {
+        upstream_hosts(&lb).contains_key(&host1)
+    });
+    within("app host reconnected → healthy", 30, || healthy(&env));
+
+    // 4. The template agent crashes (its process killed): nginx keeps
+    //    serving the last good config; the agent restarts and catches up.
+    let client = Client::start(&lb);
+    env.ssh(
+        3,
+        "kill -9 $(docker inspect -f '{{.State.Pid}}' itdrill-template)",
+    )
+    .expect_ok("killing the template agent");
+    within("template agent crashed → restarted", 15, || {
+        env.ssh(
+            3,
+            "docker inspect -f '{{.State.Running}} {{.RestartCount}}' itdrill-template",
+        )
+        .stdout
+        .trim()
+            == "true 1"
+    });
+    client.finish("template agent crashed");
+    env.ssh(1, "docker stop itdrill-demo-1")
+        .expect_ok("stopping an instance");
+    within("restarted template agent → follows changes", 5, || {
+        !upstream_hosts(&lb).contains_key(&host1)
+    });
+    env.ssh(1, "docker start itdrill-demo-1")
+        .expect_ok("starting it again");
+    within("restarted template agent → instance back", 5, || {
+        upstream_hosts(&lb).contains_key(&host1)
+    });
+
+    // 5. `up` interrupted in the middle: a second `up` converges, with no
+    //    duplicate containers.
+    let yaml = std::fs::read_to_string(&env.topology).unwrap();
+    std::fs::write(&env.topology, format!("{yaml}    per_host: 2\n")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stagectl"))
+        .args(["-f", env.topology.to_str().unwrap(), "up"])
+        .env("STAGECTL_STATE_DIR", env.state())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let code = child.wait().unwrap();
+    println!("drill up interrupted: first up ended with {code}");
+    env.run(&["up"]).expect_ok("up after an interrupted up");
+    for h in 1..=2 {
+        let names = env
+            .ssh(
+                h,
+                "docker ps -a --format '{{.Names}}' --filter label=io.stagectl.env=itdrill",
+            )
+            .expect_ok("ps");
+        let mut names: Vec<&str> = names.stdout.lines().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                "itdrill-consul",
+                "itdrill-demo-1",
+                "itdrill-demo-2",
+                "itdrill-register"
+            ],
+            "host-{h}"
+        );
+    }
+    assert_eq!(env.status_json()["services"]["demo"]["passing"], 4);
+
+    // 6. `down` of an environment that never existed on these hosts (same
+    //    lab): no error, and nothing of the other environment is touched.
+    let other = env.dir.path().join("other.yaml");
+    std::fs::write(
+        &other,
+        format!(
+            "name: itdrill-other\nlab: {{ name: itdrill, subnet: 10.77.54.0/24 }}\nhosts:\n  host-1: {{ driver: local, address: {}, roles: [app, lb] }}\n",
+            env.ip(1)
+        ),
+    )
+    .unwrap();
+    let down = stagectl(&env.state(), &["-f", other.to_str().unwrap(), "down"]);
+    assert_eq!(down.code, 0, "{}", down.stderr);
+    assert!(
+        down.stderr.contains("kept: still used by itdrill"),
+        "{}",
+        down.stderr
+    );
+    assert!(healthy(&env), "the other environment is untouched");
+
+    env.run(&["down"]).expect_ok("down");
+    env.run(&["down"]).expect_ok("down twice");
+}

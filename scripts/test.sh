@@ -23,3 +23,6 @@ STAGECTL_BIN=target/release/stagectl ./scripts/build-images.sh
 step "unit and integration tests"
 # Snapshots must match what is committed; a missing one is a failure.
 INSTA_UPDATE=no cargo test --locked --all-targets
+
+step "end-to-end smoke test (scripts/smoke.sh)"
+./scripts/smoke.sh

@@ -1,49 +1,69 @@
 #!/usr/bin/env bash
-# Benchmarks on the local lab (prints figures; asserts nothing):
-#   cold up   from nothing (no lab, no containers) to a leader-elected cluster,
-#             lab hosts created and images streamed in included
-#   no-op up  a second `up` on a converged environment
-#   status    one `status` on a converged environment
-#   down      everything removed, lab included
-# Targets (issue 2): cold up < 30 s, no-op up < 2 s.
-# Usage: scripts/bench.sh [TRIALS]   (default 3; each trial is a full cycle)
+# Every benchmark, one report (prints figures; asserts nothing):
+#   per lab size (3, 6, 12 hosts; SIZES overrides):
+#     cold up   from nothing (no lab, no containers) to a leader-elected
+#               cluster, lab hosts created and images streamed in included
+#     no-op up  `up` again on the converged environment
+#     status    one `status`
+#     down      everything removed, lab included
+#   then route-in / route-out latency through the load balancer and the
+#   agents' memory and idle CPU (cargo bench --bench discovery).
+# Targets: cold up < 30 s and no-op up < 2 s (3 hosts); route p50 < 150 ms,
+# p99 < 500 ms; agents < 15 MB.
+# Usage: scripts/bench.sh [TRIALS]   (default 3 cycles per size; ROUTE_TRIALS=50)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 trials=${1:-3}
+sizes=${SIZES:-"3 6 12"}
+route_trials=${ROUTE_TRIALS:-50}
 
 cargo build --release --locked >/dev/null 2>&1
 STAGECTL_BIN=target/release/stagectl ./scripts/build-images.sh >/dev/null 2>&1
+bin=target/release/stagectl
 
 work=$(mktemp -d)
 export STAGECTL_STATE_DIR=$work/state
-topo=$work/bench.yaml
-cat >"$topo" <<YAML
-name: bench
-lab: { subnet: 10.77.60.0/24 }
-hosts:
-  host-1: { driver: local, address: 10.77.60.11, roles: [app] }
-  host-2: { driver: local, address: 10.77.60.12, roles: [app] }
-  host-3: { driver: local, address: 10.77.60.13, roles: [lb] }
-YAML
-bin=target/release/stagectl
-trap '$bin -f "$topo" down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+current=""
+trap '[[ -n $current ]] && $bin -f "$current" down >/dev/null 2>&1; rm -rf "$work"' EXIT
 
 now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
-timed() { local t0; t0=$(now); "$@" >/dev/null 2>&1; elapsed "$t0" "$(now)"; }
+timed() { local t0; t0=$(now); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { printf "%.2f", a[int((NR + 1) / 2)] }'; }
+span() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { printf "%.2f-%.2f", a[1], a[NR] }'; }
 
-declare -a cold noop status down
-for i in $(seq 1 "$trials"); do
-    cold+=("$(timed $bin -f "$topo" up)")
-    for _ in 1 2 3; do noop+=("$(timed $bin -f "$topo" up)"); done
-    status+=("$(timed $bin -f "$topo" status)")
-    down+=("$(timed $bin -f "$topo" down)")
+# A lab of N hosts: host-1 balances, the rest run apps; 3 Consul servers.
+topology() {
+    local n=$1 net=$((60 + $1)) i
+    echo "name: bench$n"
+    echo "lab: { subnet: 10.77.$net.0/24 }"
+    echo "consul: { servers: [host-1, host-2, host-3] }"
+    echo "hosts:"
+    for i in $(seq 1 "$n"); do
+        if ((i == 1)); then role=lb; else role=app; fi
+        echo "  host-$i: { driver: local, address: 10.77.$net.$((10 + i)), roles: [$role] }"
+    done
+}
+
+rows=()
+for n in $sizes; do
+    current=$work/bench$n.yaml
+    topology "$n" >"$current"
+    cold=() noop=() status=() down=()
+    for _ in $(seq 1 "$trials"); do
+        cold+=("$(timed $bin -f "$current" up)")
+        for _ in 1 2 3; do noop+=("$(timed $bin -f "$current" up)"); done
+        status+=("$(timed $bin -f "$current" status)")
+        down+=("$(timed $bin -f "$current" down)")
+    done
+    current=""
+    rows+=("$(printf '%5s  %7s s %-12s  %6s s %-11s  %6s s  %6s s' "$n" \
+        "$(median "${cold[@]}")" "($(span "${cold[@]}"))" "$(median "${noop[@]}")" "($(span "${noop[@]}"))" \
+        "$(median "${status[@]}")" "$(median "${down[@]}")")")
 done
 
-stats() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { printf "%6.2f %6.2f %6.2f %4d", a[1], a[int((NR + 1) / 2)], a[NR], NR }'; }
-printf '\nstagectl benchmark: 3-host local lab, %s, %s cores\n' "$(uname -m)" "$(nproc)"
-printf '%-10s %6s %6s %6s %4s  %s\n' what min median max n target
-printf '%-10s %s  %s\n' "cold up" "$(stats "${cold[@]}")" "< 30 s"
-printf '%-10s %s  %s\n' "no-op up" "$(stats "${noop[@]}")" "< 2 s"
-printf '%-10s %s\n' "status" "$(stats "${status[@]}")"
-printf '%-10s %s\n' "down" "$(stats "${down[@]}")"
+printf '\nstagectl benchmark, %s, %s cores, %s; medians of %s cycles (range)\n' \
+    "$(uname -m)" "$(nproc)" "$(free -g | awk '/Mem:/ { print $2 " GiB" }')" "$trials"
+printf '%5s  %-22s  %-21s  %8s  %8s\n' hosts "cold up (< 30 s)" "no-op up (< 2 s)" status down
+printf '%s\n' "${rows[@]}"
+
+cargo bench --locked --bench discovery -- "$route_trials" 2>/dev/null | sed -n '/route latency/,$p'

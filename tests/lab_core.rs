@@ -74,7 +74,7 @@ fn lab_up_converges_idempotently_and_down_leaves_nothing() {
     assert!(
         again
             .stdout
-            .contains("0 to create, 0 to replace, 0 to start, 0 to remove, 3 unchanged"),
+            .contains("0 to create, 0 to replace, 0 to start, 0 to remove, 7 unchanged"),
         "second up must change nothing: {}",
         again.stdout
     );
@@ -94,7 +94,7 @@ fn lab_up_converges_idempotently_and_down_leaves_nothing() {
     let plan = env.run(&["plan"]).expect_ok("plan");
     assert!(
         plan.stdout
-            .contains("1 to create, 0 to replace, 0 to start, 0 to remove, 2 unchanged"),
+            .contains("1 to create, 0 to replace, 0 to start, 0 to remove, 6 unchanged"),
         "{}",
         plan.stdout
     );

@@ -54,8 +54,8 @@ pub enum Command {
     Logs {
         host: String,
         component: String,
-        /// Keep following the log
-        #[arg(short = 'f', long)]
+        /// Keep following the log (-f is the topology file, as everywhere)
+        #[arg(short = 'F', long)]
         follow: bool,
         /// Lines from the end to start with
         #[arg(long, default_value = "200")]
@@ -126,4 +126,13 @@ pub enum AgentCommand {
 pub enum OutputFormat {
     Table,
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

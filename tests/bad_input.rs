@@ -126,3 +126,26 @@ fn shipped_topologies_are_valid() {
         assert_eq!(r.code, 0, "{}: {}", f.display(), r.stderr);
     }
 }
+
+#[test]
+fn every_subcommand_parses_its_help() {
+    // clap checks a command's definition when it is used: ask each for help.
+    let state = tempfile::tempdir().unwrap();
+    for cmd in [
+        "validate",
+        "plan",
+        "up",
+        "down",
+        "status",
+        "logs",
+        "agent",
+        "demo-http",
+    ] {
+        let r = stagectl(state.path(), &[cmd, "--help"]);
+        assert_eq!(r.code, 0, "{cmd} --help: {}", r.stderr);
+    }
+    for sub in ["register", "template", "services"] {
+        let r = stagectl(state.path(), &["agent", sub, "--help"]);
+        assert_eq!(r.code, 0, "agent {sub} --help: {}", r.stderr);
+    }
+}

@@ -425,9 +425,16 @@ fn consul_agent(
     // neither `docker inspect` nor `ps`. raft_multiplier 1 is Consul's
     // production timing (its default of 5 is tuned for tiny dev machines)
     // and makes leader election several times faster.
+    //
+    // Gossip timing: by memberlist's formula, Consul's defaults let the
+    // suspicion of a silent host run up to ~14 s on a 3-node cluster (too
+    // few peers to confirm it sooner); probing twice as often with a shorter
+    // suspicion brings that to a few seconds, which is how long a dead
+    // host's instances stay in the load balancer.
     let config = serde_json::json!({
         "encrypt": secrets.gossip_key,
         "performance": { "raft_multiplier": 1 },
+        "gossip_lan": { "probe_interval": "500ms", "suspicion_mult": 3 },
     })
     .to_string();
     let role = if host.consul_server {

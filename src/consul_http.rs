@@ -4,6 +4,11 @@
 //! Only what stagectl needs: register and deregister services on the local
 //! agent, list them, and blocking queries on the catalog and on healthy
 //! instances. Plain types in and out; hyper stays inside.
+//!
+//! Reads are `stale`: any server answers from its own replica. A consistent
+//! read goes to the leader, and a blocking query parked on a leader that
+//! just died hangs until its wait runs out; a stale one keeps following the
+//! replicated state while a new leader is elected (milliseconds behind).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -191,7 +196,7 @@ impl ConsulClient {
     /// Service names in the catalog; blocks while the index is unchanged.
     pub async fn catalog_services(&self, index: u64, wait: Duration) -> Result<(u64, Vec<String>)> {
         let path = format!(
-            "/v1/catalog/services?index={index}&wait={}s",
+            "/v1/catalog/services?stale&index={index}&wait={}s",
             wait.as_secs().max(1)
         );
         let (idx, body) = self
@@ -209,7 +214,7 @@ impl ConsulClient {
         wait: Duration,
     ) -> Result<(u64, Vec<Instance>)> {
         let path = format!(
-            "/v1/health/service/{}?passing&index={index}&wait={}s",
+            "/v1/health/service/{}?passing&stale&index={index}&wait={}s",
             encode(service),
             wait.as_secs().max(1)
         );
@@ -266,7 +271,7 @@ impl ConsulClient {
         let (_, names) = self.catalog_services(0, Duration::from_secs(1)).await?;
         let mut report = BTreeMap::new();
         for name in names.into_iter().filter(|n| n != "consul") {
-            let path = format!("/v1/health/service/{}", encode(&name));
+            let path = format!("/v1/health/service/{}?stale", encode(&name));
             let (_, body) = self
                 .call(Method::GET, &path, None, Duration::from_secs(5))
                 .await?;

@@ -174,15 +174,27 @@ fn failure_drills() {
     std::thread::sleep(Duration::from_secs(2));
     client.finish("app host stopped, other host serving");
     sh("docker", &["start", "itdrill-host-1"]).expect_ok("starting host-1");
-    within("app host started → back in the pool", 30, || {
-        pool(&env).contains(&host1)
-    });
+    if !eventually(30, || pool(&env).contains(&host1)) {
+        for cmd in [
+            "docker ps -a --format '{{.Names}} {{.Status}}'",
+            "docker logs --tail 20 itdrill-register 2>&1",
+            "docker exec itdrill-consul consul members 2>&1",
+        ] {
+            println!("host-1$ {cmd}\n{}", env.ssh(1, cmd).stdout);
+        }
+        panic!(
+            "drill app host started → back in the pool: not within 30 s; pool {:?}",
+            pool(&env)
+        );
+    }
     within("app host started → answering", 5, || {
         upstream_hosts(&lb).contains_key(&host1)
     });
     within("app host started → healthy", 30, || healthy(&env));
 
-    // 3. The app host cut off from the others, then reconnected: same.
+    // 3. The app host cut off from the others, then reconnected: same. The
+    //    way back is slower: Consul's gossip retries failed members every
+    //    30 s (serf's reconnect interval, not configurable in Consul 1.8).
     sh(
         "docker",
         &["network", "disconnect", "itdrill-lab", "itdrill-host-1"],
@@ -206,7 +218,7 @@ fn failure_drills() {
         ],
     )
     .expect_ok("reconnecting host-1");
-    within("app host reconnected → back in the pool", 30, || {
+    within("app host reconnected → back in the pool", 60, || {
         pool(&env).contains(&host1)
     });
     within("app host reconnected → healthy", 30, || healthy(&env));
@@ -242,20 +254,32 @@ fn failure_drills() {
 
     // 5. `up` interrupted in the middle: a second `up` converges, with no
     //    duplicate containers.
+    // Each attempt changes the instance count, so `up` always has work; the
+    // SIGINT comes sooner each time until it lands mid-way (exit 130).
     let yaml = std::fs::read_to_string(&env.topology).unwrap();
+    let mut interrupted = false;
+    for (attempt, delay_ms) in [800u64, 400, 200, 100, 50].into_iter().enumerate() {
+        let per_host = if attempt % 2 == 0 { 3 } else { 2 };
+        std::fs::write(&env.topology, format!("{yaml}    per_host: {per_host}\n")).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stagectl"))
+            .args(["-f", env.topology.to_str().unwrap(), "up"])
+            .env("STAGECTL_STATE_DIR", env.state())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: sending SIGINT to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let code = child.wait().unwrap();
+        println!("drill up interrupted after {delay_ms} ms: {code}");
+        if code.code() == Some(130) {
+            interrupted = true;
+            break;
+        }
+    }
+    assert!(interrupted, "no attempt interrupted `up` mid-way");
     std::fs::write(&env.topology, format!("{yaml}    per_host: 2\n")).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stagectl"))
-        .args(["-f", env.topology.to_str().unwrap(), "up"])
-        .env("STAGECTL_STATE_DIR", env.state())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    // SAFETY: sending SIGINT to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let code = child.wait().unwrap();
-    println!("drill up interrupted: first up ended with {code}");
     env.run(&["up"]).expect_ok("up after an interrupted up");
     for h in 1..=2 {
         let names = env

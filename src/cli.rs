@@ -50,6 +50,11 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// List the environments found on the topology's hosts, with state, ports and load balancer
+    Ls {
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
     /// Show a component's logs on a host (consul, register, nginx, template, or a service instance such as web-1)
     Logs {
         host: String,

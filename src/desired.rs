@@ -368,6 +368,12 @@ fn base_labels(topology: &Topology, host: &Host, component: &str) -> BTreeMap<St
         (labels::ENV.to_string(), topology.name.clone()),
         (labels::COMPONENT.to_string(), component.to_string()),
         (labels::HOST.to_string(), host.name.clone()),
+        // Recorded on every container, so other environments on these hosts
+        // (and the next `up`) know which ports this one holds.
+        (
+            crate::ports::LABEL.to_string(),
+            crate::ports::to_label(&topology.ports),
+        ),
     ])
 }
 

@@ -112,6 +112,35 @@ impl DockerHost {
         Ok(observed)
     }
 
+    /// The ports each environment with containers here recorded.
+    pub async fn port_claims(&self) -> Result<Vec<crate::ports::Claim>> {
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(HashMap::from([(
+                    "label".to_string(),
+                    vec![labels::ENV.to_string()],
+                )])),
+                ..Default::default()
+            }))
+            .await
+            .with_context(|| format!("{}: cannot list containers", self.name))?;
+        let mut claims: Vec<crate::ports::Claim> = containers
+            .into_iter()
+            .filter_map(|c| {
+                let l = c.labels?;
+                Some(crate::ports::Claim {
+                    env: l.get(labels::ENV)?.clone(),
+                    ports: crate::ports::from_label(l.get(crate::ports::LABEL)?)?,
+                })
+            })
+            .collect();
+        claims.sort_by(|a, b| a.env.cmp(&b.env));
+        claims.dedup_by(|a, b| a.env == b.env);
+        Ok(claims)
+    }
+
     /// Names of environments with containers on this host.
     pub async fn environments(&self) -> Result<Vec<String>> {
         let containers = self

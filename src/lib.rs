@@ -23,6 +23,7 @@ pub mod docker;
 pub mod error;
 pub mod lab;
 pub mod labels;
+pub mod ports;
 pub mod progress;
 pub mod reconcile;
 pub mod state;

@@ -152,6 +152,7 @@ async fn register_container(
     let Some((info, direct)) = inspect(docker, id).await? else {
         return Ok(());
     };
+    let ctx = &effective(docker, ctx).await;
     let regs = match registrations(&info, ctx) {
         Ok(r) => r,
         Err(Skip::NoPublishedPorts | Skip::Infrastructure | Skip::OtherEnvironment(_)) => {
@@ -210,7 +211,40 @@ fn ours(meta: &std::collections::BTreeMap<String, String>, ctx: &AgentContext) -
 }
 
 /// Make Consul's services of this agent equal to what runs.
+/// Unlabeled containers belong to nobody in particular: they are adopted
+/// only while this is the only environment with a registration agent on the
+/// host. With two, neither adopts them (label them `io.stagectl.env=...`),
+/// so no container is ever served by two environments' load balancers.
+async fn effective(docker: &Docker, ctx: &AgentContext) -> AgentContext {
+    if !ctx.adopt_unlabeled {
+        return ctx.clone();
+    }
+    let filter = HashMap::from([(
+        "label".to_string(),
+        vec![format!("{}=register", crate::labels::COMPONENT)],
+    )]);
+    let agents = docker
+        .list_containers(Some(ListContainersOptions {
+            all: false,
+            filters: Some(filter),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_or_default();
+    let shared = agents.iter().any(|c| {
+        c.labels
+            .as_ref()
+            .and_then(|l| l.get(crate::labels::ENV))
+            .is_some_and(|e| *e != ctx.env)
+    });
+    AgentContext {
+        adopt_unlabeled: !shared,
+        ..ctx.clone()
+    }
+}
+
 async fn resync(docker: &Docker, consul: &ConsulClient, ctx: &AgentContext) -> Result<()> {
+    let ctx = &effective(docker, ctx).await;
     let containers = docker
         .list_containers(Some(ListContainersOptions {
             all: false,

@@ -10,6 +10,7 @@ mod demo;
 mod discovery;
 mod down;
 mod logs;
+mod ls;
 mod plan;
 mod status;
 mod up;
@@ -89,6 +90,7 @@ async fn run_command(ctx: &Ctx, command: Command) -> Result<u8> {
         Command::Up => up::run(ctx).await,
         Command::Down { keep_data } => down::run(ctx, keep_data).await,
         Command::Status { output } => status::run(ctx, output).await,
+        Command::Ls { output } => ls::run(ctx, output).await,
         Command::Logs {
             host,
             component,
@@ -132,6 +134,23 @@ pub async fn connect_hosts<'a>(
             Attempt { host, line, result }
         })
         .collect()
+}
+
+/// The topology with its ports in effect: declared ones checked against the
+/// other environments on these hosts, or a free block chosen (see `ports`).
+pub async fn resolve_ports(t: &Topology, hosts: &[&crate::docker::DockerHost]) -> Result<Topology> {
+    let mut claims = Vec::new();
+    for h in hosts {
+        claims.extend(h.port_claims().await?);
+    }
+    let declared = t.ports_declared.then_some(t.ports);
+    let ports = crate::ports::resolve(&t.name, declared, &claims).map_err(|why| {
+        crate::error::input(format!(
+            "{}: {why}; nothing was changed",
+            t.source.display()
+        ))
+    })?;
+    Ok(Topology { ports, ..t.clone() })
 }
 
 /// "host-1, host-2 or host-3" for messages.

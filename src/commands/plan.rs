@@ -69,6 +69,16 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
         return Err(anyhow!("{}", failed.join("\n")));
     }
 
+    let reachable_hosts: Vec<&crate::docker::DockerHost> = attempts
+        .iter()
+        .filter_map(|a| a.result.as_ref().ok().map(|c| &c.host))
+        .collect();
+    let resolved = super::resolve_ports(t, &reachable_hosts).await?;
+    let t = &resolved;
+    if !t.ports_declared {
+        println!("ports: {}", crate::ports::to_label(&t.ports));
+    }
+
     let key = ctx.state.existing_gossip_key(&t.name)?;
     let secrets = Secrets {
         gossip_key: key.unwrap_or_else(|| "(a new key)".into()),

@@ -14,11 +14,12 @@ use tokio::sync::Semaphore;
 
 use super::{
     apply::{apply_host, ensure_images, rolling_replace, ImageSource},
-    connect_hosts, discovery, join_or, Attempt, Ctx,
+    connect_hosts, discovery, join_or, resolve_ports, Attempt, Ctx,
 };
 use crate::connect::{local_engine, Connection, Connector};
 use crate::consul;
 use crate::desired::{desired_state, object_name, Secrets};
+use crate::docker::DockerHost;
 use crate::error::EXIT_OK;
 use crate::lab;
 use crate::reconcile::{plan_up, totals, Step};
@@ -56,6 +57,18 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
     }
     // Back to topology order.
     attempts.sort_by_key(|a| t.hosts.iter().position(|h| h.name == a.host.name));
+
+    let hosts: Vec<&DockerHost> = attempts
+        .iter()
+        .map(|a| {
+            &a.result
+                .as_ref()
+                .expect("all hosts are connected here")
+                .host
+        })
+        .collect();
+    let resolved = resolve_ports(t, &hosts).await?;
+    let t = &resolved;
 
     let secrets = Secrets {
         gossip_key: ctx.state.gossip_key(&t.name)?,

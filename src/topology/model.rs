@@ -24,7 +24,11 @@ pub struct Topology {
     pub lab: Option<Lab>,
     pub images: Images,
     pub consul: ConsulSettings,
+    /// The ports in effect: as declared, or resolved by `ports::resolve`
+    /// against the other environments on the same hosts.
     pub ports: Ports,
+    /// Whether `ports:` was in the file (else a free block is chosen).
+    pub ports_declared: bool,
     pub lb: LbSettings,
     /// App services, in name order.
     pub services: Vec<Service>,
@@ -249,7 +253,7 @@ pub struct ConsulSettings {
 }
 
 /// Host ports the environment binds on every host.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Ports {
     pub lb_http: u16,
     pub consul_http: u16,

@@ -117,6 +117,7 @@ impl Validator {
                 .unwrap_or(60),
         };
 
+        let ports_declared = raw.ports.is_some();
         let ports = self.ports(raw.ports.unwrap_or_default());
         let images = self.images(raw.images.unwrap_or_default());
         let lb = self.lb(raw.lb.unwrap_or_default());
@@ -140,6 +141,7 @@ impl Validator {
             images,
             consul,
             ports,
+            ports_declared,
             lb,
             services,
         }

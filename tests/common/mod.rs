@@ -54,6 +54,31 @@ pub fn sh(program: &str, args: &[&str]) -> Run {
     )
 }
 
+/// Run a command on a lab host over SSH with the lab's own keys (from the
+/// state directory), host key checked strictly.
+pub fn lab_ssh(state: &Path, lab: &str, ip: &str, command: &str) -> Run {
+    let lab = state.join("labs").join(lab);
+    let known = format!("UserKnownHostsFile={}", lab.join("known_hosts").display());
+    let dest = format!("root@{ip}");
+    sh(
+        "ssh",
+        &[
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            &known,
+            "-i",
+            lab.join("id_ed25519").to_str().unwrap(),
+            &dest,
+            command,
+        ],
+    )
+}
+
 /// An environment on its own lab, taken down on drop.
 pub struct LabEnv {
     pub name: String,
@@ -98,26 +123,7 @@ impl LabEnv {
     /// Run a command on a lab host over SSH with the lab's own keys, host
     /// key checked strictly.
     pub fn ssh(&self, host: u8, command: &str) -> Run {
-        let lab = self.state().join("labs").join(&self.name);
-        let known = format!("UserKnownHostsFile={}", lab.join("known_hosts").display());
-        let dest = format!("root@{}", self.ip(host));
-        sh(
-            "ssh",
-            &[
-                "-F",
-                "/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                &known,
-                "-i",
-                lab.join("id_ed25519").to_str().unwrap(),
-                &dest,
-                command,
-            ],
-        )
+        lab_ssh(&self.state(), &self.name, &self.ip(host), command)
     }
 
     pub fn status_json(&self) -> serde_json::Value {

@@ -66,4 +66,49 @@ printf '\nstagectl benchmark, %s, %s cores, %s; medians of %s cycles (range)\n' 
 printf '%5s  %-22s  %-21s  %8s  %8s\n' hosts "cold up (< 30 s)" "no-op up (< 2 s)" status down
 printf '%s\n' "${rows[@]}"
 
+# Extra environments on the same three hosts: each one's `up` time (the
+# first includes creating the lab) and the memory its containers use on the
+# hosts (sum of `docker stats` memory of its containers on every host).
+lab_ssh() {
+    local ip=$1; shift
+    ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes \
+        -o UserKnownHostsFile="$STAGECTL_STATE_DIR/labs/benchshared/known_hosts" \
+        -i "$STAGECTL_STATE_DIR/labs/benchshared/id_ed25519" "root@$ip" "$@"
+}
+env_memory_mb() {
+    local env=$1 ip total=0 mb
+    for ip in 10.77.59.11 10.77.59.12 10.77.59.13; do
+        mb=$(lab_ssh "$ip" "docker stats --no-stream --format '{{.Name}} {{.MemUsage}}'" |
+            awk -v e="$env-" 'index($1, e) == 1 { v = $2; u = v; gsub(/[0-9.]/, "", u); gsub(/[^0-9.]/, "", v);
+                if (u == "GiB") v *= 1024; else if (u == "KiB" || u == "kB") v /= 1024; s += v } END { printf "%.1f", s }')
+        total=$(awk -v a="$total" -v b="$mb" 'BEGIN { printf "%.1f", a + b }')
+    done
+    echo "$total"
+}
+multi=()
+envs=()
+for i in 1 2 3; do
+    f=$work/shared$i.yaml
+    cat >"$f" <<YAML
+name: benchenv$i
+lab: { name: benchshared, subnet: 10.77.59.0/24 }
+hosts:
+  host-1: { driver: local, address: 10.77.59.11, roles: [app] }
+  host-2: { driver: local, address: 10.77.59.12, roles: [app] }
+  host-3: { driver: local, address: 10.77.59.13, roles: [lb] }
+services:
+  demo: { image: stagectl/demo:latest, port: 8080 }
+YAML
+    envs+=("$f")
+    current=$f
+    secs=$(timed $bin -f "$f" up)
+    multi+=("$(printf '%5s  %8s s  %8s MB' "$i" "$secs" "$(env_memory_mb "benchenv$i")")")
+done
+for f in "${envs[@]}"; do $bin -f "$f" down >/dev/null 2>&1 || true; done
+current=""
+printf '\nenvironments sharing 3 hosts (each: 3 Consul agents, 2 registration agents, nginx, template agent, 2 demo instances)\n'
+printf '%5s  %10s  %11s\n' env "up" "memory"
+printf '%s\n' "${multi[@]}"
+echo "(env 1's up includes creating the lab; envs 2 and 3 are the cost of one more environment)"
+
 cargo bench --locked --bench discovery -- "$route_trials" 2>/dev/null | sed -n '/route latency/,$p'

@@ -224,17 +224,7 @@ impl ConsulClient {
         let entries: Vec<HealthEntry> = serde_json::from_slice(&body)?;
         let mut instances: Vec<Instance> = entries
             .into_iter()
-            .map(|e| Instance {
-                // An empty service address means "the node's address".
-                address: if e.service.address.is_empty() {
-                    e.node.address
-                } else {
-                    e.service.address
-                },
-                id: e.service.id,
-                node: e.node.node,
-                port: e.service.port,
-            })
+            .map(|e| instance(e.node, e.service))
             .collect();
         instances.sort();
         Ok((idx, instances))
@@ -286,15 +276,12 @@ impl ConsulClient {
                     } else {
                         "passing"
                     };
+                    let i = instance(e.node, e.service);
                     InstanceHealth {
-                        address: if e.service.address.is_empty() {
-                            e.node.address
-                        } else {
-                            e.service.address
-                        },
-                        id: e.service.id,
-                        node: e.node.node,
-                        port: e.service.port,
+                        id: i.id,
+                        node: i.node,
+                        address: i.address,
+                        port: i.port,
                         status: worst.into(),
                     }
                 })
@@ -303,6 +290,20 @@ impl ConsulClient {
             report.insert(name, list);
         }
         Ok(report)
+    }
+}
+
+fn instance(node: HealthNode, service: HealthService) -> Instance {
+    Instance {
+        // An empty service address means "the node's address".
+        address: if service.address.is_empty() {
+            node.address
+        } else {
+            service.address
+        },
+        id: service.id,
+        node: node.node,
+        port: service.port,
     }
 }
 

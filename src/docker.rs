@@ -32,6 +32,13 @@ pub struct DockerHost {
     pub docker: Docker,
 }
 
+/// A container of some environment, as `ls` and port resolution see it.
+#[derive(Debug, Clone)]
+pub struct LabeledContainer {
+    pub running: bool,
+    pub labels: HashMap<String, String>,
+}
+
 /// True when the engine answered "no such object" (404).
 pub fn is_not_found(err: &bollard::errors::Error) -> bool {
     matches!(
@@ -112,8 +119,8 @@ impl DockerHost {
         Ok(observed)
     }
 
-    /// The ports each environment with containers here recorded.
-    pub async fn port_claims(&self) -> Result<Vec<crate::ports::Claim>> {
+    /// Every container of any environment on this host (running or not).
+    pub async fn stagectl_containers(&self) -> Result<Vec<LabeledContainer>> {
         let containers = self
             .docker
             .list_containers(Some(ListContainersOptions {
@@ -126,13 +133,25 @@ impl DockerHost {
             }))
             .await
             .with_context(|| format!("{}: cannot list containers", self.name))?;
-        let mut claims: Vec<crate::ports::Claim> = containers
+        Ok(containers
+            .into_iter()
+            .map(|c| LabeledContainer {
+                running: c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+                labels: c.labels.unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// The ports each environment with containers here recorded.
+    pub async fn port_claims(&self) -> Result<Vec<crate::ports::Claim>> {
+        let mut claims: Vec<crate::ports::Claim> = self
+            .stagectl_containers()
+            .await?
             .into_iter()
             .filter_map(|c| {
-                let l = c.labels?;
                 Some(crate::ports::Claim {
-                    env: l.get(labels::ENV)?.clone(),
-                    ports: crate::ports::from_label(l.get(crate::ports::LABEL)?)?,
+                    env: c.labels.get(labels::ENV)?.clone(),
+                    ports: crate::ports::from_label(c.labels.get(crate::ports::LABEL)?)?,
                 })
             })
             .collect();
@@ -143,20 +162,11 @@ impl DockerHost {
 
     /// Names of environments with containers on this host.
     pub async fn environments(&self) -> Result<Vec<String>> {
-        let containers = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(HashMap::from([(
-                    "label".to_string(),
-                    vec![labels::ENV.to_string()],
-                )])),
-                ..Default::default()
-            }))
-            .await?;
-        let mut envs: Vec<String> = containers
+        let mut envs: Vec<String> = self
+            .stagectl_containers()
+            .await?
             .into_iter()
-            .filter_map(|c| c.labels?.get(labels::ENV).cloned())
+            .filter_map(|c| c.labels.get(labels::ENV).cloned())
             .collect();
         envs.sort();
         envs.dedup();

@@ -158,35 +158,10 @@ fn instances_are_registered_balanced_and_follow_their_containers() {
         "{}",
         plan.stdout
     );
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let client = {
-        let (stop, lb) = (stop.clone(), lb.clone());
-        std::thread::spawn(move || {
-            let (mut total, mut failed) = (0, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                total += 1;
-                match http_get(&lb, "/demo/", "x") {
-                    Ok((200, _)) => {}
-                    other => failed.push(format!("{other:?}")),
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            (total, failed)
-        })
-    };
+    let client = Client::start(&lb);
     let rolled = env.run(&["up"]).expect_ok("rolling up");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (total, failed) = client.join().unwrap();
+    client.finish("rollout", 50);
     assert!(rolled.stdout.contains("2 to replace"), "{}", rolled.stdout);
-    assert!(
-        total > 50,
-        "the client kept asking during the rollout ({total})"
-    );
-    assert!(
-        failed.is_empty(),
-        "{} of {total} requests failed during the rollout: {failed:?}",
-        failed.len()
-    );
     assert_eq!(env.status_json()["services"]["demo"]["passing"], 2);
 
     // A template nginx refuses: the working config stays, status says so.

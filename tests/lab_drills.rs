@@ -8,54 +8,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const SERVICES: &str = "services:\n  demo:\n    image: stagectl/demo:latest\n    port: 8080\n";
-
-/// Requests the LB in the background until stopped; every answer that is
-/// not a 200 is a failure.
-struct Client {
-    stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<(usize, Vec<String>)>,
-}
-
-impl Client {
-    fn start(lb: &str) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = {
-            let (stop, lb) = (stop.clone(), lb.to_string());
-            std::thread::spawn(move || {
-                let (mut total, mut failed) = (0, Vec::new());
-                while !stop.load(Ordering::Relaxed) {
-                    total += 1;
-                    match http_get(&lb, "/demo/", "x") {
-                        Ok((200, _)) => {}
-                        other => failed.push(format!("{other:?}")),
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                (total, failed)
-            })
-        };
-        Client { stop, handle }
-    }
-
-    fn finish(self, what: &str) {
-        self.stop.store(true, Ordering::Relaxed);
-        let (total, failed) = self.handle.join().unwrap();
-        assert!(total > 10, "{what}: the client kept asking ({total})");
-        assert!(
-            failed.is_empty(),
-            "{what}: {} of {total} requests failed: {failed:?}",
-            failed.len()
-        );
-        println!("drill {what}: {total} requests, none failed");
-    }
-}
 
 /// Host IPs in the LB's pool, as the template agent on host-3 last wrote
 /// them (read over SSH from host-3, which stays up in every drill).
@@ -150,7 +107,7 @@ fn failure_drills() {
         let s = env.status_json();
         s["consul"]["leader"].as_str().is_some_and(|l| l != leader)
     });
-    client.finish("consul leader killed");
+    client.finish("drill consul leader killed", 10);
     let restored = env.run(&["up"]).expect_ok("up restores consul");
     assert!(
         restored.stdout.contains("1 to start"),
@@ -172,7 +129,7 @@ fn failure_drills() {
     });
     let client = Client::start(&lb);
     std::thread::sleep(Duration::from_secs(2));
-    client.finish("app host stopped, other host serving");
+    client.finish("drill app host stopped, other host serving", 10);
     sh("docker", &["start", "itdrill-host-1"]).expect_ok("starting host-1");
     if !eventually(30, || pool(&env).contains(&host1)) {
         for cmd in [
@@ -205,7 +162,7 @@ fn failure_drills() {
     });
     let client = Client::start(&lb);
     std::thread::sleep(Duration::from_secs(2));
-    client.finish("app host disconnected, other host serving");
+    client.finish("drill app host disconnected, other host serving", 10);
     sh(
         "docker",
         &[
@@ -240,7 +197,7 @@ fn failure_drills() {
         .trim()
             == "true 1"
     });
-    client.finish("template agent crashed");
+    client.finish("drill template agent crashed", 10);
     env.ssh(1, "docker stop itdrill-demo-1")
         .expect_ok("stopping an instance");
     within("restarted template agent → follows changes", 5, || {

@@ -9,9 +9,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 
@@ -146,31 +143,9 @@ fn two_environments_share_hosts_and_leave_each_other_alone() {
     ssh(2, "docker rm -f for-b").expect_ok("rm");
 
     // itb goes down while a client keeps asking ita's LB: every request answered.
-    let stop = Arc::new(AtomicBool::new(false));
-    let client = {
-        let (stop, lb) = (stop.clone(), lb_a.clone());
-        std::thread::spawn(move || {
-            let (mut total, mut failed) = (0, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                total += 1;
-                match http_get(&lb, "/demo/", "x") {
-                    Ok((200, _)) => {}
-                    other => failed.push(format!("{other:?}")),
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            (total, failed)
-        })
-    };
+    let client = Client::start(&lb_a);
     let down_b = run(&b, &["down"]).expect_ok("down itb");
-    stop.store(true, Ordering::Relaxed);
-    let (total, failed) = client.join().unwrap();
-    assert!(total > 20, "{total}");
-    assert!(
-        failed.is_empty(),
-        "{} of {total} requests to ita failed during itb's down: {failed:?}",
-        failed.len()
-    );
+    client.finish("ita while itb goes down", 20);
     assert!(
         down_b.stderr.contains("kept: still used by ita"),
         "{}",

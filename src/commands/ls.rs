@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use bollard::query_parameters::ListContainersOptions;
 use comfy_table::{presets::NOTHING, Table};
 use serde::Serialize;
 
@@ -59,20 +58,9 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
                 continue;
             }
         };
-        let containers = conn
-            .host
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(std::collections::HashMap::from([(
-                    "label".to_string(),
-                    vec![labels::ENV.to_string()],
-                )])),
-                ..Default::default()
-            }))
-            .await?;
+        let containers = conn.host.stagectl_containers().await?;
         for c in containers {
-            let l = c.labels.unwrap_or_default();
+            let l = c.labels;
             let Some(env) = l.get(labels::ENV) else {
                 continue;
             };
@@ -84,7 +72,7 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
                 e.hosts.push(a.host.name.clone());
             }
             e.containers += 1;
-            if c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING) {
+            if c.running {
                 e.running += 1;
             }
             let ports = l

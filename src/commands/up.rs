@@ -29,6 +29,14 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
     let started = Instant::now();
     let t = &ctx.topology;
     let reporter = ctx.reporter();
+    // Summary lines ("cluster", "route") align with the host lines.
+    let label_width = t
+        .hosts
+        .iter()
+        .map(|h| h.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
 
     // Remote hosts first: if one is unreachable, nothing is created at all.
     let remote: Vec<&Host> = t.hosts.iter().filter(|h| !h.is_lab()).collect();
@@ -132,13 +140,7 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
         view.leader().unwrap_or("?"),
         expected.iter().filter(|n| view.is_alive(n)).count(),
         expected.len(),
-        w = t
-            .hosts
-            .iter()
-            .map(|h| h.name.len())
-            .max()
-            .unwrap_or(0)
-            .max(7),
+        w = label_width,
     ));
     let lb = attempts
         .iter()
@@ -174,13 +176,7 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
             t.ports.lb_http,
             r.path,
             r.server_name,
-            w = t
-                .hosts
-                .iter()
-                .map(|h| h.name.len())
-                .max()
-                .unwrap_or(0)
-                .max(7),
+            w = label_width,
         ));
     }
     for (p, r) in plans.iter_mut().zip(rolling) {

@@ -197,3 +197,45 @@ pub fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Requests `GET /demo/` from an LB in the background, every 10 ms, until
+/// finished; every answer that is not a 200 is a failure.
+pub struct Client {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Client {
+    pub fn start(lb: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handle = {
+            let (stop, lb) = (stop.clone(), lb.to_string());
+            std::thread::spawn(move || {
+                let (mut total, mut failed) = (0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    total += 1;
+                    match http_get(&lb, "/demo/", "x") {
+                        Ok((200, _)) => {}
+                        other => failed.push(format!("{other:?}")),
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                (total, failed)
+            })
+        };
+        Client { stop, handle }
+    }
+
+    /// Stop; assert at least `min` requests were made and none failed.
+    pub fn finish(self, what: &str, min: usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (total, failed) = self.handle.join().unwrap();
+        assert!(total > min, "{what}: the client kept asking ({total})");
+        assert!(
+            failed.is_empty(),
+            "{what}: {} of {total} requests failed: {failed:?}",
+            failed.len()
+        );
+        println!("{what}: {total} requests, none failed");
+    }
+}

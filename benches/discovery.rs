@@ -218,8 +218,11 @@ fn print_row(name: &str, v: &mut [Duration], target: &str) {
     );
 }
 
-/// GET /demo/ through the LB: status, X-Stagectl-Upstream, body.
+/// GET /demo/ through the LB: status, X-Stagectl-Upstream, body. Paced at
+/// one request per ~2 ms: a tight loop would saturate the single nginx
+/// worker and the two cores, and measure the benchmark instead of stagectl.
 fn get(lb: &str) -> Option<(u16, String, String)> {
+    std::thread::sleep(Duration::from_millis(2));
     let mut s = TcpStream::connect_timeout(&lb.parse().ok()?, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     s.write_all(b"GET /demo/ HTTP/1.0\r\nHost: bench\r\n\r\n")

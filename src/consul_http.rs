@@ -5,10 +5,11 @@
 //! agent, list them, and blocking queries on the catalog and on healthy
 //! instances. Plain types in and out; hyper stays inside.
 //!
-//! Reads are `stale`: any server answers from its own replica. A consistent
-//! read goes to the leader, and a blocking query parked on a leader that
-//! just died hangs until its wait runs out; a stale one keeps following the
-//! replicated state while a new leader is elected (milliseconds behind).
+//! Reads come in two modes ([`ReadMode`]): from the leader (the freshest: it
+//! answers as soon as a change commits) or `stale` (any server answers from
+//! its own replica, up to a heartbeat behind, but keeps answering while a
+//! new leader is elected, where a query parked on a leader that just died
+//! hangs until its wait runs out). The template agent runs both.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -194,9 +195,15 @@ impl ConsulClient {
     }
 
     /// Service names in the catalog; blocks while the index is unchanged.
-    pub async fn catalog_services(&self, index: u64, wait: Duration) -> Result<(u64, Vec<String>)> {
+    pub async fn catalog_services(
+        &self,
+        index: u64,
+        wait: Duration,
+        mode: ReadMode,
+    ) -> Result<(u64, Vec<String>)> {
         let path = format!(
-            "/v1/catalog/services?stale&index={index}&wait={}s",
+            "/v1/catalog/services?{}index={index}&wait={}s",
+            mode.param(),
             wait.as_secs().max(1)
         );
         let (idx, body) = self
@@ -212,10 +219,12 @@ impl ConsulClient {
         service: &str,
         index: u64,
         wait: Duration,
+        mode: ReadMode,
     ) -> Result<(u64, Vec<Instance>)> {
         let path = format!(
-            "/v1/health/service/{}?passing&stale&index={index}&wait={}s",
+            "/v1/health/service/{}?passing&{}index={index}&wait={}s",
             encode(service),
+            mode.param(),
             wait.as_secs().max(1)
         );
         let (idx, body) = self
@@ -258,7 +267,9 @@ struct HealthCheck {
 impl ConsulClient {
     /// Every service (but Consul itself) with every instance and its health.
     pub async fn service_report(&self) -> Result<BTreeMap<String, Vec<InstanceHealth>>> {
-        let (_, names) = self.catalog_services(0, Duration::from_secs(1)).await?;
+        let (_, names) = self
+            .catalog_services(0, Duration::from_secs(1), ReadMode::Stale)
+            .await?;
         let mut report = BTreeMap::new();
         for name in names.into_iter().filter(|n| n != "consul") {
             let path = format!("/v1/health/service/{}?stale", encode(&name));
@@ -304,6 +315,22 @@ fn instance(node: HealthNode, service: HealthService) -> Instance {
         id: service.id,
         node: node.node,
         port: service.port,
+    }
+}
+
+/// Where a read is answered (see the module's documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    Leader,
+    Stale,
+}
+
+impl ReadMode {
+    fn param(self) -> &'static str {
+        match self {
+            ReadMode::Leader => "",
+            ReadMode::Stale => "stale&",
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::coalesce::Coalescer;
 use super::log;
 use super::render::{render, RenderContext, BUILTIN_TEMPLATE};
-use crate::consul_http::{next_index, ConsulClient, Instance};
+use crate::consul_http::{next_index, ConsulClient, Instance, ReadMode};
 use crate::docker::DockerHost;
 
 pub const CONFIG_FILE: &str = "stagectl.conf";
@@ -63,9 +63,18 @@ pub struct Route {
     pub upstreams: Vec<String>,
 }
 
+/// What a watcher saw, with the Consul index it saw it at: two watchers
+/// (leader and stale reads) follow the same thing, and the newer wins.
 enum Update {
-    Services(Vec<String>),
-    Instances(String, Vec<Instance>),
+    Services(u64, Vec<String>),
+    Instances(String, u64, Vec<Instance>),
+}
+
+/// Whether an update at `index` is newer than what was applied at `applied`.
+/// Indexes only grow, except when Consul loses its data and starts over: an
+/// index far below the applied one is such a restart, and is taken.
+fn is_newer(index: u64, applied: u64) -> bool {
+    index >= applied || index < applied / 2
 }
 
 /// Blocking queries wait at most this long before answering unchanged.
@@ -89,8 +98,12 @@ pub async fn run(opts: TemplateOptions) -> Result<()> {
     ));
 
     let (tx, mut rx) = mpsc::channel::<Update>(256);
-    tokio::spawn(watch_services(consul.clone(), tx.clone()));
-    let mut watchers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    for mode in [ReadMode::Leader, ReadMode::Stale] {
+        tokio::spawn(watch_services(consul.clone(), tx.clone(), mode));
+    }
+    let mut watchers: HashMap<String, Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
+    let mut applied: HashMap<String, u64> = HashMap::new();
+    let mut services_applied = 0u64;
     let mut services: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
     let mut status = LbStatus {
         env: opts.env.clone(),
@@ -108,21 +121,32 @@ pub async fn run(opts: TemplateOptions) -> Result<()> {
         tokio::select! {
             update = rx.recv() => {
                 match update.context("the watchers stopped")? {
-                    Update::Services(names) => {
-                        watchers.retain(|name, handle| {
+                    Update::Services(index, names) => {
+                        if !is_newer(index, services_applied) { continue; }
+                        services_applied = index;
+                        watchers.retain(|name, handles| {
                             let keep = names.contains(name);
-                            if !keep { handle.abort(); }
+                            if !keep { handles.iter().for_each(|h| h.abort()); }
                             keep
                         });
                         services.retain(|name, _| names.contains(name));
+                        applied.retain(|name, _| names.contains(name));
                         for name in names {
                             watchers.entry(name.clone()).or_insert_with(|| {
-                                tokio::spawn(watch_instances(consul.clone(), name, tx.clone()))
+                                [ReadMode::Leader, ReadMode::Stale]
+                                    .into_iter()
+                                    .map(|mode| tokio::spawn(watch_instances(consul.clone(), name.clone(), tx.clone(), mode)))
+                                    .collect()
                             });
                         }
                     }
-                    Update::Instances(name, instances) => {
+                    Update::Instances(name, index, instances) => {
                         if !watchers.contains_key(&name) { continue; }
+                        let last = applied.get(&name).copied().unwrap_or(0);
+                        if !is_newer(index, last) || (index == last && services.get(&name) == Some(&instances)) {
+                            continue;
+                        }
+                        applied.insert(name.clone(), index);
                         services.insert(name, instances);
                     }
                 }
@@ -148,21 +172,21 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-async fn watch_services(consul: ConsulClient, tx: mpsc::Sender<Update>) {
+async fn watch_services(consul: ConsulClient, tx: mpsc::Sender<Update>, mode: ReadMode) {
     let mut index = 0;
     loop {
-        match consul.catalog_services(index, WAIT).await {
+        match consul.catalog_services(index, WAIT, mode).await {
             Ok((idx, names)) => {
                 if idx != index || index == 0 {
                     let names: Vec<String> = names.into_iter().filter(|n| n != "consul").collect();
-                    if tx.send(Update::Services(names)).await.is_err() {
+                    if tx.send(Update::Services(idx, names)).await.is_err() {
                         return;
                     }
                 }
                 index = next_index(index, idx);
             }
             Err(e) => {
-                log(&format!("watching services: {e:#}"));
+                log(&format!("watching services ({mode:?} reads): {e:#}"));
                 index = 0;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -170,15 +194,20 @@ async fn watch_services(consul: ConsulClient, tx: mpsc::Sender<Update>) {
     }
 }
 
-async fn watch_instances(consul: ConsulClient, service: String, tx: mpsc::Sender<Update>) {
+async fn watch_instances(
+    consul: ConsulClient,
+    service: String,
+    tx: mpsc::Sender<Update>,
+    mode: ReadMode,
+) {
     let mut index = 0;
     loop {
-        match consul.healthy_instances(&service, index, WAIT).await {
+        match consul.healthy_instances(&service, index, WAIT, mode).await {
             Ok((idx, instances)) => {
                 let changed = idx != index || index == 0;
                 if changed
                     && tx
-                        .send(Update::Instances(service.clone(), instances))
+                        .send(Update::Instances(service.clone(), idx, instances))
                         .await
                         .is_err()
                 {
@@ -187,7 +216,7 @@ async fn watch_instances(consul: ConsulClient, service: String, tx: mpsc::Sender
                 index = next_index(index, idx);
             }
             Err(e) => {
-                log(&format!("watching {service}: {e:#}"));
+                log(&format!("watching {service} ({mode:?} reads): {e:#}"));
                 index = 0;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -409,6 +438,20 @@ fn short_hash(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn newer_indexes_win_and_a_restart_starts_over() {
+        assert!(is_newer(10, 9));
+        assert!(is_newer(10, 10));
+        assert!(
+            !is_newer(9, 10),
+            "the slower watcher's older answer is ignored"
+        );
+        assert!(
+            is_newer(3, 1000),
+            "Consul started over with an empty data dir"
+        );
+    }
 
     #[test]
     fn the_marker_names_the_config_hash_and_is_stable() {

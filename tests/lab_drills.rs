@@ -151,7 +151,8 @@ fn failure_drills() {
 
     // 3. The app host cut off from the others, then reconnected: same. The
     //    way back is slower: Consul's gossip retries failed members every
-    //    30 s (serf's reconnect interval, not configurable in Consul 1.8).
+    //    30 s (serf's reconnect interval, not configurable in Consul 1.8);
+    //    measured from 8 to 53 s, hence the generous bound.
     sh(
         "docker",
         &["network", "disconnect", "itdrill-lab", "itdrill-host-1"],
@@ -175,7 +176,7 @@ fn failure_drills() {
         ],
     )
     .expect_ok("reconnecting host-1");
-    within("app host reconnected → back in the pool", 60, || {
+    within("app host reconnected → back in the pool", 120, || {
         pool(&env).contains(&host1)
     });
     within("app host reconnected → healthy", 30, || healthy(&env));

@@ -56,9 +56,11 @@ fn check(path: &Path, location: Option<&str>, text: &str) {
 #[test]
 fn every_broken_topology_in_the_corpus_is_refused_with_its_location() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-topologies");
+    // Files only: bases/ holds the files some of them extend.
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
         .collect();
     files.sort();
     assert!(files.len() >= 20, "the corpus is there");
@@ -74,8 +76,37 @@ fn every_broken_topology_in_the_corpus_is_refused_with_its_location() {
             .unwrap_or_else(|| panic!("{}: first line is `# expect L:C text`", f.display()));
         let (loc, text) = spec.split_once(' ').unwrap();
         // 0:0: the problem is the whole file, so there is no position.
-        check(&f, (loc != "0:0").then_some(loc), text);
+        // `base:L:C`: the location is in the file it extends.
+        match loc.strip_prefix("base:") {
+            Some(base_loc) => check_located_in_base(&f, base_loc, text),
+            None => check(&f, (loc != "0:0").then_some(loc), text),
+        }
     }
+}
+
+/// An error found in the file a topology extends names that file.
+fn check_located_in_base(path: &Path, loc: &str, text: &str) {
+    let state = tempfile::tempdir().unwrap();
+    let r = stagectl(state.path(), &["-f", path.to_str().unwrap(), "validate"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let first = std::fs::read_to_string(path).unwrap();
+    let base = first
+        .lines()
+        .find_map(|l| l.strip_prefix("extends: "))
+        .unwrap();
+    let want = format!("{}:{loc}", path.parent().unwrap().join(base).display());
+    assert!(
+        r.stderr.contains(&want),
+        "{}: expected {want} in:\n{}",
+        path.display(),
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(text),
+        "{}: expected `{text}` in:\n{}",
+        path.display(),
+        r.stderr
+    );
 }
 
 #[test]

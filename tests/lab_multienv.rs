@@ -1,5 +1,5 @@
-//! Several environments on the same hosts: two environments share one lab's
-//! three hosts, each with its own Consul cluster, ports, registration agents
+//! Several environments on the same hosts: two environments, each a short
+//! file extending one shared base, share one lab's three hosts, each with its own Consul cluster, ports, registration agents
 //! and load balancer routing only its own instances; `ls` shows both; a
 //! declared port another environment holds is refused naming it; and taking
 //! one environment down leaves the other answering every request.
@@ -14,10 +14,17 @@ use common::*;
 
 const NET: &str = "10.77.55";
 
-fn topology(name: &str, extra: &str) -> String {
+/// The shared base: the lab and its three hosts, as a team keeps its
+/// servers in one file.
+fn base() -> String {
     format!(
-        "name: {name}\nlab: {{ name: itmulti, subnet: {NET}.0/24 }}\nhosts:\n  host-1: {{ driver: local, address: {NET}.11, roles: [app] }}\n  host-2: {{ driver: local, address: {NET}.12, roles: [app] }}\n  host-3: {{ driver: local, address: {NET}.13, roles: [lb] }}\nservices:\n  demo: {{ image: stagectl/demo:latest, port: 8080 }}\n{extra}"
+        "lab: {{ name: itmulti, subnet: {NET}.0/24 }}\nhosts:\n  host-1: {{ driver: local, address: {NET}.11, roles: [app] }}\n  host-2: {{ driver: local, address: {NET}.12, roles: [app] }}\n  host-3: {{ driver: local, address: {NET}.13, roles: [lb] }}\n"
     )
+}
+
+/// One environment: a short file extending the base.
+fn topology(name: &str, extra: &str) -> String {
+    format!("extends: servers.yaml\nname: {name}\nservices:\n  demo: {{ image: stagectl/demo:latest, port: 8080 }}\n{extra}")
 }
 
 /// Identities answering through an LB in `n` requests.
@@ -38,6 +45,7 @@ fn two_environments_share_hosts_and_leave_each_other_alone() {
         dir.path().join("b.yaml"),
         dir.path().join("c.yaml"),
     );
+    std::fs::write(dir.path().join("servers.yaml"), base()).unwrap();
     std::fs::write(&a, topology("ita", "")).unwrap();
     std::fs::write(&b, topology("itb", "")).unwrap();
     std::fs::write(&c, topology("itc", "ports: { lb_http: 80 }\n")).unwrap();

@@ -37,29 +37,58 @@ pub fn default_path() -> Result<PathBuf> {
 
 /// Read, parse and validate a topology file.
 pub fn load(path: &Path) -> Result<Topology> {
-    let shown = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|e| input(format!("cannot read {shown}: {e}")))?;
-    if !meta.is_file() {
-        return Err(input(format!("{shown} is not a file")));
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(input(format!(
-            "{shown} is {} bytes; a topology file may be at most {MAX_FILE_BYTES} bytes",
-            meta.len()
-        )));
-    }
-    let bytes = std::fs::read(path).map_err(|e| input(format!("cannot read {shown}: {e}")))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        input(format!(
-            "{shown}: not a text file (invalid UTF-8 at byte {})",
-            e.utf8_error().valid_up_to()
-        ))
-    })?;
+    let text = read_text(path).map_err(input)?;
     parse(&text, path)
 }
 
+/// A topology file's text, refusing what cannot be one (missing, a folder,
+/// huge, not UTF-8) with a sentence naming it.
+fn read_text(path: &Path) -> std::result::Result<String, String> {
+    let shown = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a file"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "{shown} is {} bytes; a topology file may be at most {MAX_FILE_BYTES} bytes",
+            meta.len()
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "{shown}: not a text file (invalid UTF-8 at byte {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// The files a topology was read from, for rendering diagnostics. A base
+/// file is parsed after as many blank lines as its environment's file has
+/// lines, so every location tells by its line which file it is in.
+struct Sources {
+    files: Vec<(String, String, u64)>,
+}
+
+impl Sources {
+    fn render(&self, d: &diag::Diagnostic) -> String {
+        let (name, text, first) = self
+            .files
+            .iter()
+            .rev()
+            .find(|(_, _, first)| d.line >= *first)
+            .unwrap_or(&self.files[0]);
+        let mut local = d.clone();
+        if local.line > 0 {
+            local.line -= first - 1;
+        }
+        local.render(name, text)
+    }
+}
+
 /// Parse and validate topology text; `path` is used for messages and to
-/// resolve relative paths inside the file.
+/// resolve relative paths inside the file (and the file it `extends`).
 pub fn parse(text: &str, path: &Path) -> Result<Topology> {
     let shown = path.display().to_string();
     let only_comments = text
@@ -74,7 +103,56 @@ pub fn parse(text: &str, path: &Path) -> Result<Topology> {
         };
         return Err(input(diag.render(&shown, text).trim_end().to_string()));
     }
-    let raw: raw::RawTopology = serde_saphyr::from_str(text).map_err(|e| {
+    let mut sources = Sources {
+        files: vec![(shown.clone(), text.to_string(), 1)],
+    };
+    let mut raw = parse_raw(text, &sources)?;
+    if let Some(ext) = raw.extends.clone() {
+        let base_dir = path.parent().unwrap_or(Path::new(""));
+        let base_path = validate::expand_path(&ext.value, base_dir);
+        let base_text = read_text(&base_path).map_err(|why| {
+            input(sources.render(&diag::Diagnostic::at(
+                &ext.referenced,
+                format!("extends: {why}"),
+            )))
+        })?;
+        let first = text.lines().count() as u64 + 2;
+        sources
+            .files
+            .push((base_path.display().to_string(), base_text.clone(), first));
+        let padded = format!("{}{base_text}", "\n".repeat(first as usize - 1));
+        let base = parse_raw(&padded, &sources)?;
+        let misplaced = [
+            (
+                base.extends.as_ref().map(|e| e.referenced),
+                "a base file cannot extend another",
+            ),
+            (
+                base.name.as_ref().map(|n| n.referenced),
+                "a base file leaves `name` to each environment's file",
+            ),
+        ];
+        let errors: Vec<String> = misplaced
+            .iter()
+            .filter_map(|(loc, msg)| loc.map(|l| sources.render(&diag::Diagnostic::at(&l, *msg))))
+            .collect();
+        if !errors.is_empty() {
+            return Err(input(errors.join("").trim_end().to_string()));
+        }
+        raw = raw.over(base);
+    }
+    validate::validate(raw, path).map_err(|diags| {
+        let mut out: Vec<String> = diags.iter().map(|d| sources.render(d)).collect();
+        if diags.len() > 1 {
+            out.push(format!("{} problems in {shown}", diags.len()));
+        }
+        input(out.join("").trim_end().to_string())
+    })
+}
+
+/// One file's YAML into the raw structure, errors located and rendered.
+fn parse_raw(text: &str, sources: &Sources) -> Result<raw::RawTopology> {
+    serde_saphyr::from_str(text).map_err(|e| {
         // Rendered like our own checks' diagnostics: one style for all.
         use serde_saphyr::MessageFormatter as _;
         let message = serde_saphyr::DefaultMessageFormatter
@@ -89,13 +167,46 @@ pub fn parse(text: &str, path: &Path) -> Result<Topology> {
                 hint: None,
             },
         };
-        input(diag.render(&shown, text).trim_end().to_string())
-    })?;
-    validate::validate(raw, path).map_err(|diags| {
-        let mut out: Vec<String> = diags.iter().map(|d| d.render(&shown, text)).collect();
-        if diags.len() > 1 {
-            out.push(format!("{} problems in {shown}", diags.len()));
-        }
-        input(out.join("").trim_end().to_string())
+        input(sources.render(&diag).trim_end().to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_environment_extends_a_base_and_overrides_what_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("servers.yaml"),
+            "ssh: { user: deploy, port: 2222 }\nimages: { nginx: team/nginx:1 }\nhosts:\n  a: { address: ssh://10.0.0.1, roles: [app] }\n  b: { address: ssh://10.0.0.2, roles: [app] }\n  c: { address: ssh://10.0.0.3, roles: [lb] }\nservices:\n  web: { image: web:1, port: 80 }\n",
+        )
+        .unwrap();
+        let env = dir.path().join("qa.yaml");
+        std::fs::write(
+            &env,
+            "extends: servers.yaml\nname: qa\nssh: { user: qa }\nhosts:\n  b: { address: ssh://10.0.0.20, roles: [app] }\nservices:\n  api: { image: api:2, port: 90 }\n",
+        )
+        .unwrap();
+        let t = load(&env).unwrap();
+        assert_eq!(t.name, "qa");
+        let b = t.host("b").unwrap();
+        assert_eq!(
+            b.advertise.to_string(),
+            "10.0.0.20",
+            "the environment's host wins"
+        );
+        match &t.host("a").unwrap().endpoint {
+            Endpoint::Ssh(s) => {
+                assert_eq!(s.user, "qa", "ssh merges key by key: the user from qa.yaml");
+                assert_eq!(s.port, 2222, "... the port from the base");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.images.nginx, "team/nginx:1");
+        assert_eq!(t.images.consul, Images::default().consul);
+        let names: Vec<&str> = t.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, vec!["api", "web"]);
+    }
 }

@@ -11,12 +11,20 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawTopology {
+    /// A base topology this one extends (hosts, SSH settings, images...):
+    /// what this file sets wins, key by key for `hosts`, `services`, `ssh`
+    /// and `images`, section by section for the rest.
+    #[serde(default)]
+    pub extends: Option<Spanned<String>>,
     /// Environment name; prefixes every container, network and volume.
-    pub name: Spanned<String>,
-    pub hosts: Spanned<BTreeMap<String, Spanned<RawHost>>>,
+    /// Required, but may come from nowhere but the environment's own file.
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub hosts: Option<Spanned<BTreeMap<String, Spanned<RawHost>>>>,
     #[serde(default)]
     pub lab: Option<Spanned<RawLab>>,
     /// SSH defaults for every `ssh://` host; a host's own `ssh:` overrides.
@@ -180,4 +188,59 @@ pub struct RawPorts {
     pub consul_serf_wan: Option<Spanned<i64>>,
     #[serde(default)]
     pub consul_server: Option<Spanned<i64>>,
+}
+
+impl RawTopology {
+    /// This file over `base`: maps merge by key (this file's entries win),
+    /// `ssh` and `images` key by key, every other section whole.
+    pub fn over(self, base: RawTopology) -> RawTopology {
+        let hosts = match (self.hosts, base.hosts) {
+            (Some(mut mine), Some(theirs)) => {
+                for (name, host) in theirs.value {
+                    mine.value.entry(name).or_insert(host);
+                }
+                Some(mine)
+            }
+            (mine, theirs) => mine.or(theirs),
+        };
+        let services = match (self.services, base.services) {
+            (Some(mut mine), Some(theirs)) => {
+                for (name, svc) in theirs {
+                    mine.entry(name).or_insert(svc);
+                }
+                Some(mine)
+            }
+            (mine, theirs) => mine.or(theirs),
+        };
+        let ssh = match (self.ssh, base.ssh) {
+            (Some(m), Some(b)) => Some(RawSsh {
+                user: m.user.or(b.user),
+                port: m.port.or(b.port),
+                identity_file: m.identity_file.or(b.identity_file),
+                known_hosts: m.known_hosts.or(b.known_hosts),
+            }),
+            (m, b) => m.or(b),
+        };
+        let images = match (self.images, base.images) {
+            (Some(m), Some(b)) => Some(RawImages {
+                consul: m.consul.or(b.consul),
+                agent: m.agent.or(b.agent),
+                nginx: m.nginx.or(b.nginx),
+                labhost: m.labhost.or(b.labhost),
+            }),
+            (m, b) => m.or(b),
+        };
+        RawTopology {
+            extends: self.extends,
+            name: self.name,
+            hosts,
+            lab: self.lab.or(base.lab),
+            ssh,
+            images,
+            consul: self.consul.or(base.consul),
+            ports: self.ports.or(base.ports),
+            lb: self.lb.or(base.lb),
+            services,
+        }
+    }
 }

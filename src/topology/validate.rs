@@ -49,28 +49,53 @@ impl Validator {
         self.diags.push(Diagnostic::at(loc, msg).hint(hint));
     }
 
-    fn topology(&mut self, raw: RawTopology, source: &Path) -> Topology {
-        self.name(&raw.name, "environment name");
-        let lab = raw.lab.as_ref().map(|l| self.lab(l, &raw.name.value));
+    fn topology(&mut self, mut raw: RawTopology, source: &Path) -> Topology {
+        let name = match raw.name.take() {
+            Some(n) => n,
+            None => {
+                self.error(
+                    &Location::UNKNOWN,
+                    "the topology has no `name` (the environment's name)",
+                );
+                Spanned {
+                    value: "unnamed".into(),
+                    referenced: Location::UNKNOWN,
+                    defined: Location::UNKNOWN,
+                }
+            }
+        };
+        let raw_hosts = match raw.hosts.take() {
+            Some(h) => h,
+            None => {
+                self.error(&Location::UNKNOWN, "the topology has no `hosts`");
+                Spanned {
+                    value: BTreeMap::new(),
+                    referenced: Location::UNKNOWN,
+                    defined: Location::UNKNOWN,
+                }
+            }
+        };
+        self.name(&name, "environment name");
+        let lab = raw.lab.as_ref().map(|l| self.lab(l, &name.value));
 
         let default_ssh = raw.ssh.clone().unwrap_or_default();
-        let hosts_loc = raw.hosts.referenced;
+        let hosts_loc = raw_hosts.referenced;
         let mut hosts = Vec::new();
-        for (name, host) in &raw.hosts.value {
+        for (name, host) in &raw_hosts.value {
             if let Some(h) = self.host(name, host, &default_ssh, lab.as_ref()) {
                 hosts.push(h);
             }
         }
-        if raw.hosts.value.is_empty() {
+        if raw_hosts.value.is_empty() {
             self.error(
                 &hosts_loc,
                 "`hosts` is empty; a topology needs at least one host",
             );
         }
-        self.unique_addresses(&raw.hosts.value, &hosts);
+        self.unique_addresses(&raw_hosts.value, &hosts);
 
-        if !raw.hosts.value.is_empty()
-            && !raw.hosts.value.values().any(|h| {
+        if !raw_hosts.value.is_empty()
+            && !raw_hosts.value.values().any(|h| {
                 h.value
                     .roles
                     .as_ref()
@@ -85,7 +110,7 @@ impl Validator {
         }
 
         let consul_raw = raw.consul.unwrap_or_default();
-        let servers = self.consul_servers(&consul_raw, &raw.hosts, hosts_loc);
+        let servers = self.consul_servers(&consul_raw, &raw_hosts, hosts_loc);
         for h in &mut hosts {
             h.consul_server = servers.contains(&h.name);
         }
@@ -124,7 +149,7 @@ impl Validator {
         let services = self.services(raw.services.unwrap_or_default(), &hosts);
 
         if lab.is_none() {
-            if let Some(h) = raw.hosts.value.values().find(|h| is_local(h)) {
+            if let Some(h) = raw_hosts.value.values().find(|h| is_local(h)) {
                 self.error_hint(
                     &h.referenced,
                     "a host with `driver: local` needs a `lab:` section",
@@ -134,7 +159,7 @@ impl Validator {
         }
 
         Topology {
-            name: raw.name.value.clone(),
+            name: name.value.clone(),
             source: source.to_path_buf(),
             lab: lab.filter(|_| hosts.iter().any(Host::is_lab)),
             hosts,

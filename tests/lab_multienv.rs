@@ -91,8 +91,12 @@ fn two_environments_share_hosts_and_leave_each_other_alone() {
         assert_eq!(s["services"].as_object().unwrap().len(), 1);
     }
 
-    // `ls` from either file shows both, with their ports and LBs.
+    // `ls` from either file, or from the shared hosts file, shows both,
+    // with their ports and LBs.
+    let hosts_file = dir.path().join("servers.yaml");
+    let from_base = run(&hosts_file, &["ls", "-o", "json"]).expect_ok("ls from the hosts file");
     let ls = run(&a, &["ls", "-o", "json"]).expect_ok("ls");
+    assert_eq!(ls.stdout, from_base.stdout);
     let list: serde_json::Value = serde_json::from_str(&ls.stdout).unwrap();
     let names: Vec<&str> = list
         .as_array()

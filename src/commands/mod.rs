@@ -40,8 +40,14 @@ impl Ctx {
             Some(p) => p.clone(),
             None => topology::default_path()?,
         };
+        // `ls` looks at hosts, not at one environment: a shared hosts file
+        // without `name` will do.
+        let topology = match cli.command {
+            Command::Ls { .. } => topology::load_hosts(&path)?,
+            _ => topology::load(&path)?,
+        };
         Ok(Ctx {
-            topology: topology::load(&path)?,
+            topology,
             state: StateDir::from_env()?,
             connect_timeout: Duration::from_secs(cli.connect_timeout),
             parallel: cli.parallel as usize,

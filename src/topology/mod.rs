@@ -41,6 +41,18 @@ pub fn load(path: &Path) -> Result<Topology> {
     parse(&text, path)
 }
 
+/// Like [`load`], but a file without `name` (a shared hosts file, as
+/// environments extend) is accepted: for commands that look at the hosts,
+/// not at one environment (`ls`).
+pub fn load_hosts(path: &Path) -> Result<Topology> {
+    let text = read_text(path).map_err(input)?;
+    if text.lines().any(|l| l.starts_with("name:")) {
+        return parse(&text, path);
+    }
+    // A name line appended after the file's own lines keeps every location.
+    parse(&format!("{}\nname: hosts-file\n", text.trim_end()), path)
+}
+
 /// A topology file's text, refusing what cannot be one (missing, a folder,
 /// huge, not UTF-8) with a sentence naming it.
 fn read_text(path: &Path) -> std::result::Result<String, String> {

@@ -142,6 +142,14 @@ pub async fn connect_hosts<'a>(
         .collect()
 }
 
+/// The engines of the hosts that answered.
+pub fn reachable<'a>(attempts: &'a [Attempt<'_>]) -> Vec<&'a crate::docker::DockerHost> {
+    attempts
+        .iter()
+        .filter_map(|a| a.result.as_ref().ok().map(|c| &c.host))
+        .collect()
+}
+
 /// The topology with its ports in effect: declared ones checked against the
 /// other environments on these hosts, or a free block chosen (see `ports`).
 pub async fn resolve_ports(t: &Topology, hosts: &[&crate::docker::DockerHost]) -> Result<Topology> {

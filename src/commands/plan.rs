@@ -69,11 +69,7 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
         return Err(anyhow!("{}", failed.join("\n")));
     }
 
-    let reachable_hosts: Vec<&crate::docker::DockerHost> = attempts
-        .iter()
-        .filter_map(|a| a.result.as_ref().ok().map(|c| &c.host))
-        .collect();
-    let resolved = super::resolve_ports(t, &reachable_hosts).await?;
+    let resolved = super::resolve_ports(t, &super::reachable(&attempts)).await?;
     let t = &resolved;
     if !t.ports_declared {
         println!("ports: {}", crate::ports::to_label(&t.ports));

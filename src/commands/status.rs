@@ -110,11 +110,7 @@ async fn gather(ctx: &Ctx) -> Result<Status> {
     // Quiet: status prints its own tables; connection failures show there.
     let attempts = connect_hosts(&connector, &hosts, &Reporter::quiet()).await;
 
-    let reachable: Vec<&crate::docker::DockerHost> = attempts
-        .iter()
-        .filter_map(|a| a.result.as_ref().ok().map(|c| &c.host))
-        .collect();
-    let resolved = super::resolve_ports(t, &reachable).await?;
+    let resolved = super::resolve_ports(t, &super::reachable(&attempts)).await?;
     let t = &resolved;
     let mut problems = Vec::new();
     let mut host_rows = Vec::new();

@@ -22,7 +22,8 @@ STAGECTL_BIN=target/release/stagectl ./scripts/build-images.sh
 
 step "unit and integration tests"
 # Snapshots must match what is committed; a missing one is a failure.
-INSTA_UPDATE=no cargo test --locked --all-targets
+# Not --all-targets: that would also run the benchmark (scripts/bench.sh does).
+INSTA_UPDATE=no cargo test --locked --lib --bins --tests
 
 step "end-to-end smoke test (scripts/smoke.sh)"
 ./scripts/smoke.sh

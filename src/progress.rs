@@ -70,6 +70,11 @@ impl Reporter {
         }
     }
 
+    /// Width of the name column, for summary lines that align with hosts.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
     /// A line printed above the bars (or plainly).
     pub fn println(&self, text: &str) {
         match &self.multi {

@@ -51,28 +51,15 @@ fn upstream_hosts(lb: &str) -> HashMap<String, usize> {
 
 /// GET /demo/ and return the X-Stagectl-Upstream header.
 fn http_get_headers(lb: &str) -> Result<(u16, String), String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&lb.parse().unwrap(), Duration::from_secs(2))
-        .map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /demo/ HTTP/1.0\r\nHost: x\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let up = buf
+    let (code, head, _) = http_get_full(lb, "/demo/", "x")?;
+    let upstream = head
         .lines()
         .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("x-stagectl-upstream:")
+            l.strip_prefix("x-stagectl-upstream:")
                 .map(|v| v.trim().to_string())
         })
         .unwrap_or_default();
-    Ok((code, up))
+    Ok((code, upstream))
 }
 
 /// Seconds until `check` holds, asserting it does within `bound`.

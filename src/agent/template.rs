@@ -172,26 +172,50 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-async fn watch_services(consul: ConsulClient, tx: mpsc::Sender<Update>, mode: ReadMode) {
+/// Follow one blocking query: send what it returns each time its index
+/// moves; on errors, log, wait a second and start over from index 0.
+async fn follow<T, F, Fut>(
+    what: String,
+    tx: mpsc::Sender<Update>,
+    mut query: F,
+    wrap: impl Fn(u64, T) -> Update,
+) where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(u64, T)>>,
+{
     let mut index = 0;
     loop {
-        match consul.catalog_services(index, WAIT, mode).await {
-            Ok((idx, names)) => {
-                if idx != index || index == 0 {
-                    let names: Vec<String> = names.into_iter().filter(|n| n != "consul").collect();
-                    if tx.send(Update::Services(idx, names)).await.is_err() {
-                        return;
-                    }
+        match query(index).await {
+            Ok((idx, value)) => {
+                let changed = idx != index || index == 0;
+                if changed && tx.send(wrap(idx, value)).await.is_err() {
+                    return;
                 }
                 index = next_index(index, idx);
             }
             Err(e) => {
-                log(&format!("watching services ({mode:?} reads): {e:#}"));
+                log(&format!("watching {what}: {e:#}"));
                 index = 0;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
+}
+
+async fn watch_services(consul: ConsulClient, tx: mpsc::Sender<Update>, mode: ReadMode) {
+    let query = |index| {
+        let consul = consul.clone();
+        async move { consul.catalog_services(index, WAIT, mode).await }
+    };
+    follow(
+        format!("services ({mode:?} reads)"),
+        tx,
+        query,
+        |idx, names: Vec<String>| {
+            Update::Services(idx, names.into_iter().filter(|n| n != "consul").collect())
+        },
+    )
+    .await
 }
 
 async fn watch_instances(
@@ -200,28 +224,18 @@ async fn watch_instances(
     tx: mpsc::Sender<Update>,
     mode: ReadMode,
 ) {
-    let mut index = 0;
-    loop {
-        match consul.healthy_instances(&service, index, WAIT, mode).await {
-            Ok((idx, instances)) => {
-                let changed = idx != index || index == 0;
-                if changed
-                    && tx
-                        .send(Update::Instances(service.clone(), idx, instances))
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
-                index = next_index(index, idx);
-            }
-            Err(e) => {
-                log(&format!("watching {service} ({mode:?} reads): {e:#}"));
-                index = 0;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
+    let name = service.clone();
+    let query = |index| {
+        let (consul, service) = (consul.clone(), service.clone());
+        async move { consul.healthy_instances(&service, index, WAIT, mode).await }
+    };
+    follow(
+        format!("{name} ({mode:?} reads)"),
+        tx,
+        query,
+        move |idx, instances| Update::Instances(name.clone(), idx, instances),
+    )
+    .await
 }
 
 /// Render; when the text changed, install it (checked) and reload nginx.

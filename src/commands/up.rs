@@ -19,7 +19,6 @@ use super::{
 use crate::connect::{local_engine, Connection, Connector};
 use crate::consul;
 use crate::desired::{desired_state, object_name, Secrets};
-use crate::docker::DockerHost;
 use crate::error::EXIT_OK;
 use crate::lab;
 use crate::reconcile::{plan_up, totals, Step};
@@ -30,13 +29,7 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
     let t = &ctx.topology;
     let reporter = ctx.reporter();
     // Summary lines ("cluster", "route") align with the host lines.
-    let label_width = t
-        .hosts
-        .iter()
-        .map(|h| h.name.len())
-        .max()
-        .unwrap_or(0)
-        .max(7);
+    let label_width = reporter.width();
 
     // Remote hosts first: if one is unreachable, nothing is created at all.
     let remote: Vec<&Host> = t.hosts.iter().filter(|h| !h.is_lab()).collect();
@@ -66,16 +59,7 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
     // Back to topology order.
     attempts.sort_by_key(|a| t.hosts.iter().position(|h| h.name == a.host.name));
 
-    let hosts: Vec<&DockerHost> = attempts
-        .iter()
-        .map(|a| {
-            &a.result
-                .as_ref()
-                .expect("all hosts are connected here")
-                .host
-        })
-        .collect();
-    let resolved = resolve_ports(t, &hosts).await?;
+    let resolved = resolve_ports(t, &super::reachable(&attempts)).await?;
     let t = &resolved;
 
     let secrets = Secrets {

@@ -157,6 +157,12 @@ pub fn local_objects(kind: &str, label: &str) -> Vec<String> {
 
 /// One HTTP/1.0 GET; returns the status code and body, or why it failed.
 pub fn http_get(addr: &str, path: &str, host: &str) -> Result<(u16, String), String> {
+    http_get_full(addr, path, host).map(|(code, _, body)| (code, body))
+}
+
+/// One HTTP/1.0 GET; returns the status code, the header block (lowercase)
+/// and the body, or why it failed.
+pub fn http_get_full(addr: &str, path: &str, host: &str) -> Result<(u16, String, String), String> {
     use std::io::{Read, Write};
     use std::time::Duration;
     let sock: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
@@ -172,11 +178,8 @@ pub fn http_get(addr: &str, path: &str, host: &str) -> Result<(u16, String), Str
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("not HTTP: {buf:?}"))?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((buf.as_str(), ""));
+    Ok((status, head.to_ascii_lowercase(), body.to_string()))
 }
 
 /// The instance identity the demo app answered with, if it was one.

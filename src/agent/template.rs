@@ -66,15 +66,27 @@ pub struct Route {
 /// What a watcher saw, with the Consul index it saw it at: two watchers
 /// (leader and stale reads) follow the same thing, and the newer wins.
 enum Update {
-    Services(u64, Vec<String>),
-    Instances(String, u64, Vec<Instance>),
+    Services(At, Vec<String>),
+    Instances(String, At, Vec<Instance>),
 }
 
-/// Whether an update at `index` is newer than what was applied at `applied`.
-/// Indexes only grow, except when Consul loses its data and starts over: an
-/// index far below the applied one is such a restart, and is taken.
-fn is_newer(index: u64, applied: u64) -> bool {
-    index >= applied || index < applied / 2
+/// The Consul index an answer came at, and which watcher brought it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct At {
+    index: u64,
+    mode: ReadMode,
+}
+
+/// Whether an answer should replace the one applied. The newer index wins;
+/// a lagging replica's older answer is ignored. A watcher only reports a
+/// lower index than its own last one when Consul started over (data lost),
+/// so a lower index from the watcher that brought the applied answer is
+/// taken.
+fn is_newer(at: At, applied: Option<At>) -> bool {
+    match applied {
+        None => true,
+        Some(a) => at.index >= a.index || at.mode == a.mode,
+    }
 }
 
 /// Blocking queries wait at most this long before answering unchanged.
@@ -102,8 +114,8 @@ pub async fn run(opts: TemplateOptions) -> Result<()> {
         tokio::spawn(watch_services(consul.clone(), tx.clone(), mode));
     }
     let mut watchers: HashMap<String, Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
-    let mut applied: HashMap<String, u64> = HashMap::new();
-    let mut services_applied = 0u64;
+    let mut applied: HashMap<String, At> = HashMap::new();
+    let mut services_applied: Option<At> = None;
     let mut services: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
     let mut status = LbStatus {
         env: opts.env.clone(),
@@ -121,9 +133,9 @@ pub async fn run(opts: TemplateOptions) -> Result<()> {
         tokio::select! {
             update = rx.recv() => {
                 match update.context("the watchers stopped")? {
-                    Update::Services(index, names) => {
-                        if !is_newer(index, services_applied) { continue; }
-                        services_applied = index;
+                    Update::Services(at, names) => {
+                        if !is_newer(at, services_applied) { continue; }
+                        services_applied = Some(at);
                         watchers.retain(|name, handles| {
                             let keep = names.contains(name);
                             if !keep { handles.iter().for_each(|h| h.abort()); }
@@ -140,13 +152,13 @@ pub async fn run(opts: TemplateOptions) -> Result<()> {
                             });
                         }
                     }
-                    Update::Instances(name, index, instances) => {
+                    Update::Instances(name, at, instances) => {
                         if !watchers.contains_key(&name) { continue; }
-                        let last = applied.get(&name).copied().unwrap_or(0);
-                        if !is_newer(index, last) || (index == last && services.get(&name) == Some(&instances)) {
+                        let last = applied.get(&name).copied();
+                        if !is_newer(at, last) || services.get(&name) == Some(&instances) {
                             continue;
                         }
-                        applied.insert(name.clone(), index);
+                        applied.insert(name.clone(), at);
                         services.insert(name, instances);
                     }
                 }
@@ -212,7 +224,10 @@ async fn watch_services(consul: ConsulClient, tx: mpsc::Sender<Update>, mode: Re
         tx,
         query,
         |idx, names: Vec<String>| {
-            Update::Services(idx, names.into_iter().filter(|n| n != "consul").collect())
+            Update::Services(
+                At { index: idx, mode },
+                names.into_iter().filter(|n| n != "consul").collect(),
+            )
         },
     )
     .await
@@ -233,7 +248,7 @@ async fn watch_instances(
         format!("{name} ({mode:?} reads)"),
         tx,
         query,
-        move |idx, instances| Update::Instances(name.clone(), idx, instances),
+        move |idx, instances| Update::Instances(name.clone(), At { index: idx, mode }, instances),
     )
     .await
 }
@@ -455,16 +470,23 @@ mod tests {
 
     #[test]
     fn newer_indexes_win_and_a_restart_starts_over() {
-        assert!(is_newer(10, 9));
-        assert!(is_newer(10, 10));
-        assert!(
-            !is_newer(9, 10),
-            "the slower watcher's older answer is ignored"
-        );
-        assert!(
-            is_newer(3, 1000),
-            "Consul started over with an empty data dir"
-        );
+        let leader = |index| At {
+            index,
+            mode: ReadMode::Leader,
+        };
+        let stale = |index| At {
+            index,
+            mode: ReadMode::Stale,
+        };
+        assert!(is_newer(stale(3), None));
+        assert!(is_newer(stale(11), Some(leader(10))));
+        assert!(is_newer(leader(10), Some(leader(10))));
+        // A lagging replica's answer, even far older, never replaces a newer
+        // one: that is how a fresh cluster lost a whole service list.
+        assert!(!is_newer(stale(9), Some(leader(10))));
+        assert!(!is_newer(stale(3), Some(leader(1000))));
+        // The same watcher going backwards: Consul started over.
+        assert!(is_newer(leader(3), Some(leader(1000))));
     }
 
     #[test]

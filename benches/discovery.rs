@@ -5,6 +5,9 @@
 //! - route-out: from `docker stop` (API call issued) to the moment nginx
 //!   stops trying it (ten responses in a row without its address in
 //!   `X-Stagectl-Upstream`), counting every failed request on the way;
+//! - the same two with 300 services registered (299 more, through Consul's
+//!   API), the template agent's reload times (from its log) and its
+//!   connections to Consul, which must not grow with the services;
 //! - the agents' resident memory and idle CPU.
 //!
 //! Needs the images of scripts/build-images.sh and target/release/stagectl.
@@ -18,9 +21,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bollard::query_parameters::StopContainerOptions;
-use stagectl::connect::Connector;
-use stagectl::docker::DockerHost;
-use stagectl::lab;
+use stagectl::engine::connect::Connector;
+use stagectl::engine::docker::DockerHost;
+use stagectl::engine::lab;
+use stagectl::engine::Engine;
 use stagectl::state::StateDir;
 
 const NET: &str = "10.77.61";
@@ -99,96 +103,46 @@ fn measure(state: &Path, topo: &Path, trials: usize) {
         format!("{NET}.11:{port}")
     };
 
-    let (mut route_in, mut route_in_started, mut route_out) = (Vec::new(), Vec::new(), Vec::new());
-    let mut failed = 0usize;
-    let mut requests = 0usize;
-    for _ in 0..trials {
-        let address = address(&rt);
-        // Out: stop, then ask the LB until it has stopped trying the instance.
-        let t0 = Instant::now();
-        let stop = rt.spawn({
-            let d = app.docker.clone();
-            async move {
-                d.stop_container(
-                    container,
-                    Some(StopContainerOptions {
-                        t: Some(10),
-                        signal: None,
-                    }),
-                )
-                .await
-            }
-        });
-        let mut clean = 0;
-        let mut first_clean = None;
-        while clean < 10 {
-            requests += 1;
-            match get(&lb) {
-                Some((200, upstreams, _)) if !upstreams.contains(&address) => {
-                    clean += 1;
-                    first_clean.get_or_insert_with(|| t0.elapsed());
-                }
-                Some((200, _, _)) => {
-                    clean = 0;
-                    first_clean = None;
-                }
-                _ => failed += 1,
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "the stopped instance stayed in the pool"
-            );
-        }
-        rt.block_on(stop).unwrap().unwrap();
-        route_out.push(first_clean.unwrap());
-        // In: start, then ask the LB until the instance answers.
-        let t0 = Instant::now();
-        let start = rt.spawn({
-            let d = app.docker.clone();
-            async move {
-                let r = d.start_container(container, None).await;
-                (r, Instant::now())
-            }
-        });
-        loop {
-            requests += 1;
-            match get(&lb) {
-                Some((200, _, body)) if body.contains(&identity) => break,
-                Some((200, _, _)) => {}
-                _ => failed += 1,
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "the started instance never answered"
-            );
-        }
-        let routed = Instant::now();
-        route_in.push(routed - t0);
-        let (r, started) = rt.block_on(start).unwrap();
-        r.unwrap();
-        route_in_started.push(routed.saturating_duration_since(started));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let one = Trials::run(&rt, app, &lb, container, &identity, &address, trials);
+    one.print(&format!(
+        "route latency through the LB, 1 service, {trials} trials each"
+    ));
+    let connections_one = consul_clients(&rt, lbhost, "benchrt-template");
 
-    println!("\nroute latency through the LB, {trials} trials each ({requests} requests, {failed} failed)");
+    // 299 more services, registered through the Consul API of host-1's
+    // agent (no check: healthy as long as the node is). None is asked for;
+    // each one is an upstream and a server block in the config.
+    let bulk = "for i in $(seq 1 299); do consul services register -http-addr=127.0.0.1:8500 \
+        -id=bulk-$i -name=bulk-service-$i -address=10.77.61.11 -port=$((20000+i)) >/dev/null || exit 1; done";
+    let registered = rt
+        .block_on(app.exec("benchrt-consul", &["sh", "-c", bulk], &[]))
+        .unwrap();
+    assert_eq!(registered.code, 0, "{}", registered.stderr);
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i32;
+    std::thread::sleep(Duration::from_secs(3));
+    let many = Trials::run(&rt, app, &lb, container, &identity, &address, trials);
+    many.print(&format!(
+        "route latency through the LB, 300 services, {trials} trials each"
+    ));
+    let mut reloads = reload_times(&rt, lbhost, "benchrt-template", since);
+    let connections_many = consul_clients(&rt, lbhost, "benchrt-template");
+    if !reloads.is_empty() {
+        print_row(
+            "reload",
+            &mut reloads,
+            "each reload with 300 services < 200 ms (nginx -t, HUP, in effect)",
+        );
+    }
     println!(
-        "{:<10} {:>8} {:>8} {:>8} {:>8}  target",
-        "", "min", "p50", "p99", "max"
+        "template agent's connections to Consul: {connections_one} with 1 service, {connections_many} with 300"
     );
-    print_row(
-        "route-in",
-        &mut route_in,
-        "p50 < 150 ms, p99 < 500 ms (from the start call)",
-    );
-    print_row(
-        "  started",
-        &mut route_in_started,
-        "(from the start call's return: container running)",
-    );
-    print_row(
-        "route-out",
-        &mut route_out,
-        "p50 < 150 ms, p99 < 500 ms, 0 failed",
+    println!(
+        "ratio 300/1 services, p50: route-in {:.2}x, route-out {:.2}x (target < 2x)",
+        Trials::p50(&many.route_in) / Trials::p50(&one.route_in),
+        Trials::p50(&many.route_out) / Trials::p50(&one.route_out)
     );
 
     // Agents: resident memory, and CPU over 10 idle seconds.
@@ -203,6 +157,186 @@ fn measure(state: &Path, topo: &Path, trials: usize) {
             rss0.max(rss1) as f64 / 1024.0
         );
     }
+}
+
+/// Route-in and route-out of one instance, `n` times.
+struct Trials {
+    route_in: Vec<Duration>,
+    route_in_started: Vec<Duration>,
+    route_out: Vec<Duration>,
+    failed: usize,
+    requests: usize,
+}
+
+impl Trials {
+    fn run(
+        rt: &tokio::runtime::Runtime,
+        app: &DockerHost,
+        lb: &str,
+        container: &'static str,
+        identity: &str,
+        address: &dyn Fn(&tokio::runtime::Runtime) -> String,
+        trials: usize,
+    ) -> Trials {
+        let (mut route_in, mut route_in_started, mut route_out) =
+            (Vec::new(), Vec::new(), Vec::new());
+        let mut failed = 0usize;
+        let mut requests = 0usize;
+        for _ in 0..trials {
+            let address = address(rt);
+            // Out: stop, then ask the LB until it has stopped trying the instance.
+            let t0 = Instant::now();
+            let stop = rt.spawn({
+                let d = app.docker.clone();
+                async move {
+                    d.stop_container(
+                        container,
+                        Some(StopContainerOptions {
+                            t: Some(10),
+                            signal: None,
+                        }),
+                    )
+                    .await
+                }
+            });
+            let mut clean = 0;
+            let mut first_clean = None;
+            while clean < 10 {
+                requests += 1;
+                match get(lb) {
+                    Some((200, upstreams, _)) if !upstreams.contains(&address) => {
+                        clean += 1;
+                        first_clean.get_or_insert_with(|| t0.elapsed());
+                    }
+                    Some((200, _, _)) => {
+                        clean = 0;
+                        first_clean = None;
+                    }
+                    _ => failed += 1,
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "the stopped instance stayed in the pool"
+                );
+            }
+            rt.block_on(stop).unwrap().unwrap();
+            route_out.push(first_clean.unwrap());
+            // In: start, then ask the LB until the instance answers.
+            let t0 = Instant::now();
+            let start = rt.spawn({
+                let d = app.docker.clone();
+                async move {
+                    let r = d.start_container(container, None).await;
+                    (r, Instant::now())
+                }
+            });
+            loop {
+                requests += 1;
+                match get(lb) {
+                    Some((200, _, body)) if body.contains(identity) => break,
+                    Some((200, _, _)) => {}
+                    _ => failed += 1,
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "the started instance never answered"
+                );
+            }
+            let routed = Instant::now();
+            route_in.push(routed - t0);
+            let (r, started) = rt.block_on(start).unwrap();
+            r.unwrap();
+            route_in_started.push(routed.saturating_duration_since(started));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Trials {
+            route_in,
+            route_in_started,
+            route_out,
+            failed,
+            requests,
+        }
+    }
+
+    fn print(&self, title: &str) {
+        println!(
+            "\n{title} ({} requests, {} failed)",
+            self.requests, self.failed
+        );
+        println!(
+            "{:<10} {:>8} {:>8} {:>8} {:>8}  target",
+            "", "min", "p50", "p99", "max"
+        );
+        print_row(
+            "route-in",
+            &mut self.route_in.clone(),
+            "p50 < 150 ms, p99 < 500 ms (from the start call)",
+        );
+        print_row(
+            "  started",
+            &mut self.route_in_started.clone(),
+            "(from the start call's return: container running)",
+        );
+        print_row(
+            "route-out",
+            &mut self.route_out.clone(),
+            "p50 < 150 ms, p99 < 500 ms, 0 failed",
+        );
+    }
+
+    fn p50(v: &[Duration]) -> f64 {
+        let mut v = v.to_vec();
+        v.sort();
+        v[v.len() / 2].as_secs_f64()
+    }
+}
+
+/// "in effect after N ms" of every reload the template agent logged since
+/// `since` (Unix seconds).
+fn reload_times(
+    rt: &tokio::runtime::Runtime,
+    host: &DockerHost,
+    container: &str,
+    since: i32,
+) -> Vec<Duration> {
+    use futures_util::StreamExt;
+    let mut stream = host.docker.logs(
+        container,
+        Some(bollard::query_parameters::LogsOptions {
+            stderr: true,
+            stdout: true,
+            since,
+            ..Default::default()
+        }),
+    );
+    let mut text = String::new();
+    rt.block_on(async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            text.push_str(&chunk.to_string());
+        }
+    });
+    text.lines()
+        .filter_map(|l| l.split("in effect after ").nth(1))
+        .filter_map(|v| v.trim_end_matches(" ms").trim().parse().ok())
+        .map(Duration::from_millis)
+        .collect()
+}
+
+/// Established TCP connections from the container's network namespace (the
+/// LB host's, the agents use host networking) to Consul's HTTP port on
+/// loopback: the template agent's, as nothing else there asks Consul.
+fn consul_clients(rt: &tokio::runtime::Runtime, host: &DockerHost, container: &str) -> usize {
+    let tcp = rt
+        .block_on(host.exec(container, &["cat", "/proc/net/tcp"], &[]))
+        .unwrap()
+        .stdout;
+    // 127.0.0.1:8500, little-endian hex as the kernel prints it; state 01.
+    tcp.lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(2) == Some(&"0100007F:2134") && f.get(3) == Some(&"01")
+        })
+        .count()
 }
 
 fn print_row(name: &str, v: &mut [Duration], target: &str) {

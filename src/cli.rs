@@ -5,10 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::style::ColorChoice;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "stagectl",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("STAGECTL_COMMIT"), ")"),
     about = "Bring up a staging environment (Consul, service registration, nginx) on Docker hosts from one YAML file",
     after_help = "Exit codes: 0 ok, 1 an operation failed, 2 invalid input or usage."
 )]
@@ -27,6 +29,14 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..=64))]
     pub parallel: u64,
 
+    /// Colour marks and verdicts: auto (terminals, unless NO_COLOR is set), always, never
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+
+    /// Seconds `up` and `down` wait for another run's lock on the environment
+    #[arg(long, global = true, default_value_t = 600, value_name = "SECS")]
+    pub lock_timeout: u64,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -34,37 +44,93 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check the topology file and print what it describes; touches nothing
-    Validate,
+    Validate {
+        /// `json`: the environment, its hosts and services as understood
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
     /// Show what `up` would create, replace, start or remove on each host; changes nothing
-    Plan,
+    Plan {
+        /// `json`: one object per planned step (the fields `up -o json` reports)
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
     /// Create or converge the environment, then wait for the Consul cluster
-    Up,
+    Up {
+        /// `json`: one event object per line on stdout (see the README)
+        #[arg(short = 'o', long, value_enum, default_value_t = EventFormat::Text)]
+        output: EventFormat,
+    },
     /// Remove everything of this environment (and its lab, once unused); nothing else
     Down {
         /// Keep Consul's data volumes and the gossip key
         #[arg(long)]
         keep_data: bool,
+        /// Clear only this host: one of the topology (the next `up` puts
+        /// it back), or one taken out of it that `up` could not reach
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+        /// `json`: one event object per line on stdout (see the README)
+        #[arg(short = 'o', long, value_enum, default_value_t = EventFormat::Text)]
+        output: EventFormat,
     },
     /// Show hosts, Docker versions, containers and the Consul cluster
     Status {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
+        /// Keep watching: redraw as nodes, instances and their health, and LB reloads change (q quits)
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// List the environments found on the topology's hosts, with state, ports and load balancer
     Ls {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// Show a component's logs on a host (consul, register, nginx, template, or a service instance such as web-1)
+    /// Show a component's logs on a host (consul, register, nginx, template, or a service instance such as web-1), or every agent's with --all
     Logs {
-        host: String,
-        component: String,
+        #[arg(required_unless_present = "all")]
+        host: Option<String>,
+        #[arg(required_unless_present = "all")]
+        component: Option<String>,
+        /// Every host's registration and template agents, merged in time order
+        #[arg(long, conflicts_with_all = ["host", "component"])]
+        all: bool,
         /// Keep following the log (-f is the topology file, as everywhere)
         #[arg(short = 'F', long)]
         follow: bool,
         /// Lines from the end to start with
         #[arg(long, default_value = "200")]
         tail: String,
+    },
+    /// Run a command in a running service instance (such as web-1) and exit with its exit code
+    Exec {
+        /// `<service>-<i>`, as `status` lists them
+        instance: String,
+        /// The host to run it on [default: the first that runs the instance]
+        #[arg(long)]
+        host: Option<String>,
+        /// The command and its arguments, after `--`
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Show who holds the environment's lock (taken by `up` and `down`)
+    #[command(subcommand)]
+    Lock(LockCommand),
+    /// Free the environment's lock whoever holds it (when its holder is known to be gone)
+    Unlock,
+    /// Print a shell completion script: `stagectl completions bash > /etc/bash_completion.d/stagectl`
+    Completions { shell: clap_complete::Shell },
+    /// Serve the environment's Consul web UI on a local address, tunnelled to a host's Consul (until Ctrl-C)
+    Ui {
+        /// The host whose Consul to ask [default: the first Consul server]
+        host: Option<String>,
+        /// Local address to listen on (port 0: a free one)
+        #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// Open the URL in a browser (xdg-open)
+        #[arg(long)]
+        open: bool,
     },
     /// The agents that run in containers on the hosts (started by `up`)
     #[command(subcommand, hide = true)]
@@ -74,6 +140,15 @@ pub enum Command {
     DemoHttp {
         #[arg(long, default_value_t = 8080)]
         port: u16,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Who holds it, running what, since when; exit 1 when it is held
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
     },
 }
 
@@ -98,6 +173,10 @@ pub enum AgentCommand {
         /// Leave containers without an environment label alone
         #[arg(long)]
         only_labeled: bool,
+        /// Service names only this environment's own instances of that
+        /// service may register under (repeatable, or comma-separated)
+        #[arg(long, value_delimiter = ',', value_name = "SERVICE")]
+        reserved: Vec<String>,
     },
     /// Render the nginx config from Consul and reload nginx when it changes
     Template {
@@ -115,11 +194,19 @@ pub enum AgentCommand {
         domain: String,
         #[arg(long, default_value_t = 80)]
         port: u16,
+        /// The LB's address for clients: a reload counts once nginx serves
+        /// the new config there too
+        #[arg(long)]
+        advertise: Option<std::net::IpAddr>,
         #[arg(long, default_value_t = 10)]
         quiet_ms: u64,
         #[arg(long, default_value_t = 250)]
         max_wait_ms: u64,
     },
+    /// Wait until stdin closes (the process of an environment's lock)
+    Hold,
+    /// Copy stdin to a TCP connection to ADDR and its answers to stdout (`stagectl ui`'s tunnel)
+    Pipe { addr: String },
     /// Print every service's instances and their health as JSON
     Services {
         #[arg(long, default_value = "127.0.0.1:8500")]
@@ -130,6 +217,15 @@ pub enum AgentCommand {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     Table,
+    Json,
+}
+
+/// How a run reports its progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EventFormat {
+    /// A line per host on a terminal, a line per event otherwise (stderr)
+    Text,
+    /// One JSON object per event (stdout)
     Json,
 }
 

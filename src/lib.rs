@@ -4,27 +4,29 @@
 //! The data flows one way, and the modules follow it:
 //!
 //! - [`topology`]: the file → a validated model (no I/O beyond reading it).
-//! - [`desired`]: the model → the containers and volumes each host should
-//!   have (pure).
-//! - [`reconcile`]: desired versus observed → a plan of actions (pure).
-//! - [`docker`], [`connect`], [`lab`], [`consul`]: the edges that touch the
-//!   world, with plain types at their boundaries.
-//! - [`commands`]: `up`, `down`, `plan`, `status`, `validate`: each wires the
-//!   above together and reports through [`progress`].
+//! - [`plan`]: the model → what each host should run (pure), then desired
+//!   against a snapshot of what runs → one plan of steps (pure).
+//! - [`engine`]: the hosts' container engines behind one trait (Docker over
+//!   SSH, TLS or a socket; the local lab; an in-memory one for tests).
+//! - [`pipeline`]: connect every host once, take the snapshot, execute the
+//!   plan, and report events to a terminal, plain lines or JSON.
+//! - [`cluster`]: Consul and the agents as stagectl sees them from outside.
+//! - [`agent`]: what runs inside the containers (registration, template),
+//!   and the contract both sides share (labels).
+//! - [`commands`]: one thin module per verb.
 
 pub mod agent;
 pub mod cli;
+pub mod clock;
+pub mod cluster;
 pub mod commands;
-pub mod connect;
-pub mod consul;
-pub mod consul_http;
-pub mod desired;
-pub mod docker;
+pub mod engine;
 pub mod error;
-pub mod lab;
-pub mod labels;
-pub mod ports;
-pub mod progress;
-pub mod reconcile;
+pub mod lock;
+pub mod pipeline;
+pub mod plan;
+pub mod poll;
+pub mod secrets;
 pub mod state;
+pub mod style;
 pub mod topology;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use stagectl::cli::{Cli, Command};
 use stagectl::error::{is_input_error, EXIT_FAILED, EXIT_INPUT};
+use stagectl::style::Stream;
 
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`stagectl status | head`) instead of
@@ -22,6 +23,17 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
+    stagectl::style::init(cli.color);
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "stagectl",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
     // The agents wait on I/O almost always: one thread keeps them small.
     // The CLI works on many hosts at once: a thread per core.
     let mut builder = match cli.command {
@@ -43,14 +55,14 @@ fn main() -> ExitCode {
             if is_input_error(&err) {
                 // Topology errors arrive rendered (file:line:col, snippet).
                 let text = format!("{err:#}");
-                if text.starts_with("error:") {
-                    eprintln!("{text}");
+                if let Some(rest) = text.strip_prefix("error:") {
+                    eprintln!("{}{rest}", Stream::Stderr.bad("error:"));
                 } else {
-                    eprintln!("error: {text}");
+                    eprintln!("{} {text}", Stream::Stderr.bad("error:"));
                 }
                 ExitCode::from(EXIT_INPUT)
             } else {
-                eprintln!("error: {err:#}");
+                eprintln!("{} {err:#}", Stream::Stderr.bad("error:"));
                 ExitCode::from(EXIT_FAILED)
             }
         }

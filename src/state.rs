@@ -14,10 +14,11 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use base64::Engine as _;
 
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -60,9 +61,18 @@ impl StateDir {
         if let Some(key) = read_secret(&path)? {
             return Ok(key);
         }
-        let key = crate::consul::generate_gossip_key()?;
+        let key = generate_gossip_key()?;
         write_secret(&path, key.as_bytes())?;
         Ok(key)
+    }
+
+    /// Keep `key` (found on the hosts) as this environment's gossip key.
+    pub fn keep_gossip_key(&self, env: &str, key: &str) -> Result<()> {
+        if self.existing_gossip_key(env)?.as_deref() == Some(key) {
+            return Ok(());
+        }
+        private_dir(&self.env_dir(env))?;
+        write_secret(&self.env_dir(env).join("gossip.key"), key.as_bytes())
     }
 
     /// The stored gossip key, if there is one (no creation).
@@ -97,21 +107,28 @@ pub fn private_dir(path: &Path) -> Result<()> {
         .with_context(|| format!("cannot create {}", path.display()))
 }
 
-/// Write a file only the owner can read, atomically (temp file + rename).
+/// Write a file only the owner can read, atomically: a temp file (0600,
+/// unique name, so two runs writing at once cannot mix) renamed over it.
 pub fn write_secret(path: &Path, content: &[u8]) -> Result<()> {
     let dir = path.parent().context("a secret's path has a parent")?;
     private_dir(dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(content)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".stagectl-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(content)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// 32 random bytes, base64: what `consul keygen` produces.
+pub fn generate_gossip_key() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no randomness for the gossip key: {e}"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 fn remove_dir(path: &Path) -> Result<()> {
@@ -140,5 +157,16 @@ mod tests {
         s.remove_env("qa").unwrap();
         assert!(s.existing_gossip_key("qa").unwrap().is_none());
         s.remove_env("qa").unwrap();
+    }
+
+    #[test]
+    fn gossip_keys_are_32_random_bytes() {
+        let a = generate_gossip_key().unwrap();
+        let b = generate_gossip_key().unwrap();
+        assert_ne!(a, b);
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&a)
+            .unwrap();
+        assert_eq!(raw.len(), 32);
     }
 }

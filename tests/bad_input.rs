@@ -145,6 +145,25 @@ fn usage_errors_exit_2_and_help_exits_0() {
     let help = stagectl(state.path(), &["--help"]);
     assert_eq!(help.code, 0);
     assert!(help.stdout.contains("Exit codes"));
+    // The version names the commit it was built from.
+    let version = stagectl(state.path(), &["--version"]);
+    assert_eq!(version.code, 0);
+    assert!(
+        version.stdout.starts_with("stagectl ") && version.stdout.contains(" ("),
+        "{}",
+        version.stdout
+    );
+    // Completions for every shell clap knows; an unknown one is a usage error.
+    for shell in ["bash", "zsh", "fish"] {
+        let c = stagectl(state.path(), &["completions", shell]);
+        assert_eq!(c.code, 0, "{shell}: {}", c.stderr);
+        assert!(c.stdout.contains("stagectl"), "{shell}");
+        assert!(
+            c.stdout.contains("unlock"),
+            "{shell} completes the commands"
+        );
+    }
+    assert_eq!(stagectl(state.path(), &["completions", "nosh"]).code, 2);
 }
 
 #[test]
@@ -159,12 +178,41 @@ fn shipped_topologies_are_valid() {
 }
 
 #[test]
+fn validate_speaks_json_and_colour_is_asked_for() {
+    let state = tempfile::tempdir().unwrap();
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/local.yaml");
+    let f = local.to_str().unwrap();
+    let r = stagectl(state.path(), &["-f", f, "validate", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["valid"], true);
+    assert!(v["hosts"].as_array().is_some_and(|h| !h.is_empty()), "{v}");
+
+    // Not a terminal: no colour unless asked for.
+    let missing = ["-f", "/nonexistent/stagectl.yaml", "validate"];
+    let plain = stagectl(state.path(), &missing);
+    assert!(plain.stderr.starts_with("error:"), "{}", plain.stderr);
+    let mut asked = vec!["--color", "always"];
+    asked.extend(missing);
+    let coloured = stagectl(state.path(), &asked);
+    assert!(
+        coloured.stderr.starts_with("\x1b[31merror:"),
+        "{:?}",
+        coloured.stderr
+    );
+    assert_eq!(coloured.code, plain.code);
+    let r = stagectl(state.path(), &["--color", "sometimes", "validate"]);
+    assert_eq!(r.code, 2, "an unknown --color value is a usage error");
+}
+
+#[test]
 fn every_subcommand_parses_its_help() {
     // clap checks a command's definition when it is used: ask each for help.
     let state = tempfile::tempdir().unwrap();
     for cmd in [
         "validate",
         "plan",
+        "lock",
         "up",
         "down",
         "status",

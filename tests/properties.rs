@@ -7,7 +7,8 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use stagectl::agent::render::{render, RenderContext, BUILTIN_TEMPLATE};
-use stagectl::consul_http::Instance;
+use stagectl::agent::routes::RouteTable;
+use stagectl::cluster::http::Instance;
 
 /// Lines that are each plausible in a topology, to splice into documents.
 const FRAGMENTS: &[&str] = &[
@@ -72,12 +73,14 @@ proptest! {
                         node: "n".into(),
                         address: std::net::Ipv4Addr::from(ip).to_string(),
                         port,
+                        ..Default::default()
                     })
                     .collect();
                 (name, instances)
             })
             .collect();
-        let ctx = RenderContext::new("env", "stagectl.test", 80, &services);
+        let table = RouteTable::build("env", "stagectl.test", &services);
+        let ctx = RenderContext::new("env", "stagectl.test", 80, &table.services);
         let text = render(BUILTIN_TEMPLATE, &ctx).unwrap();
         prop_assert_eq!(text.matches('{').count(), text.matches('}').count());
         for view in &ctx.services {
@@ -91,7 +94,7 @@ proptest! {
     /// Arbitrary user templates: an error or text, never a panic or a hang.
     #[test]
     fn arbitrary_templates_never_panic(template in "\\PC{0,200}") {
-        let ctx = RenderContext::new("env", "d", 80, &BTreeMap::new());
+        let ctx = RenderContext::new("env", "d", 80, []);
         let _ = render(&template, &ctx);
     }
 }

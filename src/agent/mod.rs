@@ -10,9 +10,11 @@
 //! and one thread keeps their memory small.
 
 pub mod coalesce;
+pub mod labels;
 pub mod register;
 pub mod registration;
 pub mod render;
+pub mod routes;
 pub mod template;
 
 /// One log line on stderr; `docker logs -t` adds the time.

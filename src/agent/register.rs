@@ -20,9 +20,9 @@ use tokio::sync::Mutex;
 use super::log;
 use super::registration::{
     registrations, AgentContext, ContainerInfo, PublishedPort, Skip, META_CONTAINER, META_ENV,
-    META_HOST,
+    META_HOST, META_ORIGIN,
 };
-use crate::consul_http::{ConsulClient, Registration};
+use crate::cluster::http::{ConsulClient, Registration};
 
 pub struct RegisterOptions {
     pub context: AgentContext,
@@ -78,16 +78,25 @@ async fn session(opts: &RegisterOptions, consul: &ConsulClient) -> Result<()> {
                     Some(Ok(ev)) => ev,
                 };
                 let (Some(action), Some(id)) = (ev.action, ev.actor.and_then(|a| a.id)) else { continue };
-                handle(&docker, consul, &opts.context, &generations, &action, id).await;
+                if !handle(&docker, consul, &opts.context, &generations, &action, id).await {
+                    // A stopped instance left registered would get traffic
+                    // until the next resync: that comes sooner.
+                    tick.reset_after(RETRY_AFTER_FAILURE);
+                }
             }
             _ = tick.tick() => {
                 if let Err(e) = resync(&docker, consul, &opts.context).await {
                     log(&format!("resync failed: {e:#}"));
+                    tick.reset_after(RETRY_AFTER_FAILURE);
                 }
             }
         }
     }
 }
+
+/// How soon the resync comes after a failed deregistration or resync (the
+/// local Consul agent briefly not answering), instead of the full period.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// What an event means for registrations.
 fn classify(action: &str) -> Option<bool> {
@@ -102,6 +111,7 @@ fn classify(action: &str) -> Option<bool> {
     }
 }
 
+/// Act on one container event; false when a deregistration failed.
 async fn handle(
     docker: &Docker,
     consul: &ConsulClient,
@@ -109,7 +119,7 @@ async fn handle(
     gens: &Generations,
     action: &str,
     id: String,
-) {
+) -> bool {
     match classify(action) {
         Some(false) => {
             *gens.lock().await.entry(id.clone()).or_default() += 1;
@@ -118,6 +128,7 @@ async fn handle(
                     "{action} {}: deregistration failed: {e:#}",
                     short(&id)
                 ));
+                return false;
             }
         }
         Some(true) => {
@@ -139,6 +150,7 @@ async fn handle(
         }
         None => {}
     }
+    true
 }
 
 async fn register_container(
@@ -159,7 +171,7 @@ async fn register_container(
             return Ok(())
         }
         Err(skip) => {
-            log(&format!("{}: not registered: {skip:?}", info.name));
+            log(&format!("{}: not registered: {skip}", info.name));
             return Ok(());
         }
     };
@@ -221,7 +233,7 @@ async fn effective(docker: &Docker, ctx: &AgentContext) -> AgentContext {
     }
     let filter = HashMap::from([(
         "label".to_string(),
-        vec![format!("{}=register", crate::labels::COMPONENT)],
+        vec![format!("{}=register", crate::agent::labels::COMPONENT)],
     )]);
     let agents = docker
         .list_containers(Some(ListContainersOptions {
@@ -234,7 +246,7 @@ async fn effective(docker: &Docker, ctx: &AgentContext) -> AgentContext {
     let shared = agents.iter().any(|c| {
         c.labels
             .as_ref()
-            .and_then(|l| l.get(crate::labels::ENV))
+            .and_then(|l| l.get(crate::agent::labels::ENV))
             .is_some_and(|e| *e != ctx.env)
     });
     AgentContext {
@@ -275,7 +287,13 @@ async fn resync(docker: &Docker, consul: &ConsulClient, ctx: &AgentContext) -> R
         }
         match want.get(sid) {
             Some((r, _)) if r.port == s.port && r.address == s.address && r.name == s.service => {
-                seen.insert(sid.clone());
+                // A registration made before the origin existed (or with
+                // another) is registered again below: under the same ID,
+                // Consul updates it in place, with no gap in the pool.
+                let origin = s.meta.as_ref().and_then(|m| m.get(META_ORIGIN));
+                if origin == r.meta.get(META_ORIGIN) {
+                    seen.insert(sid.clone());
+                }
             }
             _ => {
                 consul.deregister(sid).await?;
@@ -304,7 +322,7 @@ async fn inspect(
 ) -> Result<Option<(ContainerInfo, HashMap<u16, String>)>> {
     let c = match docker.inspect_container(id, None).await {
         Ok(c) => c,
-        Err(e) if crate::docker::is_not_found(&e) => return Ok(None),
+        Err(e) if crate::engine::docker::is_not_found(&e) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     let config = c.config.unwrap_or_default();
@@ -360,21 +378,15 @@ async fn inspect(
 
 /// Poll `addr` until it accepts a TCP connection, or give up.
 async fn wait_for_port(addr: &str, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
+    crate::poll::holds(limit, Duration::from_millis(10), || async {
         let attempt = tokio::time::timeout(
             Duration::from_millis(200),
             tokio::net::TcpStream::connect(addr),
         )
         .await;
-        if matches!(attempt, Ok(Ok(_))) {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        matches!(attempt, Ok(Ok(_)))
+    })
+    .await
 }
 
 fn short(id: &str) -> &str {

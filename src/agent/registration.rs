@@ -16,11 +16,14 @@
 //! stagectl's own agents are never registered; containers with no
 //! environment label are registered when the agent is told to adopt them
 //! (the default on a host with one environment, as registrator did).
+//! A reserved service name is registered only for stagectl's own instances
+//! of that service: any other container claiming it is not registered.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
 
-use crate::consul_http::{Check, Registration};
-use crate::labels;
+use crate::agent::labels;
+use crate::cluster::http::{Check, Registration};
 
 /// What the agent knows about a container (from `docker inspect`).
 #[derive(Debug, Clone, Default)]
@@ -52,15 +55,22 @@ pub struct AgentContext {
     pub advertise: String,
     /// Register containers that carry no environment label.
     pub adopt_unlabeled: bool,
+    /// Service names only the environment's own instances of that service
+    /// may register under (`reserved: true` in the topology).
+    pub reserved: BTreeSet<String>,
 }
-
-/// stagectl's own infrastructure containers: never services.
-const INFRA: &[&str] = &["consul", "register", "nginx", "template"];
 
 /// Meta keys every registration carries, so the agent can find its own.
 pub const META_ENV: &str = "stagectl-env";
 pub const META_HOST: &str = "stagectl-host";
 pub const META_CONTAINER: &str = "stagectl-container";
+/// Whether the instance is one of a declared service's own containers
+/// ([`ORIGIN_DECLARED`]) or any other container that publishes a port
+/// ([`ORIGIN_ADHOC`]): tells templates and people which instances `up`
+/// manages.
+pub const META_ORIGIN: &str = "stagectl-origin";
+pub const ORIGIN_DECLARED: &str = "declared";
+pub const ORIGIN_ADHOC: &str = "adhoc";
 
 /// Why a container gets no registration (for logs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +82,31 @@ pub enum Skip {
     Infrastructure,
     Ignored,
     NoPublishedPorts,
+    /// It claims a reserved service name without being one of that
+    /// service's own instances.
+    Reserved(String),
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skip::NotRunning => f.write_str("not running"),
+            Skip::NotHealthy(status) => write!(f, "not healthy ({status})"),
+            Skip::OtherEnvironment(env) => write!(f, "belongs to environment {env}"),
+            Skip::Unlabeled => write!(
+                f,
+                "no {} label, and this agent adopts no unlabelled container",
+                labels::ENV
+            ),
+            Skip::Infrastructure => f.write_str("one of stagectl's own agents"),
+            Skip::Ignored => f.write_str("SERVICE_IGNORE is set"),
+            Skip::NoPublishedPorts => f.write_str("no published TCP port"),
+            Skip::Reserved(name) => write!(
+                f,
+                "service {name} is reserved for the instances stagectl runs for it, and this is not one"
+            ),
+        }
+    }
 }
 
 pub fn registrations(c: &ContainerInfo, ctx: &AgentContext) -> Result<Vec<Registration>, Skip> {
@@ -85,7 +120,8 @@ pub fn registrations(c: &ContainerInfo, ctx: &AgentContext) -> Result<Vec<Regist
     }
     if c.labels
         .get(labels::COMPONENT)
-        .is_some_and(|k| INFRA.contains(&k.as_str()))
+        .and_then(|k| labels::Component::from_label(k))
+        .is_some_and(|k| labels::Component::AGENTS.contains(&k))
     {
         return Err(Skip::Infrastructure);
     }
@@ -128,6 +164,12 @@ pub fn registrations(c: &ContainerInfo, ctx: &AgentContext) -> Result<Vec<Regist
         if name.is_empty() {
             continue;
         }
+        let declared = is_declared_instance(c, ctx, &name);
+        if ctx.reserved.contains(&name) && !declared {
+            // The whole container: one that impersonates a reserved service
+            // on one port is not to be trusted with its others.
+            return Err(Skip::Reserved(name));
+        }
         let tags = per("TAGS")
             .or(vars.get("SERVICE_TAGS"))
             .map(|t| {
@@ -158,11 +200,30 @@ pub fn registrations(c: &ContainerInfo, ctx: &AgentContext) -> Result<Vec<Regist
                 (META_ENV.to_string(), ctx.env.clone()),
                 (META_HOST.to_string(), ctx.host.clone()),
                 (META_CONTAINER.to_string(), c.id.chars().take(12).collect()),
+                (
+                    META_ORIGIN.to_string(),
+                    if declared {
+                        ORIGIN_DECLARED
+                    } else {
+                        ORIGIN_ADHOC
+                    }
+                    .to_string(),
+                ),
             ]),
             check,
         });
     }
     Ok(out)
+}
+
+/// Whether `c` is one of the instances `up` runs for the declared service
+/// `name` in this environment: labelled as such by `desired`, which no user
+/// label can override.
+fn is_declared_instance(c: &ContainerInfo, ctx: &AgentContext, name: &str) -> bool {
+    let label = |key: &str| c.labels.get(key).map(String::as_str);
+    label(labels::ENV) == Some(ctx.env.as_str())
+        && label(labels::COMPONENT) == Some(labels::Component::Service.label())
+        && label(labels::SERVICE) == Some(name)
 }
 
 /// Unique per host, container and port; readable in `consul catalog`.
@@ -225,6 +286,7 @@ mod tests {
             host: "host-1".into(),
             advertise: "10.77.0.11".into(),
             adopt_unlabeled: true,
+            reserved: BTreeSet::new(),
         }
     }
 
@@ -345,6 +407,115 @@ mod tests {
             ..ctx()
         };
         assert_eq!(registrations(&c, &strict), Err(Skip::Unlabeled));
+    }
+
+    /// A container as `up` runs it for the declared service `service`.
+    fn declared(service: &str) -> ContainerInfo {
+        let mut c = web();
+        c.labels.extend([
+            (labels::COMPONENT.to_string(), "service".to_string()),
+            (labels::SERVICE.to_string(), service.to_string()),
+            ("SERVICE_NAME".to_string(), service.to_string()),
+        ]);
+        c
+    }
+
+    fn reserving(names: &[&str]) -> AgentContext {
+        AgentContext {
+            reserved: names.iter().map(|n| n.to_string()).collect(),
+            ..ctx()
+        }
+    }
+
+    #[test]
+    fn a_reserved_name_claimed_by_another_container_is_not_registered() {
+        let ctx = reserving(&["web", "api"]);
+        // By its image's name, by SERVICE_NAME, unlabelled, or as an
+        // instance of another declared service of the environment.
+        let by_image = web();
+        let mut by_env = web();
+        by_env.image = "team/whatever:1".into();
+        by_env.env.push("SERVICE_NAME=api".into());
+        let mut unlabeled = web();
+        unlabeled.labels.clear();
+        let mut other_service = declared("shop");
+        other_service
+            .labels
+            .insert("SERVICE_NAME".into(), "web".into());
+        let mut other_env = declared("web");
+        other_env.labels.insert(labels::ENV.into(), "prod".into());
+        for (c, name) in [
+            (&by_image, "web"),
+            (&by_env, "api"),
+            (&unlabeled, "web"),
+            (&other_service, "web"),
+        ] {
+            assert_eq!(
+                registrations(c, &ctx),
+                Err(Skip::Reserved(name.into())),
+                "{c:?}"
+            );
+        }
+        assert_eq!(
+            registrations(&other_env, &ctx),
+            Err(Skip::OtherEnvironment("prod".into()))
+        );
+        assert!(Skip::Reserved("web".into())
+            .to_string()
+            .contains("service web is reserved"));
+        assert!(
+            registrations(&by_image, &reserving(&["api"])).is_ok(),
+            "names not reserved are free to claim"
+        );
+    }
+
+    #[test]
+    fn a_reserved_name_is_registered_for_its_own_instances() {
+        let r = registrations(&declared("web"), &reserving(&["web"])).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].name, "web");
+        assert_eq!(r[0].meta[META_ORIGIN], ORIGIN_DECLARED);
+    }
+
+    #[test]
+    fn origin_tells_declared_instances_from_adhoc_containers() {
+        let ctx = ctx();
+        let origin =
+            |c: &ContainerInfo| registrations(c, &ctx).unwrap()[0].meta[META_ORIGIN].clone();
+        assert_eq!(origin(&declared("web")), ORIGIN_DECLARED);
+        assert_eq!(origin(&web()), ORIGIN_ADHOC, "env label only");
+        let mut unlabeled = web();
+        unlabeled.labels.clear();
+        assert_eq!(origin(&unlabeled), ORIGIN_ADHOC);
+        let mut renamed = declared("web");
+        renamed.labels.insert("SERVICE_NAME".into(), "shop".into());
+        assert_eq!(
+            origin(&renamed),
+            ORIGIN_ADHOC,
+            "registered under another name than its service's"
+        );
+    }
+
+    #[test]
+    fn labeled_only_ignores_containers_without_the_environment_label() {
+        let labeled_only = AgentContext {
+            adopt_unlabeled: false,
+            ..ctx()
+        };
+        let mut unlabeled = web();
+        unlabeled.labels.clear();
+        unlabeled.env.push("SERVICE_NAME=web".into());
+        assert_eq!(
+            registrations(&unlabeled, &labeled_only),
+            Err(Skip::Unlabeled)
+        );
+        assert_eq!(registrations(&web(), &labeled_only).unwrap().len(), 1);
+        assert_eq!(
+            registrations(&declared("web"), &labeled_only)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -1,17 +1,25 @@
 //! `stagectl agent template`: keeps nginx's configuration equal to the
 //! healthy instances in Consul.
 //!
-//! Blocking queries follow the service list and each service's healthy
-//! instances. Changes are coalesced (a short quiet period, a maximum wait),
-//! rendered, and only when the text differs from what nginx runs: written
-//! atomically into the folder shared with the nginx container, checked with
-//! `nginx -t` there, and loaded with SIGHUP. A config that fails the check
-//! is taken back; nginx keeps serving the last good one. What happened is
-//! written to `stagectl-status.json` beside the config for `stagectl status`.
+//! One blocking query follows every service's healthy instances (in two
+//! read modes, see `consul_http`). Changes are coalesced (a short quiet
+//! period, a maximum wait), turned into routes (every value checked or
+//! encoded, see `routes`), rendered, and only when the text differs from
+//! what nginx runs: written atomically into the folder shared with the nginx
+//! container, checked with `nginx -t` there, and loaded with SIGHUP.
+//!
+//! One service never holds up the others: when nginx rejects the config,
+//! the services it cannot load are found by halving (see [`isolate`]) and
+//! the rest is applied without them. What happened, and what was left out,
+//! is written to `stagectl-status.json` beside the config for `stagectl
+//! status`.
 
+use crate::engine::Engine;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bollard::query_parameters::KillContainerOptions;
@@ -23,8 +31,9 @@ use tokio::sync::mpsc;
 use super::coalesce::Coalescer;
 use super::log;
 use super::render::{render, RenderContext, BUILTIN_TEMPLATE};
-use crate::consul_http::{next_index, ConsulClient, Instance, ReadMode};
-use crate::docker::DockerHost;
+use super::routes::{Exclusion, RouteTable, ServiceRoute};
+use crate::cluster::http::{next_index, ConsulClient, Instance, ReadMode};
+use crate::engine::docker::DockerHost;
 
 pub const CONFIG_FILE: &str = "stagectl.conf";
 pub const STATUS_FILE: &str = "stagectl-status.json";
@@ -37,12 +46,15 @@ pub struct TemplateOptions {
     pub template: Option<PathBuf>,
     pub domain: String,
     pub port: u16,
+    /// The address clients reach the LB at: a new config counts as in
+    /// effect only once nginx serves it there too, not only on loopback.
+    pub advertise: Option<IpAddr>,
     pub quiet: Duration,
     pub max_wait: Duration,
 }
 
 /// What the template agent last did, for `stagectl status`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LbStatus {
     pub env: String,
     /// Unix seconds of the last reload attempt.
@@ -52,22 +64,24 @@ pub struct LbStatus {
     /// Short hash of the config nginx runs.
     pub config: Option<String>,
     pub reloads: u64,
+    /// [`template_id`] of the template this agent renders: tells `up`
+    /// whether the status comes from the agent it just started or from the
+    /// one it replaced (the file stays in the shared volume).
+    #[serde(default)]
+    pub template: Option<String>,
     pub routes: Vec<Route>,
+    /// Services and instances left out of the config, and why.
+    #[serde(default)]
+    pub excluded: Vec<Exclusion>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
+    /// The service's name in Consul (encoded when it held unsafe bytes).
     pub service: String,
     pub server_name: String,
     pub path: String,
     pub upstreams: Vec<String>,
-}
-
-/// What a watcher saw, with the Consul index it saw it at: two watchers
-/// (leader and stale reads) follow the same thing, and the newer wins.
-enum Update {
-    Services(At, Vec<String>),
-    Instances(String, At, Vec<Instance>),
 }
 
 /// The Consul index an answer came at, and which watcher brought it.
@@ -92,6 +106,8 @@ fn is_newer(at: At, applied: Option<At>) -> bool {
 /// Blocking queries wait at most this long before answering unchanged.
 const WAIT: Duration = Duration::from_secs(30);
 
+type Services = BTreeMap<String, Vec<Instance>>;
+
 pub async fn run(opts: TemplateOptions) -> Result<()> {
     let template = match &opts.template {
         Some(p) => std::fs::read_to_string(p)
@@ -101,7 +117,6 @@ pub async fn run(opts: TemplateOptions) -> Result<()> {
     let consul = ConsulClient::new(&opts.consul);
     let docker =
         Docker::connect_with_unix("/var/run/docker.sock", 60, bollard::API_DEFAULT_VERSION)?;
-    let nginx = DockerHost::new("nginx", docker);
     log(&format!(
         "rendering nginx config for {} from Consul at {} into {}",
         opts.env,
@@ -109,65 +124,49 @@ pub async fn run(opts: TemplateOptions) -> Result<()> {
         opts.conf_dir.display()
     ));
 
-    let (tx, mut rx) = mpsc::channel::<Update>(256);
+    let (tx, mut rx) = mpsc::channel::<(At, Services)>(16);
     for mode in [ReadMode::Leader, ReadMode::Stale] {
-        tokio::spawn(watch_services(consul.clone(), tx.clone(), mode));
+        tokio::spawn(watch(consul.clone(), tx.clone(), mode));
     }
-    let mut watchers: HashMap<String, Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
-    let mut applied: HashMap<String, At> = HashMap::new();
-    let mut services_applied: Option<At> = None;
-    let mut services: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
-    let mut status = LbStatus {
-        env: opts.env.clone(),
-        ..Default::default()
+    let mut applied: Option<At> = None;
+    let mut services = Services::new();
+    let mut lb = Lb {
+        status: LbStatus {
+            env: opts.env.clone(),
+            template: Some(template_id(&template)),
+            ..Default::default()
+        },
+        // What nginx runs: the file already there (an agent restart reloads
+        // nothing when nothing changed).
+        current: std::fs::read_to_string(opts.conf_dir.join(CONFIG_FILE)).ok(),
+        nginx: DockerHost::new("nginx", docker),
+        rejected: HashMap::new(),
+        template,
+        opts,
     };
-    // What nginx runs: the file already there (an agent restart reloads
-    // nothing when nothing changed).
-    let mut current = std::fs::read_to_string(opts.conf_dir.join(CONFIG_FILE)).ok();
-    let mut coalescer = Coalescer::new(opts.quiet, opts.max_wait);
-    // Render once at start: even with no service, nginx gets a valid config.
-    coalescer.change(tokio::time::Instant::now());
+    let mut coalescer = Coalescer::new(lb.opts.quiet, lb.opts.max_wait);
+    // A first nginx gets a valid config at once, even with no service; an
+    // agent replaced or restarted keeps the running one until Consul has
+    // answered (an empty config now would make every route 404 meanwhile).
+    if lb.current.is_none() {
+        coalescer.change(tokio::time::Instant::now());
+    }
 
     loop {
         let deadline = coalescer.deadline();
         tokio::select! {
             update = rx.recv() => {
-                match update.context("the watchers stopped")? {
-                    Update::Services(at, names) => {
-                        if !is_newer(at, services_applied) { continue; }
-                        services_applied = Some(at);
-                        watchers.retain(|name, handles| {
-                            let keep = names.contains(name);
-                            if !keep { handles.iter().for_each(|h| h.abort()); }
-                            keep
-                        });
-                        services.retain(|name, _| names.contains(name));
-                        applied.retain(|name, _| names.contains(name));
-                        for name in names {
-                            watchers.entry(name.clone()).or_insert_with(|| {
-                                [ReadMode::Leader, ReadMode::Stale]
-                                    .into_iter()
-                                    .map(|mode| tokio::spawn(watch_instances(consul.clone(), name.clone(), tx.clone(), mode)))
-                                    .collect()
-                            });
-                        }
-                    }
-                    Update::Instances(name, at, instances) => {
-                        if !watchers.contains_key(&name) { continue; }
-                        let last = applied.get(&name).copied();
-                        if !is_newer(at, last) || services.get(&name) == Some(&instances) {
-                            continue;
-                        }
-                        applied.insert(name.clone(), at);
-                        services.insert(name, instances);
-                    }
-                }
+                let (at, answer) = update.context("the watchers stopped")?;
+                if !is_newer(at, applied) { continue; }
+                // The first answer always renders (see above).
+                let first = applied.replace(at).is_none();
+                if answer == services && !first { continue; }
+                services = answer;
                 coalescer.change(tokio::time::Instant::now());
             }
             _ = sleep_until(deadline), if deadline.is_some() => {
                 coalescer.reset();
-                let retry = apply(&opts, &template, &services, &nginx, &mut current, &mut status).await;
-                if retry {
+                if lb.apply(&services).await {
                     // nginx was not there to check or reload (restarting):
                     // try again shortly rather than wait for the next change.
                     coalescer.change(tokio::time::Instant::now() + Duration::from_secs(1));
@@ -184,29 +183,22 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Follow one blocking query: send what it returns each time its index
-/// moves; on errors, log, wait a second and start over from index 0.
-async fn follow<T, F, Fut>(
-    what: String,
-    tx: mpsc::Sender<Update>,
-    mut query: F,
-    wrap: impl Fn(u64, T) -> Update,
-) where
-    F: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = Result<(u64, T)>>,
-{
+/// Follow every service's healthy instances: send what the blocking query
+/// returns each time its index moves; on errors, log, wait a second and
+/// start over from index 0.
+async fn watch(consul: ConsulClient, tx: mpsc::Sender<(At, Services)>, mode: ReadMode) {
     let mut index = 0;
     loop {
-        match query(index).await {
-            Ok((idx, value)) => {
+        match consul.healthy_services(index, WAIT, mode).await {
+            Ok((idx, services)) => {
                 let changed = idx != index || index == 0;
-                if changed && tx.send(wrap(idx, value)).await.is_err() {
+                if changed && tx.send((At { index: idx, mode }, services)).await.is_err() {
                     return;
                 }
                 index = next_index(index, idx);
             }
             Err(e) => {
-                log(&format!("watching {what}: {e:#}"));
+                log(&format!("watching services ({mode:?} reads): {e:#}"));
                 index = 0;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -214,114 +206,320 @@ async fn follow<T, F, Fut>(
     }
 }
 
-async fn watch_services(consul: ConsulClient, tx: mpsc::Sender<Update>, mode: ReadMode) {
-    let query = |index| {
-        let consul = consul.clone();
-        async move { consul.catalog_services(index, WAIT, mode).await }
-    };
-    follow(
-        format!("services ({mode:?} reads)"),
-        tx,
-        query,
-        |idx, names: Vec<String>| {
-            Update::Services(
-                At { index: idx, mode },
-                names.into_iter().filter(|n| n != "consul").collect(),
-            )
-        },
-    )
-    .await
+/// The template agent's side of nginx: what it runs, and what it refused.
+struct Lb {
+    opts: TemplateOptions,
+    template: String,
+    nginx: DockerHost,
+    /// The config nginx runs (with its marker).
+    current: Option<String>,
+    status: LbStatus,
+    /// Services nginx refused, as they were then, and why: left out again
+    /// without a new check until their routes change.
+    rejected: HashMap<String, (ServiceRoute, String)>,
 }
 
-async fn watch_instances(
-    consul: ConsulClient,
-    service: String,
-    tx: mpsc::Sender<Update>,
-    mode: ReadMode,
-) {
-    let name = service.clone();
-    let query = |index| {
-        let (consul, service) = (consul.clone(), service.clone());
-        async move { consul.healthy_instances(&service, index, WAIT, mode).await }
-    };
-    follow(
-        format!("{name} ({mode:?} reads)"),
-        tx,
-        query,
-        move |idx, instances| Update::Instances(name.clone(), At { index: idx, mode }, instances),
-    )
-    .await
-}
+impl Lb {
+    /// Render; when the text changed, install it (checked, isolating what
+    /// nginx refuses) and reload nginx. Returns true when it failed for a
+    /// reason that may pass (nginx away).
+    async fn apply(&mut self, services: &Services) -> bool {
+        let table = RouteTable::build(&self.opts.env, &self.opts.domain, services);
+        self.rejected.retain(|name, (route, _)| {
+            table.services.iter().any(|s| &s.name == name && s == route)
+        });
+        // Services nginx refused as they are now are not checked again.
+        let candidates: Vec<&ServiceRoute> = table
+            .services
+            .iter()
+            .filter(|s| !self.rejected.contains_key(&s.name))
+            .collect();
+        let outcome = self.install_isolating(candidates).await;
+        self.status.last_reload_at = Some(crate::clock::unix_now());
+        let mut transient = false;
+        let mut excluded = table.excluded.clone();
+        match outcome {
+            Ok(Installed { routed, reloaded }) => {
+                for (route, why) in routed.refused {
+                    self.rejected
+                        .insert(route.name.clone(), (route.clone(), why));
+                }
+                // Refused now or before (and unchanged since): left out.
+                for (route, why) in self.rejected.values() {
+                    excluded.push(Exclusion {
+                        service: route.service.clone(),
+                        instance: None,
+                        reason: format!("nginx refuses its part of the config: {why}"),
+                    });
+                }
+                self.status.routes = routed.accepted.iter().map(|s| route(s)).collect();
+                self.status.last_reload_ok = Some(true);
+                self.status.last_error = None;
+                if let Some(text) = reloaded {
+                    self.status.reloads += 1;
+                    self.status.config = Some(marker_of(&text));
+                    let n: usize = routed.accepted.iter().map(|s| s.instances.len()).sum();
+                    log(&format!(
+                        "nginx reloaded: {} services, {n} healthy instances, {} left out (config {})",
+                        routed.accepted.len(),
+                        excluded.len(),
+                        marker_of(&text)
+                    ));
+                }
+            }
+            Err(e) => {
+                transient = e.downcast_ref::<NginxAway>().is_some();
+                self.status.last_reload_ok = Some(false);
+                self.status.last_error = Some(format!("{e:#}"));
+                log(&format!(
+                    "config not applied, nginx keeps the last good one: {e:#}"
+                ));
+            }
+        }
+        excluded.sort();
+        for e in excluded
+            .iter()
+            .filter(|e| !self.status.excluded.contains(e))
+        {
+            log(&format!("left out of the config: {e}"));
+        }
+        self.status.excluded = excluded;
+        write_status(&self.opts.conf_dir, &self.status);
+        transient
+    }
 
-/// Render; when the text changed, install it (checked) and reload nginx.
-/// Returns true when it failed for a reason that may pass (nginx away).
-async fn apply(
-    opts: &TemplateOptions,
-    template: &str,
-    services: &BTreeMap<String, Vec<Instance>>,
-    nginx: &DockerHost,
-    current: &mut Option<String>,
-    status: &mut LbStatus,
-) -> bool {
-    let ctx = RenderContext::new(&opts.env, &opts.domain, opts.port, services);
-    status.routes = ctx
-        .services
-        .iter()
-        .map(|s| Route {
-            service: s.name.clone(),
-            server_name: format!("{}.{}.{}", s.name, opts.env, opts.domain),
-            path: format!("/{}/", s.name),
-            upstreams: s
-                .instances
-                .iter()
-                .map(|i| format!("{}:{}", i.address, i.port))
-                .collect(),
+    /// Install the config for `candidates`, or for as many of them as
+    /// nginx accepts.
+    async fn install_isolating<'a>(
+        &mut self,
+        candidates: Vec<&'a ServiceRoute>,
+    ) -> Result<Installed<'a>> {
+        let text = self.render(&candidates)?;
+        if self.current.as_deref() == Some(text.as_str()) {
+            return Ok(Installed {
+                routed: Isolated {
+                    accepted: candidates,
+                    refused: vec![],
+                },
+                reloaded: None,
+            });
+        }
+        let t0 = std::time::Instant::now();
+        let routed = match self.check(&text).await? {
+            None => Isolated {
+                accepted: candidates,
+                refused: vec![],
+            },
+            Some(why) => {
+                // Is it the template itself? Then no subset helps.
+                let empty = match self.render(&[]) {
+                    Ok(text) => text,
+                    Err(e) => {
+                        self.restore()?;
+                        return Err(e);
+                    }
+                };
+                if let Some(why) = self.check(&empty).await? {
+                    self.restore()?;
+                    anyhow::bail!("nginx -t refuses the config even with no service: {why}");
+                }
+                log(&format!("nginx -t: {why}; finding the services it refuses"));
+                let found = isolate(candidates, |subset| {
+                    let text = self.render(&subset);
+                    let lb = &*self;
+                    async move { lb.check(&text?).await }
+                })
+                .await;
+                let found = match found {
+                    Ok(found) => found,
+                    Err(e) => {
+                        self.restore()?;
+                        return Err(e);
+                    }
+                };
+                log(&format!(
+                    "isolated {} refused service(s) in {} ms",
+                    found.refused.len(),
+                    t0.elapsed().as_millis()
+                ));
+                found
+            }
+        };
+        let text = self.render(&routed.accepted)?;
+        write_atomically(&self.config_path(), &text)?;
+        if let Err(e) = self.reload(&text, t0).await {
+            // Back to what ran before, in the file and, if nginx loaded the
+            // new one, in nginx too.
+            self.restore()?;
+            let _ = self.signal_reload().await;
+            return Err(e);
+        }
+        self.current = Some(text.clone());
+        Ok(Installed {
+            routed,
+            reloaded: Some(text),
         })
-        .collect();
-    let result = match render(template, &ctx).map(|t| with_marker(&t)) {
-        Err(e) => Err(e),
-        Ok(text) if current.as_deref() == Some(text.as_str()) => {
-            write_status(&opts.conf_dir, status);
-            return false;
-        }
-        Ok(text) => install(opts, nginx, &text, current.as_deref())
-            .await
-            .map(|()| text),
-    };
-    status.last_reload_at = Some(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    );
-    let transient = result
-        .as_ref()
-        .err()
-        .is_some_and(|e| e.downcast_ref::<NginxAway>().is_some());
-    match result {
-        Ok(text) => {
-            status.reloads += 1;
-            status.last_reload_ok = Some(true);
-            status.last_error = None;
-            status.config = Some(marker_of(&text));
-            let n: usize = services.values().map(Vec::len).sum();
-            log(&format!(
-                "nginx reloaded: {} services, {n} healthy instances (config {})",
-                services.len(),
-                marker_of(&text)
-            ));
-            *current = Some(text);
-        }
-        Err(e) => {
-            status.last_reload_ok = Some(false);
-            status.last_error = Some(format!("{e:#}"));
-            log(&format!(
-                "config not applied, nginx keeps the last good one: {e:#}"
-            ));
+    }
+
+    fn render(&self, services: &[&ServiceRoute]) -> Result<String> {
+        let ctx = RenderContext::new(
+            &self.opts.env,
+            &self.opts.domain,
+            self.opts.port,
+            services.iter().copied(),
+        );
+        render(&self.template, &ctx).map(|t| with_marker(&t))
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.opts.conf_dir.join(CONFIG_FILE)
+    }
+
+    /// Put back what nginx runs, so a restart of nginx still works.
+    fn restore(&self) -> Result<()> {
+        match &self.current {
+            Some(p) => write_atomically(&self.config_path(), p),
+            None => {
+                let _ = std::fs::remove_file(self.config_path());
+                Ok(())
+            }
         }
     }
-    write_status(&opts.conf_dir, status);
-    transient
+
+    /// Write `text` where nginx reads it and ask `nginx -t`: `None` when it
+    /// passes, nginx's complaint when not. The file is left as it is: the
+    /// caller either goes on to reload or restores.
+    async fn check(&self, text: &str) -> Result<Option<String>> {
+        write_atomically(&self.config_path(), text)?;
+        match self
+            .nginx
+            .exec(&self.opts.nginx_container, &["nginx", "-t", "-q"], &[])
+            .await
+        {
+            Ok(out) if out.code == 0 => Ok(None),
+            Ok(out) => Ok(Some(format!("nginx -t: {}", out.stderr.trim()))),
+            Err(e) => {
+                self.restore()?;
+                Err(anyhow::Error::new(NginxAway(format!(
+                    "cannot run nginx -t: {e:#}"
+                ))))
+            }
+        }
+    }
+
+    async fn signal_reload(&self) -> Result<()> {
+        self.nginx
+            .docker
+            .kill_container(
+                &self.opts.nginx_container,
+                Some(KillContainerOptions {
+                    signal: "HUP".into(),
+                }),
+            )
+            .await
+            .map_err(|e| {
+                anyhow::Error::new(NginxAway(format!("cannot signal nginx to reload: {e}")))
+            })
+    }
+
+    /// Signal nginx to load the checked config, and wait until it serves it
+    /// on loopback and on the address clients use.
+    async fn reload(&self, text: &str, t0: std::time::Instant) -> Result<()> {
+        let checked = t0.elapsed();
+        self.signal_reload().await?;
+        // SIGHUP only asks: nginx starts new workers a few milliseconds
+        // later, and until then the old ones answer. Wait until an answer
+        // carries the new config's marker, so "reloaded" means "in effect".
+        let signalled = t0.elapsed();
+        let marker = marker_of(text);
+        let limit = Duration::from_secs(2);
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        if !wait_for_marker(loopback, self.opts.port, &marker, limit).await {
+            log(&format!(
+                "nginx did not show config {marker} within 2 s (a template without the marker header?)"
+            ));
+        } else if let Some(addr) = self.opts.advertise {
+            // Loopback serves the new config; so must the address clients
+            // use. If not, a `listen` on that address that stagectl did not
+            // write answers there instead (a user template's, say).
+            if !wait_for_marker(addr, self.opts.port, &marker, limit).await {
+                anyhow::bail!(
+                    "nginx serves config {marker} on 127.0.0.1:{port} but not on {addr}:{port}: \
+                     another server block answers there",
+                    port = self.opts.port
+                );
+            }
+        }
+        log(&format!(
+            "timing: nginx -t {} ms, HUP {} ms, in effect after {} ms",
+            checked.as_millis(),
+            (signalled - checked).as_millis(),
+            t0.elapsed().as_millis()
+        ));
+        Ok(())
+    }
+}
+
+fn route(s: &ServiceRoute) -> Route {
+    Route {
+        service: s.service.clone(),
+        server_name: s.server_name.clone(),
+        path: s.path.clone(),
+        upstreams: s.instances.iter().map(|i| i.endpoint.clone()).collect(),
+    }
+}
+
+struct Installed<'a> {
+    routed: Isolated<'a>,
+    /// The config's text when nginx loaded a new one; `None` when it
+    /// already ran it.
+    reloaded: Option<String>,
+}
+
+/// The services that went into the config, and those nginx refused (why).
+#[derive(Debug, PartialEq)]
+struct Isolated<'a> {
+    accepted: Vec<&'a ServiceRoute>,
+    refused: Vec<(&'a ServiceRoute, String)>,
+}
+
+/// Find the services nginx refuses, knowing it refuses all of `candidates`
+/// together but accepts none of them. Groups are added to what was
+/// accepted so far; a refused group is halved and its halves tried in turn,
+/// down to single services, which are left out. `check` gives nginx's
+/// complaint about a set, or `None`. With k bad services among n this costs
+/// about 2·k·log2(n) checks, and each accepted set was checked as a whole.
+async fn isolate<'a, F, Fut>(
+    candidates: Vec<&'a ServiceRoute>,
+    mut check: F,
+) -> Result<Isolated<'a>>
+where
+    F: FnMut(Vec<&'a ServiceRoute>) -> Fut,
+    Fut: Future<Output = Result<Option<String>>>,
+{
+    let mut found = Isolated {
+        accepted: vec![],
+        refused: vec![],
+    };
+    // Refused as a whole: start from its halves (a stack, first half on top).
+    let (a, b) = candidates.split_at(candidates.len() / 2);
+    let mut groups = vec![b.to_vec(), a.to_vec()];
+    while let Some(group) = groups.pop() {
+        if group.is_empty() {
+            continue;
+        }
+        let trial: Vec<&ServiceRoute> = found.accepted.iter().chain(&group).copied().collect();
+        match check(trial.clone()).await? {
+            None => found.accepted = trial,
+            Some(why) if group.len() == 1 => found.refused.push((group[0], why)),
+            Some(_) => {
+                let (a, b) = group.split_at(group.len() / 2);
+                groups.push(b.to_vec());
+                groups.push(a.to_vec());
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// nginx could not be asked (its container is not running): not the
@@ -336,67 +534,6 @@ impl std::fmt::Display for NginxAway {
 }
 
 impl std::error::Error for NginxAway {}
-
-async fn install(
-    opts: &TemplateOptions,
-    nginx: &DockerHost,
-    text: &str,
-    previous: Option<&str>,
-) -> Result<()> {
-    let path = opts.conf_dir.join(CONFIG_FILE);
-    let t0 = std::time::Instant::now();
-    write_atomically(&path, text)?;
-    let check = nginx
-        .exec(&opts.nginx_container, &["nginx", "-t", "-q"], &[])
-        .await;
-    let failure = match check {
-        Ok(out) if out.code == 0 => None,
-        Ok(out) => Some(anyhow::anyhow!("nginx -t: {}", out.stderr.trim())),
-        Err(e) => Some(anyhow::Error::new(NginxAway(format!(
-            "cannot run nginx -t: {e:#}"
-        )))),
-    };
-    if let Some(why) = failure {
-        // Put back what nginx runs, so a restart of nginx still works.
-        match previous {
-            Some(p) => write_atomically(&path, p)?,
-            None => {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
-        return Err(why);
-    }
-    let checked = t0.elapsed();
-    nginx
-        .docker
-        .kill_container(
-            &opts.nginx_container,
-            Some(KillContainerOptions {
-                signal: "HUP".into(),
-            }),
-        )
-        .await
-        .map_err(|e| {
-            anyhow::Error::new(NginxAway(format!("cannot signal nginx to reload: {e}")))
-        })?;
-    // SIGHUP only asks: nginx starts new workers a few milliseconds later,
-    // and until then the old ones answer. Wait until an answer carries the
-    // new config's marker, so "reloaded" means "in effect".
-    let signalled = t0.elapsed();
-    let marker = marker_of(text);
-    if !wait_for_marker(opts.port, &marker, Duration::from_secs(2)).await {
-        log(&format!(
-            "nginx did not show config {marker} within 2 s (a template without the marker header?)"
-        ));
-    }
-    log(&format!(
-        "timing: nginx -t {} ms, HUP {} ms, in effect after {} ms",
-        checked.as_millis(),
-        (signalled - checked).as_millis(),
-        t0.elapsed().as_millis()
-    ));
-    Ok(())
-}
 
 /// The header every response carries once nginx runs a given config.
 const MARKER_HEADER: &str = "x-stagectl-config";
@@ -420,40 +557,57 @@ fn marker_of(text_with_marker: &str) -> String {
         .to_string()
 }
 
-/// Ask nginx on loopback until a response carries `marker`.
-async fn wait_for_marker(port: u16, marker: &str, limit: Duration) -> bool {
+/// Ask nginx at `addr` until its health location answers with `marker`:
+/// the marker header alone would also come from any other server block
+/// (it is set at the `http` level), the body only from stagectl's.
+async fn wait_for_marker(addr: IpAddr, port: u16, marker: &str, limit: Duration) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let deadline = tokio::time::Instant::now() + limit;
     let want = format!("{MARKER_HEADER}: {marker}");
-    while tokio::time::Instant::now() < deadline {
+    crate::poll::holds(limit, Duration::from_millis(5), || async {
         let attempt = async {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-            s.write_all(b"HEAD /_stagectl/health HTTP/1.0\r\nHost: stagectl\r\n\r\n")
+            let mut s = tokio::net::TcpStream::connect((addr, port)).await?;
+            s.write_all(b"GET /_stagectl/health HTTP/1.0\r\nHost: stagectl\r\n\r\n")
                 .await?;
             let mut buf = Vec::new();
             s.read_to_end(&mut buf).await?;
             Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).to_ascii_lowercase())
         };
-        if let Ok(Ok(head)) = tokio::time::timeout(Duration::from_millis(500), attempt).await {
-            if head.contains(&want) {
-                return true;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    false
+        let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_millis(500), attempt).await else {
+            return false;
+        };
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_default();
+        head.contains(&want) && body == "ok\n"
+    })
+    .await
 }
 
+/// Readers (nginx, `stagectl status`) see the old file or the new one,
+/// never half of one. The temporary file's name does not end in `.conf`, so
+/// nginx never includes it.
 fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".stagectl-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 fn write_status(dir: &Path, status: &LbStatus) {
     if let Ok(json) = serde_json::to_string_pretty(status) {
         let _ = write_atomically(&dir.join(STATUS_FILE), &json);
     }
+}
+
+/// Names a template's text in the LB status.
+pub fn template_id(text: &str) -> String {
+    short_hash(text)
 }
 
 fn short_hash(text: &str) -> String {
@@ -487,6 +641,58 @@ mod tests {
         assert!(!is_newer(stale(3), Some(leader(1000))));
         // The same watcher going backwards: Consul started over.
         assert!(is_newer(leader(3), Some(leader(1000))));
+    }
+
+    fn routes(n: usize) -> Vec<ServiceRoute> {
+        (0..n)
+            .map(|i| ServiceRoute {
+                service: format!("s{i}"),
+                name: format!("s{i}"),
+                server_name: format!("s{i}.qa.test"),
+                path: format!("/s{i}/"),
+                upstream: format!("qa__s{i}"),
+                instances: vec![],
+            })
+            .collect()
+    }
+
+    /// nginx stand-in: refuses any set holding one of `bad`.
+    fn isolate_with_bad(all: &[ServiceRoute], bad: &[&str]) -> (Vec<String>, Vec<String>, usize) {
+        let mut checks = 0;
+        let found = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(isolate(all.iter().collect(), |set| {
+                checks += 1;
+                let refused = set.iter().find(|s| bad.contains(&s.name.as_str()));
+                let verdict = refused.map(|s| format!("unknown directive in {}", s.name));
+                async move { Ok(verdict) }
+            }))
+            .unwrap();
+        let names = |v: Vec<&ServiceRoute>| v.iter().map(|s| s.name.clone()).collect();
+        let refused = found.refused.iter().map(|(s, _)| s.name.clone()).collect();
+        (names(found.accepted), refused, checks)
+    }
+
+    #[test]
+    fn isolation_leaves_out_exactly_the_refused_services() {
+        let all = routes(300);
+        let (accepted, refused, checks) = isolate_with_bad(&all, &["s17"]);
+        assert_eq!(refused, ["s17"]);
+        assert_eq!(accepted.len(), 299);
+        assert!(!accepted.contains(&"s17".to_string()));
+        // About 2·log2(300) ≈ 17 checks, not 300.
+        assert!(checks <= 20, "{checks} checks");
+
+        let (accepted, refused, _) = isolate_with_bad(&all, &["s0", "s150", "s299"]);
+        assert_eq!(refused, ["s0", "s150", "s299"]);
+        assert_eq!(accepted.len(), 297);
+
+        let one = routes(1);
+        let (accepted, refused, checks) = isolate_with_bad(&one, &["s0"]);
+        assert!(accepted.is_empty());
+        assert_eq!(refused, ["s0"]);
+        assert_eq!(checks, 1);
     }
 
     #[test]

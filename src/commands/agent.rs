@@ -8,7 +8,7 @@ use crate::agent::register::{self, RegisterOptions};
 use crate::agent::registration::AgentContext;
 use crate::agent::template::{self, TemplateOptions};
 use crate::cli::AgentCommand;
-use crate::consul_http::ConsulClient;
+use crate::cluster::http::ConsulClient;
 use crate::error::EXIT_OK;
 
 pub async fn run(cmd: AgentCommand) -> Result<u8> {
@@ -20,6 +20,7 @@ pub async fn run(cmd: AgentCommand) -> Result<u8> {
             consul,
             resync,
             only_labeled,
+            reserved,
         } => {
             register::run(RegisterOptions {
                 context: AgentContext {
@@ -27,6 +28,7 @@ pub async fn run(cmd: AgentCommand) -> Result<u8> {
                     host,
                     advertise,
                     adopt_unlabeled: !only_labeled,
+                    reserved: reserved.into_iter().collect(),
                 },
                 consul,
                 resync: Duration::from_secs(resync.max(1)),
@@ -41,6 +43,7 @@ pub async fn run(cmd: AgentCommand) -> Result<u8> {
             template,
             domain,
             port,
+            advertise,
             quiet_ms,
             max_wait_ms,
         } => {
@@ -52,11 +55,14 @@ pub async fn run(cmd: AgentCommand) -> Result<u8> {
                 template,
                 domain,
                 port,
+                advertise,
                 quiet: Duration::from_millis(quiet_ms),
                 max_wait: Duration::from_millis(max_wait_ms.max(1)),
             })
             .await?;
         }
+        AgentCommand::Hold => crate::lock::hold()?,
+        AgentCommand::Pipe { addr } => match crate::engine::tunnel::pipe(&addr).await? {},
         AgentCommand::Services { consul } => {
             let client = ConsulClient::new(&consul);
             let report = client.service_report().await?;

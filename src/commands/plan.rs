@@ -1,105 +1,57 @@
-//! `stagectl plan`: what `up` would do on each host, changing nothing.
+//! `stagectl plan`: the plan `up` would carry out, changing nothing.
 //!
-//! Lab hosts that do not exist yet are shown as to be created and count as
-//! empty; existing hosts are connected to and observed, read-only. No key is
-//! generated: without a stored gossip key the plan uses a placeholder, which
-//! is exactly what `up` would see (a new key, so everything new).
+//! The same pipeline as `up` up to the plan: connect (abort if a host is
+//! unreachable), snapshot, plan. Lab hosts that do not exist yet count as
+//! empty; a stopped one cannot be looked into, so its containers are
+//! planned once `up` has started it. No key is generated: without a
+//! stored gossip key the plan uses a placeholder, which is exactly what
+//! `up` would see (a new key, so everything new).
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 
-use super::{connect_hosts, Ctx};
-use crate::connect::{local_engine, Connector};
-use crate::desired::{desired_state, Secrets};
+use crate::cli::OutputFormat;
 use crate::error::EXIT_OK;
-use crate::lab;
-use crate::progress::Reporter;
-use crate::reconcile::{plan_up, render, totals, HostPlan, Observed};
-use crate::topology::Host;
+use crate::pipeline::events::Reporter;
+use crate::pipeline::{open, resolve_ports, Ctx, Unreachable};
+use crate::plan::desired::{desired_state, images_of, Secrets};
+use crate::plan::reconcile::{render, totals};
+use crate::plan::{lab_steps, Plan};
 
-pub async fn run(ctx: &Ctx) -> Result<u8> {
-    let t = &ctx.topology;
-    let mut connector = Connector::new(ctx.connect_timeout, None)?;
-    let mut lab_lines = Vec::new();
-    let mut lab_missing = Vec::new();
-    if let Some(lab) = &t.lab {
-        let local = local_engine().await?;
-        let observed = lab::observe(&local, &lab.name).await?;
-        if observed.network.is_none() {
-            lab_lines.push(format!(
-                "+ bridge {} ({})",
-                lab::network_name(&lab.name),
-                lab.subnet
-            ));
-        }
-        for h in t.lab_hosts() {
-            match observed.hosts.get(&h.name) {
-                Some((_, true)) => {}
-                Some((_, false)) => {
-                    lab_lines.push(format!("> lab host {} (stopped; will be started)", h.name));
-                    lab_missing.push(h.name.clone());
-                }
-                None => {
-                    lab_lines.push(format!(
-                        "+ lab host {} (container {}, {})",
-                        h.name,
-                        lab::host_container_name(&lab.name, &h.name),
-                        h.advertise
-                    ));
-                    lab_missing.push(h.name.clone());
-                }
-            }
-        }
-        connector.set_lab(lab::access(&ctx.state, &lab.name));
-    }
-
+pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
+    let values = crate::secrets::read(&ctx.topology)?;
     // Progress goes to stderr and only while connecting; the plan itself is
     // stdout, so `plan > file` gives exactly the plan.
-    let reporter = Reporter::plain(0);
-    let reachable: Vec<&Host> = t
-        .hosts
-        .iter()
-        .filter(|h| !lab_missing.contains(&h.name))
-        .collect();
-    let attempts = connect_hosts(&connector, &reachable, &reporter).await;
-    let failed: Vec<String> = attempts
-        .iter()
-        .filter_map(|a| a.result.as_ref().err().map(|e| format!("{e:#}")))
-        .collect();
-    if !failed.is_empty() {
-        return Err(anyhow!("{}", failed.join("\n")));
+    let reporter = match output {
+        OutputFormat::Table => Reporter::plain(0),
+        OutputFormat::Json => Reporter::quiet(),
+    };
+    let mut hosts = open(ctx, &reporter, Unreachable::Abort).await?;
+    let t = &resolve_ports(&ctx.topology, &hosts.reachable()).await?;
+    let mut snapshot = hosts.snapshot(t, &images_of(t)).await?;
+    if let Some(record) = hosts.last_up(t, &snapshot).await {
+        hosts
+            .find_departed(t, &record, &mut snapshot, &reporter)
+            .await?;
     }
-
-    let resolved = super::resolve_ports(t, &super::reachable(&attempts)).await?;
-    let t = &resolved;
-    if !t.ports_declared {
-        println!("ports: {}", crate::ports::to_label(&t.ports));
-    }
-
-    let key = ctx.state.existing_gossip_key(&t.name)?;
+    let stored = ctx.state.existing_gossip_key(&t.name)?;
+    let key = hosts.gossip_key(t, stored, &snapshot).await?;
     let secrets = Secrets {
         gossip_key: key.unwrap_or_else(|| "(a new key)".into()),
+        values,
     };
     let desired = desired_state(t, &secrets);
-    // `up` streams the local engine's version of an image to a host that has
-    // another: plan as if it had, so a rebuilt image shows as a replacement.
-    let local = local_engine().await.ok();
-    let mut plans: Vec<HostPlan> = Vec::new();
-    for want in &desired {
-        let mut observed = match attempts.iter().find(|a| a.host.name == want.host) {
-            Some(a) => {
-                let conn = a.result.as_ref().expect("checked above");
-                conn.host.observe(&t.name, &want.images()).await?
-            }
-            None => Observed::default(),
-        };
-        if let Some(local) = &local {
-            observed
-                .image_ids
-                .extend(local.image_ids(&want.images()).await?);
-        }
-        plans.push(plan_up(want, &observed));
-    }
+    let mut plan = Plan::up(t, &desired, &snapshot).map_err(crate::error::input)?;
+    plan.lab = lab_steps(t, snapshot.lab.as_ref());
 
+    if output == OutputFormat::Json {
+        for step in plan.steps() {
+            println!("{}", serde_json::to_string(&step)?);
+        }
+        return Ok(EXIT_OK);
+    }
+    if !t.ports_declared {
+        println!("ports: {}", crate::plan::ports::to_label(&t.ports));
+    }
     println!(
         "{}: {} hosts, {} Consul servers (bootstrap-expect {})",
         t.name,
@@ -108,11 +60,33 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
         t.consul.bootstrap_expect
     );
     if let Some(lab) = &t.lab {
-        for l in &lab_lines {
-            println!("lab {}  {l}", lab.name);
+        for step in &plan.lab {
+            println!("lab {}  {}", lab.name, step.describe());
         }
     }
-    print!("{}", render(&plans));
-    println!("{}. Nothing was changed.", totals(&plans));
+    let mut hosts_and_rolling = plan.hosts.clone();
+    for (host, step) in &plan.rolling {
+        if let Some(p) = hosts_and_rolling.iter_mut().find(|p| p.host == *host) {
+            p.steps.push(step.clone());
+        }
+    }
+    print!("{}", render(&hosts_and_rolling));
+    let mut totals = totals(&hosts_and_rolling);
+    if !plan.members.is_empty() {
+        println!("Consul membership, one change at a time:");
+        for change in &plan.members {
+            totals.add(&change.steps);
+            print!("{}", render(&[change.as_host_plan()]));
+            let wait = change.wait_reference();
+            println!("  then wait until {} (asked {})", wait.subject, wait.host);
+        }
+    }
+    for gone in snapshot.departed.iter().filter(|d| d.unreachable) {
+        println!(
+            "{}: out of the topology and not reached; what runs there stays until `stagectl down --host {}` clears it",
+            gone.host, gone.host
+        );
+    }
+    println!("{totals}. Nothing was changed.");
     Ok(EXIT_OK)
 }

@@ -2,11 +2,59 @@
 
 use anyhow::Result;
 
+use serde_json::json;
+
 use super::Ctx;
+use crate::cli::OutputFormat;
 use crate::error::EXIT_OK;
 
-pub fn run(ctx: &Ctx) -> Result<u8> {
+pub fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
     let t = &ctx.topology;
+    if output == OutputFormat::Json {
+        // Environment values are the user's own; they are printed as
+        // names only (values may be secrets).
+        let hosts: Vec<_> = t
+            .hosts
+            .iter()
+            .map(|h| {
+                json!({
+                    "name": h.name,
+                    "address": h.endpoint.to_string(),
+                    "advertise": h.advertise.to_string(),
+                    "consul": if h.consul_server { "server" } else { "client" },
+                    "roles": h.roles.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let services: Vec<_> = t
+            .services
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "image": s.image,
+                    "port": s.port,
+                    "hosts": s.hosts,
+                    "per_host": s.per_host,
+                    "env": s.env.keys().collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "file": t.source.display().to_string(),
+                "valid": true,
+                "name": t.name,
+                "lab": t.lab.as_ref().map(|l| json!({"name": l.name, "subnet": l.subnet.to_string()})),
+                "datacenter": t.consul.datacenter,
+                "bootstrap_expect": t.consul.bootstrap_expect,
+                "hosts": hosts,
+                "services": services,
+            })
+        );
+        return Ok(EXIT_OK);
+    }
     println!("{}: valid", t.source.display());
     println!(
         "environment {}: {} hosts, {} Consul servers (bootstrap-expect {}), datacenter {}",

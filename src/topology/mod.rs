@@ -100,7 +100,8 @@ impl Sources {
 }
 
 /// Parse and validate topology text; `path` is used for messages and to
-/// resolve relative paths inside the file (and the file it `extends`).
+/// resolve relative paths inside the file, including `extends`. Relative
+/// paths inside the base are resolved against the base's own folder.
 pub fn parse(text: &str, path: &Path) -> Result<Topology> {
     let shown = path.display().to_string();
     let only_comments = text
@@ -119,9 +120,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Topology> {
         files: vec![(shown.clone(), text.to_string(), 1)],
     };
     let mut raw = parse_raw(text, &sources)?;
+    let mut base_file = None;
     if let Some(ext) = raw.extends.clone() {
-        let base_dir = path.parent().unwrap_or(Path::new(""));
-        let base_path = validate::expand_path(&ext.value, base_dir);
+        let env_dir = path.parent().unwrap_or(Path::new(""));
+        let base_path = validate::expand_path(&ext.value, env_dir);
         let base_text = read_text(&base_path).map_err(|why| {
             input(sources.render(&diag::Diagnostic::at(
                 &ext.referenced,
@@ -152,8 +154,16 @@ pub fn parse(text: &str, path: &Path) -> Result<Topology> {
             return Err(input(errors.join("").trim_end().to_string()));
         }
         raw = raw.over(base);
+        base_file = Some(validate::BaseFile {
+            first_line: first,
+            path: base_path.to_path_buf(),
+            dir: base_path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+        });
     }
-    validate::validate(raw, path).map_err(|diags| {
+    validate::validate(raw, path, base_file).map_err(|diags| {
         let mut out: Vec<String> = diags.iter().map(|d| sources.render(d)).collect();
         if diags.len() > 1 {
             out.push(format!("{} problems in {shown}", diags.len()));
@@ -220,5 +230,95 @@ mod tests {
         assert_eq!(t.images.consul, Images::default().consul);
         let names: Vec<&str> = t.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, vec!["api", "web"]);
+    }
+
+    /// `shared/servers.yaml` (with a key file and an nginx template next to
+    /// it) and `envs/qa.yaml` extending it with `env_text`.
+    fn base_in_another_folder(env_text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir_all(shared.join("keys")).unwrap();
+        std::fs::create_dir_all(dir.path().join("envs")).unwrap();
+        std::fs::write(shared.join("keys/id_ed25519"), "key").unwrap();
+        std::fs::write(shared.join("nginx.conf.j2"), "# {{ env }}\n").unwrap();
+        std::fs::write(
+            shared.join("servers.yaml"),
+            "ssh: { identity_file: keys/id_ed25519 }\nlb: { template: nginx.conf.j2 }\nhosts:\n  a: { address: ssh://10.0.0.1, roles: [app, lb] }\n",
+        )
+        .unwrap();
+        let env = dir.path().join("envs/qa.yaml");
+        std::fs::write(&env, env_text).unwrap();
+        (dir, env)
+    }
+
+    #[test]
+    fn paths_in_a_base_are_relative_to_the_base() {
+        let (dir, env) = base_in_another_folder("extends: ../shared/servers.yaml\nname: qa\n");
+        let t = load(&env).unwrap();
+        let shared = dir.path().join("envs/../shared");
+        match &t.host("a").unwrap().endpoint {
+            Endpoint::Ssh(s) => assert_eq!(
+                s.identity_file.as_deref(),
+                Some(shared.join("keys/id_ed25519").as_path())
+            ),
+            other => panic!("{other:?}"),
+        }
+        let (template, text) = t.lb.template.as_ref().unwrap();
+        assert_eq!(template, &shared.join("nginx.conf.j2"));
+        assert_eq!(text, "# {{ env }}\n");
+    }
+
+    #[test]
+    fn paths_in_the_environment_stay_relative_to_the_environment() {
+        // The environment's own `ssh:` merges with the base's key by key:
+        // each path keeps the folder of the file it is written in.
+        let (dir, env) = base_in_another_folder(
+            "extends: ../shared/servers.yaml\nname: qa\nssh: { known_hosts: known_hosts }\n",
+        );
+        std::fs::write(dir.path().join("envs/known_hosts"), "").unwrap();
+        let t = load(&env).unwrap();
+        match &t.host("a").unwrap().endpoint {
+            Endpoint::Ssh(s) => {
+                assert_eq!(
+                    s.known_hosts.as_deref(),
+                    Some(dir.path().join("envs/known_hosts").as_path())
+                );
+                assert_eq!(
+                    s.identity_file.as_deref(),
+                    Some(dir.path().join("envs/../shared/keys/id_ed25519").as_path())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_file_named_in_a_base_is_reported_in_the_base() {
+        let (dir, env) = base_in_another_folder(
+            "extends: ../shared/servers.yaml\nname: qa\nlb: { template: missing.j2 }\n",
+        );
+        std::fs::remove_file(dir.path().join("shared/keys/id_ed25519")).unwrap();
+        let err = load(&env).unwrap_err().to_string();
+        let base = dir.path().join("envs/../shared/servers.yaml");
+        let key = dir.path().join("envs/../shared/keys/id_ed25519");
+        assert!(
+            err.contains(&format!(
+                "{}:1:23: cannot read {}",
+                base.display(),
+                key.display()
+            )),
+            "{err}"
+        );
+        // The environment's `lb` replaces the base's whole; its path is the
+        // environment's.
+        let template = dir.path().join("envs/missing.j2");
+        assert!(
+            err.contains(&format!(
+                "{}:3:17: cannot read {}",
+                env.display(),
+                template.display()
+            )),
+            "{err}"
+        );
     }
 }

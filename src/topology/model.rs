@@ -1,6 +1,6 @@
 //! The validated topology: what the rest of stagectl works from.
 //!
-//! Every value here has been checked (`validate.rs`); code downstream never
+//! Every value here has been checked (`validate/`); code downstream never
 //! re-validates and never sees YAML. Types are plain so that planning is a
 //! pure function of this model.
 
@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A whole environment, as described by one topology file.
 #[derive(Debug, Clone, Serialize)]
@@ -30,6 +30,8 @@ pub struct Topology {
     /// Whether `ports:` was in the file (else a free block is chosen).
     pub ports_declared: bool,
     pub lb: LbSettings,
+    /// Which containers the registration agents register.
+    pub registration: RegistrationSettings,
     /// App services, in name order.
     pub services: Vec<Service>,
 }
@@ -88,6 +90,142 @@ pub struct Service {
     pub labels: std::collections::BTreeMap<String, String>,
     pub check_http: Option<String>,
     pub drain_seconds: u64,
+    /// Only this service's own instances may register under its name.
+    pub reserved: bool,
+    /// The image's command and entrypoint, when replaced.
+    pub command: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub user: Option<String>,
+    /// Volume name → path in the container; each instance has its own
+    /// volume per name (see `desired::service_volume`).
+    pub volumes: std::collections::BTreeMap<String, String>,
+    pub expose: Expose,
+    pub secrets: Vec<Secret>,
+}
+
+/// A secret a service's instances get as the file `/run/secrets/<name>`
+/// (mode 0400), its value read by `up` from the operator's side.
+#[derive(Debug, Clone, Serialize)]
+pub struct Secret {
+    pub name: String,
+    pub source: SecretSource,
+    /// Also this environment variable, when asked for.
+    pub env: Option<String>,
+    /// `file:line:col` of its declaration, for messages.
+    pub declared_at: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl Service {
+    /// The prefix of the variables that give its address to the others:
+    /// `payments-api` → `PAYMENTS_API` (`PAYMENTS_API_SERVICE_HOST`, ...).
+    pub fn env_prefix(&self) -> String {
+        self.name.to_ascii_uppercase().replace('-', "_")
+    }
+}
+
+/// The variables every instance gets for every routed service `s`:
+/// `<S>_SERVICE_HOST`, `<S>_SERVICE_PORT` (the load balancer's address and
+/// port) and `<S>_SERVICE_URL` (`http://host:port/<s>/`, no Host header
+/// needed), with the values `values(service)` gives.
+pub fn service_variables<'a>(
+    services: &'a [Service],
+) -> impl Iterator<Item = (&'a Service, [String; 3])> + 'a {
+    services
+        .iter()
+        .filter(|s| s.expose == Expose::Http)
+        .map(|s| {
+            let p = s.env_prefix();
+            (
+                s,
+                [
+                    format!("{p}_SERVICE_HOST"),
+                    format!("{p}_SERVICE_PORT"),
+                    format!("{p}_SERVICE_URL"),
+                ],
+            )
+        })
+}
+
+/// `value` with every `${NAME}` replaced by `vars[NAME]` (`$${` is a
+/// literal `${`); the names it refers to that `vars` lacks, in order.
+pub fn interpolate(
+    value: &str,
+    vars: &std::collections::BTreeMap<String, String>,
+) -> (String, Vec<String>) {
+    let mut out = String::new();
+    let mut missing = Vec::new();
+    let mut rest = value;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at..];
+        if let Some(tail) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some((name, tail)) = after.strip_prefix("${").and_then(|t| t.split_once('}'))
+        {
+            match vars.get(name) {
+                Some(v) => out.push_str(v),
+                None => {
+                    missing.push(name.to_string());
+                    out.push_str(&after[..name.len() + 3]);
+                }
+            }
+            rest = tail;
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    (out, missing)
+}
+
+/// How a service is reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expose {
+    /// Routed by the load balancer: `<service>.<env>.<domain>` and
+    /// `/<service>/`.
+    #[default]
+    Http,
+    /// Registered in Consul (found, health-checked), not routed: a worker.
+    None,
+}
+
+impl Expose {
+    /// The values `expose` accepts, as written in YAML.
+    pub const CHOICES: &'static [(&'static str, Expose)] =
+        &[("http", Expose::Http), ("none", Expose::None)];
+}
+
+/// `registration:` in the topology.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RegistrationSettings {
+    pub adopt: Adopt,
+}
+
+/// Which containers without a declared service the agents register.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Adopt {
+    /// Containers with no environment label too, while this is the only
+    /// environment with agents on the host (registrator's behaviour).
+    #[default]
+    All,
+    /// Only containers labelled with this environment.
+    Labeled,
+}
+
+impl Adopt {
+    /// The values `registration.adopt` accepts, as written in YAML.
+    pub const CHOICES: &'static [(&'static str, Adopt)] =
+        &[("all", Adopt::All), ("labeled", Adopt::Labeled)];
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -127,7 +265,7 @@ impl Host {
 }
 
 /// How to reach a host's Docker engine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Endpoint {
     /// The engine on this machine, through its socket.
@@ -156,7 +294,7 @@ impl fmt::Display for Endpoint {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SshTarget {
     pub user: String,
     pub host: String,
@@ -167,7 +305,7 @@ pub struct SshTarget {
     pub known_hosts: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsFiles {
     pub ca: PathBuf,
     pub cert: PathBuf,
@@ -182,45 +320,12 @@ pub struct Lab {
     pub subnet: Ipv4Net,
 }
 
-/// An IPv4 network in CIDR form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Ipv4Net {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-}
+/// An IPv4 network in CIDR form (kept truncated to its network address).
+pub use ipnet::Ipv4Net;
 
-impl Ipv4Net {
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = self.mask();
-        (u32::from(ip) & mask) == (u32::from(self.addr) & mask)
-    }
-
-    fn mask(&self) -> u32 {
-        if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - self.prefix)
-        }
-    }
-
-    pub fn network(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) & self.mask())
-    }
-
-    pub fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
-    }
-
-    /// The bridge's own address: the first one in the network.
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network()) + 1)
-    }
-}
-
-impl fmt::Display for Ipv4Net {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network(), self.prefix)
-    }
+/// The lab bridge's own address: the first one in the network.
+pub fn gateway(net: &Ipv4Net) -> std::net::Ipv4Addr {
+    net.hosts().next().unwrap_or(net.network())
 }
 
 /// Image references for each component.
@@ -271,5 +376,24 @@ impl Default for Ports {
             consul_serf_wan: 8302,
             consul_server: 8300,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpolation_replaces_known_names_only() {
+        let vars = std::collections::BTreeMap::from([("A".to_string(), "1".to_string())]);
+        assert_eq!(interpolate("x${A}y", &vars), ("x1y".into(), vec![]));
+        assert_eq!(
+            interpolate("$${A} $A $", &vars),
+            ("${A} $A $".into(), vec![])
+        );
+        assert_eq!(
+            interpolate("${B}${A}${", &vars),
+            ("${B}1${".into(), vec!["B".to_string()])
+        );
     }
 }

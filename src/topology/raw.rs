@@ -16,7 +16,9 @@ use serde_saphyr::Spanned;
 pub struct RawTopology {
     /// A base topology this one extends (hosts, SSH settings, images...):
     /// what this file sets wins, key by key for `hosts`, `services`, `ssh`
-    /// and `images`, section by section for the rest.
+    /// and `images`, section by section for the rest. Relative paths in the
+    /// base (key files, `lb.template`) are relative to the base's folder, so
+    /// a base works the same from every environment that extends it.
     #[serde(default)]
     pub extends: Option<Spanned<String>>,
     /// Environment name; prefixes every container, network and volume.
@@ -38,9 +40,27 @@ pub struct RawTopology {
     pub ports: Option<RawPorts>,
     #[serde(default)]
     pub lb: Option<RawLb>,
+    /// Which containers the registration agents register.
+    #[serde(default)]
+    pub registration: Option<RawRegistration>,
     /// App services to deploy; registered by the agents, not by `up`.
+    /// Keyed by name, a DNS label (services answer as
+    /// `<service>.<env>.<domain>`), so up to 63 characters.
     #[serde(default)]
     pub services: Option<BTreeMap<String, Spanned<RawService>>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistration {
+    /// `all` (default): containers with no environment label are registered
+    /// too, while only one environment has agents on the host, as registrator
+    /// did. `labeled`: only containers labelled `io.stagectl.env=<env>`, for
+    /// hosts where other people's containers must never reach the LB.
+    /// A string rather than an enum so a bad value is reported with the
+    /// file's other problems, not alone as a parse error.
+    #[serde(default)]
+    pub adopt: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -49,7 +69,8 @@ pub struct RawLb {
     /// Services are served as `<service>.<env>.<domain>`.
     #[serde(default)]
     pub domain: Option<Spanned<String>>,
-    /// A minijinja template for the nginx config, instead of the built-in.
+    /// A minijinja template for the nginx config, instead of the built-in;
+    /// a relative path is relative to the file it is written in.
     #[serde(default)]
     pub template: Option<Spanned<String>>,
     /// Quiet period before a burst of changes is applied.
@@ -82,6 +103,47 @@ pub struct RawService {
     /// Seconds to wait between deregistering an instance and stopping it.
     #[serde(default)]
     pub drain_seconds: Option<Spanned<i64>>,
+    /// Only this service's own instances are registered under its name by
+    /// the registration agent: a stray container claiming it (by
+    /// `SERVICE_NAME` or its image's name) is not. A process that calls
+    /// Consul's API on a host's loopback directly is not stopped by this.
+    #[serde(default)]
+    pub reserved: Option<bool>,
+    /// Replaces the image's command (`CMD`).
+    #[serde(default)]
+    pub command: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Replaces the image's entrypoint.
+    #[serde(default)]
+    pub entrypoint: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The user (or `uid[:gid]`) the process runs as.
+    #[serde(default)]
+    pub user: Option<Spanned<String>>,
+    /// Named volumes, volume name → path in the container: kept across
+    /// replacements and `up`, removed by `down` unless `--keep-data`.
+    #[serde(default)]
+    pub volumes: Option<BTreeMap<String, Spanned<String>>>,
+    /// `http` (default): routed by the load balancer; `none`: registered
+    /// in Consul, not routed (a worker).
+    #[serde(default)]
+    pub expose: Option<Spanned<String>>,
+    /// Secrets, name → where `up` reads the value (never the topology).
+    #[serde(default)]
+    pub secrets: Option<BTreeMap<String, Spanned<RawSecret>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    /// An environment variable of the operator's (or CI job's) shell.
+    #[serde(default)]
+    pub from_env: Option<Spanned<String>>,
+    /// A file; relative to the topology file.
+    #[serde(default)]
+    pub from_file: Option<Spanned<String>>,
+    /// Also give it to the process as this environment variable (then it
+    /// shows in `docker inspect`).
+    #[serde(default)]
+    pub env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -127,12 +189,15 @@ pub struct RawSsh {
     pub user: Option<Spanned<String>>,
     #[serde(default)]
     pub port: Option<Spanned<i64>>,
+    /// Key files: a relative path is relative to the file it is written in
+    /// (a base's, to the base's folder), whichever file extends it.
     #[serde(default)]
     pub identity_file: Option<Spanned<String>>,
     #[serde(default)]
     pub known_hosts: Option<Spanned<String>>,
 }
 
+/// Client certificate files; relative paths as for `ssh.identity_file`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
@@ -240,6 +305,7 @@ impl RawTopology {
             consul: self.consul.or(base.consul),
             ports: self.ports.or(base.ports),
             lb: self.lb.or(base.lb),
+            registration: self.registration.or(base.registration),
             services,
         }
     }

@@ -201,11 +201,16 @@ pub fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// Which instance answered, when.
+pub type Answers = Vec<(std::time::Instant, String)>;
+
 /// Requests `GET /demo/` from an LB in the background, every 10 ms, until
-/// finished; every answer that is not a 200 is a failure.
+/// finished; every answer that is not a 200 is a failure. Keeps which
+/// instance answered when.
 pub struct Client {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    handle: std::thread::JoinHandle<(usize, Vec<String>)>,
+    /// Requests made, failures, answers.
+    handle: std::thread::JoinHandle<(usize, Vec<String>, Answers)>,
 }
 
 impl Client {
@@ -214,16 +219,20 @@ impl Client {
         let handle = {
             let (stop, lb) = (stop.clone(), lb.to_string());
             std::thread::spawn(move || {
-                let (mut total, mut failed) = (0, Vec::new());
+                let (mut total, mut failed, mut answers) = (0, Vec::new(), Vec::new());
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     total += 1;
                     match http_get(&lb, "/demo/", "x") {
-                        Ok((200, _)) => {}
+                        Ok((200, body)) => {
+                            if let Some(who) = identity(&body) {
+                                answers.push((std::time::Instant::now(), who));
+                            }
+                        }
                         other => failed.push(format!("{other:?}")),
                     }
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-                (total, failed)
+                (total, failed, answers)
             })
         };
         Client { stop, handle }
@@ -231,8 +240,13 @@ impl Client {
 
     /// Stop; assert at least `min` requests were made and none failed.
     pub fn finish(self, what: &str, min: usize) {
+        self.finish_with_answers(what, min);
+    }
+
+    /// As `finish`, and return when each instance answered.
+    pub fn finish_with_answers(self, what: &str, min: usize) -> Vec<(std::time::Instant, String)> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (total, failed) = self.handle.join().unwrap();
+        let (total, failed, answers) = self.handle.join().unwrap();
         assert!(total > min, "{what}: the client kept asking ({total})");
         assert!(
             failed.is_empty(),
@@ -240,5 +254,6 @@ impl Client {
             failed.len()
         );
         println!("{what}: {total} requests, none failed");
+        answers
     }
 }

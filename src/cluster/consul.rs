@@ -1,0 +1,376 @@
+//! Consul, as stagectl sees it: the gossip key, and the cluster's view of
+//! itself (members and leader).
+//!
+//! The HTTP API listens on each host's loopback only, so stagectl asks the
+//! agent through `docker exec` of the `consul` CLI in the agent's container:
+//! that works the same over SSH, TLS or a local socket and opens no port.
+//! The CLI's table output is parsed by pure functions tested below.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::engine::docker::DockerHost;
+use crate::engine::Engine;
+use crate::plan::desired::HostState;
+use crate::poll::Check;
+use crate::topology::Endpoint;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub node: String,
+    pub address: String,
+    pub status: String,
+    /// `server` or `client`.
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RaftPeer {
+    pub node: String,
+    pub address: String,
+    /// `leader` or `follower`.
+    pub state: String,
+    pub voter: bool,
+}
+
+/// The cluster as one agent reports it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClusterView {
+    pub members: Vec<Member>,
+    pub peers: Vec<RaftPeer>,
+}
+
+impl ClusterView {
+    pub fn leader(&self) -> Option<&str> {
+        self.peers
+            .iter()
+            .find(|p| p.state == "leader")
+            .map(|p| p.node.as_str())
+    }
+
+    pub fn is_alive(&self, node: &str) -> bool {
+        self.members
+            .iter()
+            .any(|m| m.node == node && m.status == "alive")
+    }
+
+    /// A voting member of the raft peers (a server that takes part in the
+    /// quorum).
+    pub fn is_voter(&self, node: &str) -> bool {
+        self.peers.iter().any(|p| p.node == node && p.voter)
+    }
+
+    pub fn is_peer(&self, node: &str) -> bool {
+        self.peers.iter().any(|p| p.node == node)
+    }
+
+    /// Left gracefully (or forced to), or never seen: not counted as failed.
+    pub fn is_gone(&self, node: &str) -> bool {
+        !self
+            .members
+            .iter()
+            .any(|m| m.node == node && m.status != "left")
+    }
+}
+
+/// The environment the `consul` CLI needs inside an agent's container: the
+/// agent's loopback HTTP address.
+pub fn cli_env(http_port: u16) -> Vec<String> {
+    vec![format!("CONSUL_HTTP_ADDR=127.0.0.1:{http_port}")]
+}
+
+/// Rows of a whitespace-aligned CLI table, as maps from header to cell.
+fn table_rows(text: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let Some(header) = lines.next() else {
+        return vec![];
+    };
+    let headers: Vec<String> = header.split_whitespace().map(str::to_string).collect();
+    lines
+        .map(|l| {
+            headers
+                .iter()
+                .cloned()
+                .zip(l.split_whitespace().map(str::to_string))
+                .collect()
+        })
+        .collect()
+}
+
+/// Parse `consul members`.
+pub fn parse_members(text: &str) -> Vec<Member> {
+    table_rows(text)
+        .into_iter()
+        .filter_map(|r| {
+            Some(Member {
+                node: r.get("Node")?.clone(),
+                address: r.get("Address")?.clone(),
+                status: r.get("Status")?.clone(),
+                kind: r.get("Type")?.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Parse `consul operator raft list-peers`.
+pub fn parse_raft_peers(text: &str) -> Vec<RaftPeer> {
+    table_rows(text)
+        .into_iter()
+        .filter_map(|r| {
+            Some(RaftPeer {
+                node: r.get("Node")?.clone(),
+                address: r.get("Address")?.clone(),
+                state: r.get("State")?.clone(),
+                voter: r.get("Voter")? == "true",
+            })
+        })
+        .collect()
+}
+
+/// Ask the agent on `host` for members and raft peers.
+pub async fn cluster_view(
+    host: &DockerHost,
+    container: &str,
+    http_port: u16,
+) -> Result<ClusterView> {
+    let env = cli_env(http_port);
+    let members = host
+        .exec(container, &["consul", "members"], &env)
+        .await?
+        .ok_or_stderr("consul members")?;
+    // A client agent, or a server before election, has no raft answer: that
+    // is "no leader yet", not an error.
+    let peers = host
+        .exec(
+            container,
+            &["consul", "operator", "raft", "list-peers"],
+            &env,
+        )
+        .await?;
+    Ok(ClusterView {
+        members: parse_members(&members),
+        peers: if peers.code == 0 {
+            parse_raft_peers(&peers.stdout)
+        } else {
+            vec![]
+        },
+    })
+}
+
+/// Wait until a leader is elected and every expected node is an alive
+/// member, asking the agent on `host`. On timeout the error names the nodes
+/// still missing.
+pub async fn wait_for_cluster(
+    host: &DockerHost,
+    container: &str,
+    http_port: u16,
+    expected: &[String],
+    timeout: Duration,
+) -> Result<ClusterView> {
+    crate::poll::until(timeout, Duration::from_millis(300), || async {
+        let view = match cluster_view(host, container, http_port).await {
+            Ok(view) => view,
+            Err(e) => return Ok(Check::Waiting(format!("{e:#}"))),
+        };
+        let missing: Vec<&str> = expected
+            .iter()
+            .filter(|n| !view.is_alive(n))
+            .map(String::as_str)
+            .collect();
+        Ok(match (view.leader(), missing.is_empty()) {
+            (Some(_), true) => Check::Ready(view),
+            (None, true) => Check::Waiting("all members alive but no leader elected".into()),
+            (_, false) => Check::Waiting(format!("not an alive member: {}", missing.join(", "))),
+        })
+    })
+    .await
+    .map_err(|e| {
+        e.context(format!(
+            "the Consul cluster did not form within {} s (asked {})",
+            timeout.as_secs(),
+            host.name
+        ))
+    })
+}
+
+/// What the last `up` applied, and who ran it: kept in the cluster's own
+/// key/value store, on the hosts, so every machine that reaches them sees
+/// it (`status` shows it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastUp {
+    /// `user@machine (pid N)`.
+    pub by: String,
+    /// Unix seconds, when it finished.
+    pub at: u64,
+    /// The stagectl version that ran it.
+    pub stagectl: String,
+    /// sha256 over every container's spec hash: two runs that applied the
+    /// same environment have the same.
+    pub desired: String,
+    /// The hosts and the Consul servers it applied.
+    pub hosts: Vec<String>,
+    pub servers: Vec<String>,
+    /// How each of those hosts is reached: a host later taken out of the
+    /// topology is still found (its containers removed, its agent made to
+    /// leave) by the next `up`, or by `down --host`.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, Endpoint>,
+    /// Hosts taken out of the topology that could not be reached to clear:
+    /// kept until a later run clears them.
+    #[serde(default)]
+    pub departed: BTreeMap<String, Endpoint>,
+}
+
+impl LastUp {
+    /// The record of an `up` by this process that applied `desired`;
+    /// `departed`: hosts out of the topology still to clear.
+    pub fn of_this_run(
+        t: &crate::topology::Topology,
+        desired: &[HostState],
+        departed: BTreeMap<String, Endpoint>,
+    ) -> LastUp {
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        for spec in desired.iter().flat_map(|h| &h.containers) {
+            digest.update(spec.hash());
+        }
+        LastUp {
+            by: crate::lock::this_holder(),
+            at: crate::clock::unix_now(),
+            stagectl: env!("CARGO_PKG_VERSION").to_string(),
+            desired: format!("{:x}", digest.finalize()),
+            hosts: t.hosts.iter().map(|h| h.name.clone()).collect(),
+            servers: t.consul_servers().map(|h| h.name.clone()).collect(),
+            endpoints: t
+                .hosts
+                .iter()
+                .map(|h| (h.name.clone(), h.endpoint.clone()))
+                .collect(),
+            departed,
+        }
+    }
+
+    /// Every host this record knows how to reach: those applied and those
+    /// still to clear.
+    pub fn known_hosts(&self) -> BTreeMap<String, Endpoint> {
+        let mut all = self.endpoints.clone();
+        all.extend(self.departed.clone());
+        all
+    }
+}
+
+/// Make the agent in `container` leave the cluster gracefully and stop: a
+/// server leaves the raft peers too (the quorum shrinks with it, so the
+/// others keep a leader). The engine must not restart the container
+/// afterwards, or the agent would join again.
+pub async fn leave<E: Engine>(host: &E, container: &str, http_port: u16) -> Result<()> {
+    host.exec(container, &["consul", "leave"], &cli_env(http_port))
+        .await?
+        .ok_or_stderr("consul leave")?;
+    Ok(())
+}
+
+/// Mark `node`, which cannot be reached to leave by itself, as left (asked
+/// of the agent in `container` on `host`), so it is not reported failed.
+pub async fn force_leave<E: Engine>(
+    host: &E,
+    container: &str,
+    http_port: u16,
+    node: &str,
+) -> Result<()> {
+    host.exec(
+        container,
+        &["consul", "force-leave", node],
+        &cli_env(http_port),
+    )
+    .await?
+    .ok_or_stderr("consul force-leave")?;
+    Ok(())
+}
+
+fn last_up_key(env: &str) -> String {
+    format!("stagectl/{env}/last-up")
+}
+
+/// Record `up`'s result in Consul's KV store (through the agent on `host`).
+pub async fn put_last_up(
+    host: &DockerHost,
+    container: &str,
+    http_port: u16,
+    env: &str,
+    record: &LastUp,
+) -> Result<()> {
+    let consul = cli_env(http_port);
+    let value = serde_json::to_string(record)?;
+    host.exec(
+        container,
+        &["consul", "kv", "put", &last_up_key(env), &value],
+        &consul,
+    )
+    .await?
+    .ok_or_stderr("consul kv put")?;
+    Ok(())
+}
+
+/// The last `up`'s record, if one was kept.
+pub async fn get_last_up(
+    host: &DockerHost,
+    container: &str,
+    http_port: u16,
+    env: &str,
+) -> Result<Option<LastUp>> {
+    let consul = cli_env(http_port);
+    let out = host
+        .exec(
+            container,
+            &["consul", "kv", "get", &last_up_key(env)],
+            &consul,
+        )
+        .await?;
+    if out.code != 0 {
+        return Ok(None); // no such key (or no leader to ask)
+    }
+    Ok(serde_json::from_str(out.stdout.trim()).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MEMBERS: &str = "Node    Address          Status  Type    Build  Protocol  DC   Segment
+host-1  10.77.0.11:8301  alive   server  1.8.7  2         dc1  <all>
+host-2  10.77.0.12:8301  failed  server  1.8.7  2         dc1  <all>
+host-3  10.77.0.13:8301  alive   client  1.8.7  2         dc1  <default>
+";
+    const PEERS: &str = "Node    ID                                    Address          State     Voter  RaftProtocol
+host-1  3c5b9c9e-2a4f-8f0e-6d55-5f3b0c6c1a11  10.77.0.11:8300  follower  true   3
+host-2  9a0e2f55-7c1c-1b7e-4a43-2b1d8f1e0d22  10.77.0.12:8300  leader    true   3
+";
+
+    #[test]
+    fn members_and_leader_are_parsed() {
+        let view = ClusterView {
+            members: parse_members(MEMBERS),
+            peers: parse_raft_peers(PEERS),
+        };
+        assert_eq!(view.members.len(), 3);
+        assert_eq!(view.members[2].kind, "client");
+        assert!(view.is_alive("host-1"));
+        assert!(!view.is_alive("host-2"));
+        assert!(!view.is_alive("host-9"));
+        assert_eq!(view.leader(), Some("host-2"));
+    }
+
+    #[test]
+    fn empty_or_garbage_output_gives_nothing() {
+        assert!(parse_members("").is_empty());
+        assert!(
+            parse_raft_peers("Error retrieving peers: Unexpected response code: 500").is_empty()
+        );
+        let view = ClusterView::default();
+        assert_eq!(view.leader(), None);
+    }
+}

@@ -1,0 +1,7 @@
+//! Consul and the agents as stagectl sees them from outside: the cluster's
+//! members and leader (`consul`), Consul's HTTP API as the agents use it
+//! (`http`), and what the load-balancer host reports (`discovery`).
+
+pub mod consul;
+pub mod discovery;
+pub mod http;

@@ -1,0 +1,110 @@
+//! `stagectl ui [HOST]`: the environment's Consul web UI on a local address,
+//! carried to Consul's HTTP API on a host's loopback (see `tunnel`), until
+//! Ctrl-C. Nothing is opened on the hosts.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::Ctx;
+use crate::agent::labels::Component;
+use crate::cluster::http::{ConsulClient, ReadMode};
+use crate::engine::connect::{Connection, Connector};
+use crate::engine::tunnel::Tunnel;
+use crate::error::{input, EXIT_OK};
+use crate::topology::{Host, Role, Topology};
+
+pub async fn run(ctx: &Ctx, host: Option<&str>, listen: SocketAddr, open: bool) -> Result<u8> {
+    let consul = ConsulTunnel::open(ctx, host, listen).await?;
+    let url = format!("http://{}/ui/", consul.tunnel.local);
+    // The URL alone on stdout (scripts read it); the rest on stderr.
+    println!("{url}");
+    eprintln!(
+        "Consul UI of {} through {}; Ctrl-C to stop",
+        ctx.topology.name, consul.via
+    );
+    if open {
+        if let Err(e) = std::process::Command::new("xdg-open").arg(&url).spawn() {
+            eprintln!("cannot open a browser ({e}); open {url} yourself");
+        }
+    }
+    tokio::signal::ctrl_c().await?;
+    Ok(EXIT_OK)
+}
+
+/// A tunnel to the environment's Consul HTTP API on one host, with the
+/// connection it runs over (dropped after the tunnel: fields drop in order).
+pub struct ConsulTunnel {
+    pub tunnel: Tunnel,
+    /// `host-1 (127.0.0.1:8500)`, for messages.
+    pub via: String,
+    _connection: Connection,
+    _connector: Connector,
+}
+
+impl ConsulTunnel {
+    /// Open it to `host` (default: the first Consul server) and check it
+    /// with one request.
+    pub async fn open(ctx: &Ctx, host: Option<&str>, listen: SocketAddr) -> Result<Self> {
+        let t = &ctx.topology;
+        let h = pick_host(t, host)?;
+        let connector = ctx.connector().await?;
+        let connection = connector.connect(h).await?;
+        let t = crate::pipeline::resolve_ports(t, &[&connection.host]).await?;
+        // An agent container has the stagectl binary and the host's network.
+        let agent = if h.has_role(Role::App) {
+            Component::Register
+        } else {
+            Component::Template
+        };
+        let container = agent.container(&t.name);
+        let target = format!("127.0.0.1:{}", t.ports.consul_http);
+        let tunnel = Tunnel::open(
+            connection.host.clone(),
+            container.clone(),
+            target.clone(),
+            listen,
+        )
+        .await?;
+        ConsulClient::new(&tunnel.local.to_string())
+            .catalog_services(0, Duration::from_secs(1), ReadMode::Stale)
+            .await
+            .with_context(|| {
+                format!(
+                    "{}: Consul does not answer at {target} through {container} (is {} up?)",
+                    h.name, t.name
+                )
+            })?;
+        Ok(ConsulTunnel {
+            tunnel,
+            via: format!("{} ({target})", h.name),
+            _connection: connection,
+            _connector: connector,
+        })
+    }
+}
+
+fn pick_host<'a>(t: &'a Topology, name: Option<&str>) -> Result<&'a Host> {
+    match name {
+        Some(n) => t.host(n).ok_or_else(|| {
+            let names: Vec<&str> = t.hosts.iter().map(|h| h.name.as_str()).collect();
+            input(format!(
+                "no host `{n}` in {}; hosts: {}",
+                t.source.display(),
+                names.join(", ")
+            ))
+        }),
+        // The tunnel runs in an agent container: a host with a role has
+        // one. A Consul server among them answers from its own replica.
+        None => t
+            .consul_servers()
+            .find(|h| h.has_role(Role::App) || h.has_role(Role::Lb))
+            .or_else(|| {
+                t.hosts
+                    .iter()
+                    .find(|h| h.has_role(Role::App) || h.has_role(Role::Lb))
+            })
+            .ok_or_else(|| anyhow::anyhow!("{} has no host with an agent", t.source.display())),
+    }
+}

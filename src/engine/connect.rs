@@ -1,0 +1,284 @@
+//! Opening connections to the hosts' Docker engines.
+//!
+//! Three transports, one result: a [`DockerHost`] the rest of the program
+//! talks to without knowing how it was reached.
+//!
+//! - `unix://`: the socket directly.
+//! - `tcp://`: TLS with client certificates (plain only when the topology
+//!   says `insecure: true` or the address is loopback; `validate` enforces).
+//! - `ssh://` and lab hosts: the system ssh client, one ControlMaster per
+//!   host, with the remote `/var/run/docker.sock` forwarded to a socket in a
+//!   private temporary folder. Host keys are always checked strictly.
+//!
+//! All hosts are connected in parallel, each under a timeout; a failure is a
+//! per-host result carrying one line that names the host, its address and
+//! ssh's or the engine's own reason.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use bollard::{Docker, API_DEFAULT_VERSION};
+use openssh::{ForwardType, KnownHosts, Session, SessionBuilder};
+
+use crate::engine::docker::DockerHost;
+use crate::topology::{Endpoint, Host, SshTarget};
+
+/// Seconds bollard waits for one API call before giving up. Image transfers
+/// are long single calls, hence generous.
+const API_TIMEOUT_SECS: u64 = 600;
+
+/// How long a lab host may take to boot before it counts as unreachable.
+const LAB_BOOT_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// Keys for reaching the hosts of a local lab.
+#[derive(Debug, Clone)]
+pub struct LabAccess {
+    pub identity: PathBuf,
+    pub known_hosts: PathBuf,
+}
+
+/// A live connection to one host's engine. Dropping it closes the SSH master.
+pub struct Connection {
+    pub host: DockerHost,
+    pub engine_version: String,
+    /// `ssh`, `tls`, `tcp`, `unix`: for the progress line.
+    pub transport: &'static str,
+    _ssh: Option<Session>,
+}
+
+/// Opens connections; owns the private folder holding forwarded sockets and
+/// ssh control sockets, removed when it is dropped.
+pub struct Connector {
+    runtime_dir: tempfile::TempDir,
+    timeout: Duration,
+    lab: Option<LabAccess>,
+}
+
+impl Connector {
+    pub fn new(timeout: Duration, lab: Option<LabAccess>) -> Result<Self> {
+        crate::engine::scratch::clear_orphans();
+        Ok(Connector {
+            runtime_dir: crate::engine::scratch::private_dir()?,
+            timeout,
+            lab,
+        })
+    }
+
+    /// Keys for lab hosts, once the lab exists.
+    pub fn set_lab(&mut self, lab: LabAccess) {
+        self.lab = Some(lab);
+    }
+
+    /// Connect to every host at once; one result per host, in order.
+    pub async fn connect_all(&self, hosts: &[&Host]) -> Vec<Result<Connection>> {
+        futures_util::future::join_all(hosts.iter().map(|h| self.connect(h))).await
+    }
+
+    /// Connect to one host within the timeout. Lab hosts that are still
+    /// booting (sshd or dockerd not up yet) are retried until the deadline.
+    pub async fn connect(&self, host: &Host) -> Result<Connection> {
+        // A lab host just created needs a few seconds for sshd and dockerd.
+        let timeout = if host.is_lab() {
+            self.timeout.max(LAB_BOOT_TIMEOUT)
+        } else {
+            self.timeout
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let attempt = tokio::time::timeout_at(deadline.into(), self.try_connect(host)).await;
+            let err = match attempt {
+                Ok(Ok(c)) => return Ok(c),
+                Ok(Err(e)) => e,
+                Err(_) => anyhow!("no answer within {} s", timeout.as_secs()),
+            };
+            let retry = host.is_lab() && Instant::now() + Duration::from_millis(300) < deadline;
+            if !retry {
+                return Err(err.context(format!("{} ({})", host.name, host.endpoint)));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    async fn try_connect(&self, host: &Host) -> Result<Connection> {
+        let (docker, transport, ssh) = match &host.endpoint {
+            Endpoint::Unix { path } => (
+                Docker::connect_with_unix(
+                    &path.to_string_lossy(),
+                    API_TIMEOUT_SECS,
+                    API_DEFAULT_VERSION,
+                )?,
+                "unix",
+                None,
+            ),
+            Endpoint::Tcp {
+                host: h,
+                port,
+                tls: Some(tls),
+            } => (
+                Docker::connect_with_ssl(
+                    &format!("{h}:{port}"),
+                    &tls.key,
+                    &tls.cert,
+                    &tls.ca,
+                    API_TIMEOUT_SECS,
+                    API_DEFAULT_VERSION,
+                )?,
+                "tls",
+                None,
+            ),
+            Endpoint::Tcp {
+                host: h,
+                port,
+                tls: None,
+            } => (
+                Docker::connect_with_http(
+                    &format!("{h}:{port}"),
+                    API_TIMEOUT_SECS,
+                    API_DEFAULT_VERSION,
+                )?,
+                "tcp",
+                None,
+            ),
+            Endpoint::Ssh(target) => {
+                let (session, socket) = self.ssh_forward(&host.name, target, false).await?;
+                (self.unix_docker(&socket)?, "ssh", Some(session))
+            }
+            Endpoint::Lab { ip } => {
+                let lab = self
+                    .lab
+                    .as_ref()
+                    .context("no lab keys: the lab has not been created (run `stagectl up`)")?;
+                let target = SshTarget {
+                    user: "root".into(),
+                    host: ip.to_string(),
+                    port: 22,
+                    identity_file: Some(lab.identity.clone()),
+                    known_hosts: Some(lab.known_hosts.clone()),
+                };
+                let (session, socket) = self.ssh_forward(&host.name, &target, true).await?;
+                (self.unix_docker(&socket)?, "ssh", Some(session))
+            }
+        };
+        let docker = docker.negotiate_version().await.map_err(engine_error)?;
+        let dh = DockerHost::new(host.name.clone(), docker);
+        let engine_version = dh.engine_version().await.map_err(engine_error_any)?;
+        Ok(Connection {
+            host: dh,
+            engine_version,
+            transport,
+            _ssh: ssh,
+        })
+    }
+
+    fn unix_docker(&self, socket: &Path) -> Result<Docker> {
+        Ok(Docker::connect_with_unix(
+            &socket.to_string_lossy(),
+            API_TIMEOUT_SECS,
+            API_DEFAULT_VERSION,
+        )?)
+    }
+
+    /// Open an SSH master and forward the remote Docker socket to a local one.
+    /// `hermetic` ignores the user's ssh config (lab hosts are ours alone).
+    async fn ssh_forward(
+        &self,
+        name: &str,
+        t: &SshTarget,
+        hermetic: bool,
+    ) -> Result<(Session, PathBuf)> {
+        let mut b = SessionBuilder::default();
+        b.user(t.user.clone())
+            .port(t.port)
+            .known_hosts_check(KnownHosts::Strict)
+            .connect_timeout(self.timeout.min(Duration::from_secs(30)))
+            .server_alive_interval(Duration::from_secs(15))
+            .control_directory(self.runtime_dir.path());
+        if let Some(k) = &t.identity_file {
+            b.keyfile(k);
+        }
+        if let Some(k) = &t.known_hosts {
+            b.user_known_hosts_file(k);
+        }
+        if hermetic {
+            b.config_file("/dev/null");
+        }
+        let session = b.connect(&t.host).await.map_err(|e| ssh_error(e, t))?;
+        let socket = self.runtime_dir.path().join(format!("{name}.sock"));
+        let _ = std::fs::remove_file(&socket);
+        session
+            .request_port_forward(
+                ForwardType::Local,
+                socket.clone(),
+                PathBuf::from("/var/run/docker.sock"),
+            )
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot forward the Docker socket over SSH: {}",
+                    error_text(&e)
+                )
+            })?;
+        Ok((session, socket))
+    }
+}
+
+/// ssh's own words, not openssh's "failed to connect to the remote host".
+fn ssh_error(e: openssh::Error, t: &SshTarget) -> anyhow::Error {
+    let text = error_text(&e);
+    let mut msg = if text.is_empty() { e.to_string() } else { text };
+    if msg.contains("Host key verification failed")
+        || msg.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+    {
+        let file = t
+            .known_hosts
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "~/.ssh/known_hosts".into());
+        msg.push_str(&format!(
+            "\n  the host's key is not the one in {file}; check it, then add it (ssh-keyscan -p {} {} >> {file})",
+            t.port, t.host
+        ));
+    } else if msg.contains("Permission denied") {
+        msg.push_str(&format!(
+            "\n  the key was refused; check `ssh.user` ({}) and `ssh.identity_file`",
+            t.user
+        ));
+    }
+    anyhow!(msg)
+}
+
+/// The deepest message in an error chain, trimmed and folded to one line
+/// per cause (ssh writes its reason into the source error).
+fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut deepest = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        deepest = s.to_string();
+        cur = s.source();
+    }
+    deepest
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn engine_error(e: bollard::errors::Error) -> anyhow::Error {
+    anyhow!("the Docker engine did not answer: {}", error_text(&e))
+}
+
+fn engine_error_any(e: anyhow::Error) -> anyhow::Error {
+    anyhow!("the Docker engine did not answer: {e:#}")
+}
+
+/// The engine on this machine (for the lab and as an image source).
+pub async fn local_engine() -> Result<DockerHost> {
+    let docker = Docker::connect_with_defaults()
+        .context("cannot reach the local Docker engine")?
+        .negotiate_version()
+        .await
+        .map_err(|e| anyhow!("cannot reach the local Docker engine: {}", error_text(&e)))?;
+    Ok(DockerHost::new("local", docker))
+}

@@ -1,0 +1,918 @@
+//! What each host should run: a pure function of the validated topology.
+//!
+//! No Docker here: the output is plain data ([`HostState`]) that `reconcile`
+//! compares with what runs and `plan` prints. Every field that should force a
+//! container to be replaced when it changes is part of [`ContainerSpec`] and
+//! therefore of its hash; what should not (the human summary) is skipped.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::agent::labels::{self, Component};
+use crate::topology::{Adopt, Expose, Host, Role, Service, Topology};
+
+/// Where the Consul agent keeps its state inside its container.
+pub const CONSUL_DATA_DIR: &str = "/consul/data";
+/// Where it reads extra configuration (the gossip key) from.
+pub const CONSUL_CONFIG_DIR: &str = "/consul/config";
+
+/// Secrets that go into containers but never into output.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    /// Consul's gossip encryption key (base64 of 32 random bytes).
+    pub gossip_key: String,
+    /// The services' secrets, by [`secret_key`], as read when `up` runs.
+    pub values: BTreeMap<String, Vec<u8>>,
+}
+
+/// Where a service's secret is kept in [`Secrets::values`].
+pub fn secret_key(service: &str, secret: &str) -> String {
+    format!("{service}/{secret}")
+}
+
+/// Where an instance finds its secret `name`.
+pub fn secret_path(name: &str) -> String {
+    format!("/run/secrets/{name}")
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets { .. }")
+    }
+}
+
+/// Everything one host should have for this environment.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostState {
+    pub host: String,
+    pub containers: Vec<ContainerSpec>,
+    pub volumes: Vec<VolumeSpec>,
+}
+
+impl HostState {
+    /// The image references this host's containers use, each once.
+    pub fn images(&self) -> Vec<String> {
+        let set: std::collections::BTreeSet<String> =
+            self.containers.iter().map(|c| c.image.clone()).collect();
+        set.into_iter().collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VolumeSpec {
+    pub name: String,
+    pub component: String,
+}
+
+/// One container, described independently of Docker's API types.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub component: String,
+    pub image: String,
+    pub cmd: Vec<String>,
+    /// Left out of the hash when unset, as `user` is: specs that do not use
+    /// them keep the hash they had before these fields existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub env: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// `host` for agents that must bind the host's own address.
+    pub network_mode: Option<String>,
+    pub mounts: Vec<Mount>,
+    /// Container ports published on free host ports (TCP).
+    pub ports: Vec<u16>,
+    /// Files written into the container after it is created and before it
+    /// starts: how secrets get in without appearing in `docker inspect`.
+    pub files: Vec<FileSpec>,
+    /// Arguments after `cmd` that matter only when the container first
+    /// starts: where a Consul agent joins and how many servers it waits
+    /// for. Not part of the hash: a running member need not be replaced
+    /// because the servers to join have changed (it knows the members and
+    /// rejoins them from its own data), so adding servers restarts none of
+    /// the others.
+    #[serde(skip)]
+    pub join_args: Vec<String>,
+    /// One line for humans (plan output); not part of the hash.
+    #[serde(skip)]
+    pub summary: String,
+    /// For app service instances: replace them one host at a time, taking
+    /// them out of the pool first. Not part of the hash.
+    #[serde(skip)]
+    pub drain: Option<Drain>,
+}
+
+/// How to take an instance out of the load balancer before replacing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drain {
+    /// The Consul service ID the registration agent gives it.
+    pub service_id: String,
+    pub service: String,
+    /// How long in-flight requests get after deregistration.
+    pub seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mount {
+    /// A named volume (created by stagectl) or, for binds, a host path.
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+    pub bind: bool,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct FileSpec {
+    pub path: String,
+    pub mode: u32,
+    /// Only the hash of the content takes part in the spec hash.
+    #[serde(skip)]
+    pub content: Vec<u8>,
+    /// sha256 of the content; for a service's secret, a keyed digest
+    /// (HMAC-SHA256 under the environment's gossip key), so the spec hash
+    /// label does not let anyone test guesses of the value.
+    pub content_sha256: String,
+    /// uid and gid, when not root's (a secret for a process that runs as
+    /// another user must be readable by it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<(u64, u64)>,
+}
+
+impl std::fmt::Debug for FileSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "FileSpec({}, {:o}, sha256 {})",
+            self.path, self.mode, self.content_sha256
+        )
+    }
+}
+
+impl FileSpec {
+    pub fn new(path: &str, mode: u32, content: Vec<u8>) -> Self {
+        FileSpec {
+            path: path.into(),
+            mode,
+            content_sha256: format!("{:x}", Sha256::digest(&content)),
+            content,
+            owner: None,
+        }
+    }
+
+    /// A secret's file: mode 0400, its digest keyed with `key`.
+    pub fn secret(path: &str, content: Vec<u8>, key: &str, owner: Option<(u64, u64)>) -> Self {
+        use hmac::{Hmac, Mac};
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes keys of any length");
+        mac.update(&content);
+        FileSpec {
+            path: path.into(),
+            mode: 0o400,
+            content_sha256: format!("{:x}", mac.finalize().into_bytes()),
+            content,
+            owner,
+        }
+    }
+}
+
+impl ContainerSpec {
+    /// A short, stable hash of everything that defines this container. It is
+    /// stored as a label; a different hash on the next `up` means "replace".
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_vec(self).expect("a spec always serializes");
+        format!("{:x}", Sha256::digest(&json))[..16].to_string()
+    }
+}
+
+/// The desired state of every host, in topology order. Within a host,
+/// containers are in start order: Consul first (the agents talk to it),
+/// nginx before the template agent that reloads it, services last.
+pub fn desired_state(topology: &Topology, secrets: &Secrets) -> Vec<HostState> {
+    topology
+        .hosts
+        .iter()
+        .map(|host| {
+            let (consul, consul_volume) = consul_agent(topology, host, secrets);
+            let mut state = HostState {
+                host: host.name.clone(),
+                containers: vec![consul],
+                volumes: vec![consul_volume],
+            };
+            if host.has_role(Role::App) {
+                state.containers.push(register_agent(topology, host));
+            }
+            if host.has_role(Role::Lb) {
+                let (nginx, template, volume) = load_balancer(topology, host);
+                state.volumes.push(volume);
+                state.containers.push(nginx);
+                state.containers.push(template);
+            }
+            for service in &topology.services {
+                if service.hosts.contains(&host.name) {
+                    state
+                        .containers
+                        .extend(service_instances(topology, host, service, secrets));
+                    state.volumes.extend(service_volumes(topology, service));
+                }
+            }
+            state
+        })
+        .collect()
+}
+
+/// The Docker socket, for the agents that watch or signal containers.
+fn docker_socket() -> Mount {
+    Mount {
+        source: "/var/run/docker.sock".into(),
+        target: "/var/run/docker.sock".into(),
+        read_only: false,
+        bind: true,
+    }
+}
+
+fn consul_addr(topology: &Topology) -> String {
+    format!("127.0.0.1:{}", topology.ports.consul_http)
+}
+
+/// The registration agent: containers of this host → Consul services.
+/// Flags for `registration:` and reserved services are added only when
+/// used, so environments that use neither keep their agents' spec hash.
+fn register_agent(topology: &Topology, host: &Host) -> ContainerSpec {
+    let mut cmd = vec![
+        "agent".into(),
+        "register".into(),
+        format!("--env={}", topology.name),
+        format!("--host={}", host.name),
+        format!("--advertise={}", host.advertise),
+        format!("--consul={}", consul_addr(topology)),
+    ];
+    let mut summary = format!(
+        "registers containers of {} at {}",
+        host.name, host.advertise
+    );
+    let mut notes = Vec::new();
+    if topology.registration.adopt == Adopt::Labeled {
+        cmd.push("--only-labeled".into());
+        notes.push(format!(
+            "only those labelled {}={}",
+            labels::ENV,
+            topology.name
+        ));
+    }
+    let reserved: Vec<&str> = topology
+        .services
+        .iter()
+        .filter(|s| s.reserved)
+        .map(|s| s.name.as_str())
+        .collect();
+    if !reserved.is_empty() {
+        cmd.push(format!("--reserved={}", reserved.join(",")));
+        notes.push(format!("reserved: {}", reserved.join(", ")));
+    }
+    if !notes.is_empty() {
+        summary.push_str(&format!(" ({})", notes.join("; ")));
+    }
+    ContainerSpec {
+        name: Component::Register.container(&topology.name),
+        component: Component::Register.label().into(),
+        image: topology.images.agent.clone(),
+        cmd,
+        entrypoint: None,
+        user: None,
+        env: vec![],
+        labels: base_labels(topology, host, Component::Register),
+        network_mode: Some("host".into()),
+        mounts: vec![docker_socket()],
+        ports: vec![],
+        files: vec![],
+        join_args: vec![],
+        drain: None,
+        summary,
+    }
+}
+
+/// Where the template agent reads a user template from.
+pub const USER_TEMPLATE_PATH: &str = "/etc/stagectl/nginx.conf.j2";
+
+/// nginx, and the template agent that writes its config and reloads it;
+/// they share the config folder as a volume.
+fn load_balancer(topology: &Topology, host: &Host) -> (ContainerSpec, ContainerSpec, VolumeSpec) {
+    let volume = VolumeSpec {
+        name: object_name(&topology.name, "nginx-conf"),
+        component: Component::Nginx.label().into(),
+    };
+    let nginx_name = Component::Nginx.container(&topology.name);
+    let port = topology.ports.lb_http;
+    let nginx = ContainerSpec {
+        name: nginx_name.clone(),
+        component: Component::Nginx.label().into(),
+        image: topology.images.nginx.clone(),
+        cmd: vec![],
+        entrypoint: None,
+        user: None,
+        env: vec![],
+        labels: base_labels(topology, host, Component::Nginx),
+        network_mode: Some("host".into()),
+        mounts: vec![Mount {
+            source: volume.name.clone(),
+            target: "/etc/nginx/conf.d".into(),
+            read_only: false,
+            bind: false,
+        }],
+        ports: vec![],
+        files: vec![],
+        join_args: vec![],
+        summary: format!("load balancer on {}:{port}", host.advertise),
+        drain: None,
+    };
+    let lb = &topology.lb;
+    let mut cmd = vec![
+        "agent".into(),
+        "template".into(),
+        format!("--env={}", topology.name),
+        format!("--consul={}", consul_addr(topology)),
+        format!("--nginx-container={nginx_name}"),
+        "--conf-dir=/conf".into(),
+        format!("--domain={}", lb.domain),
+        format!("--port={port}"),
+        format!("--advertise={}", host.advertise),
+        format!("--quiet-ms={}", lb.quiet_ms),
+        format!("--max-wait-ms={}", lb.max_wait_ms),
+    ];
+    let mut files = vec![];
+    if let Some((_, text)) = &lb.template {
+        cmd.push(format!("--template={USER_TEMPLATE_PATH}"));
+        files.push(FileSpec::new(
+            USER_TEMPLATE_PATH,
+            0o644,
+            text.clone().into_bytes(),
+        ));
+    }
+    let template = ContainerSpec {
+        name: Component::Template.container(&topology.name),
+        component: Component::Template.label().into(),
+        image: topology.images.agent.clone(),
+        cmd,
+        entrypoint: None,
+        user: None,
+        env: vec![],
+        labels: base_labels(topology, host, Component::Template),
+        network_mode: Some("host".into()),
+        mounts: vec![
+            Mount {
+                source: volume.name.clone(),
+                target: "/conf".into(),
+                read_only: false,
+                bind: false,
+            },
+            docker_socket(),
+        ],
+        ports: vec![],
+        files,
+        join_args: vec![],
+        drain: None,
+        summary: format!(
+            "routes <service>.{}.{} and /<service>/ (template: {})",
+            topology.name,
+            lb.domain,
+            lb.template
+                .as_ref()
+                .map(|(p, _)| p.display().to_string())
+                .unwrap_or_else(|| "built-in".into())
+        ),
+    };
+    (nginx, template, volume)
+}
+
+/// An instance's environment: the addresses of the routed services through
+/// the load balancer (see `topology::service_variables`), then the
+/// service's own `env`, with `${NAME}` in it replaced by them (its own
+/// values win over ours).
+fn instance_env(topology: &Topology, service: &Service) -> Vec<String> {
+    let lb = topology.hosts.iter().find(|h| h.has_role(Role::Lb));
+    let mut vars = BTreeMap::new();
+    if let Some(lb) = lb {
+        let port = topology.ports.lb_http;
+        // SocketAddr's text brackets an IPv6 address.
+        let endpoint = std::net::SocketAddr::new(lb.advertise, port);
+        for (s, [h, p, u]) in crate::topology::service_variables(&topology.services) {
+            vars.insert(u, format!("http://{endpoint}/{}/", s.name));
+            vars.insert(h, lb.advertise.to_string());
+            vars.insert(p, port.to_string());
+        }
+    }
+    let mut env = vars.clone();
+    for (k, v) in &service.env {
+        env.insert(k.clone(), crate::topology::interpolate(v, &vars).0);
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// The tags setting (label) that marks `service`'s instances as not
+/// routed: its own tags kept, ours added, under the key the registration
+/// agent reads first (`SERVICE_<port>_TAGS` when the service uses it).
+fn not_routed_tags(service: &Service) -> (String, String) {
+    let per_port = format!("SERVICE_{}_TAGS", service.port);
+    let key = if service.labels.contains_key(&per_port) || service.env.contains_key(&per_port) {
+        per_port
+    } else {
+        "SERVICE_TAGS".to_string()
+    };
+    // Labels win over env, as the agent reads them.
+    let theirs = service.labels.get(&key).or(service.env.get(&key));
+    let tags = match theirs {
+        Some(t) if !t.trim().is_empty() => format!("{t},{}", labels::NOT_ROUTED_TAG),
+        _ => labels::NOT_ROUTED_TAG.to_string(),
+    };
+    (key, tags)
+}
+
+/// The volume `volume` of instance `i` of `service`: `<env>-<service>-<i>-<volume>`.
+/// Each instance has its own, so two instances on a host never share data
+/// they did not ask to share, and the name stays when `per_host` changes.
+pub fn service_volume(topology: &Topology, service: &Service, i: u16, volume: &str) -> String {
+    object_name(&topology.name, &format!("{}-{i}-{volume}", service.name))
+}
+
+/// Every volume of `service`'s instances on one host.
+fn service_volumes(topology: &Topology, service: &Service) -> Vec<VolumeSpec> {
+    (1..=service.per_host)
+        .flat_map(|i| {
+            service.volumes.keys().map(move |volume| VolumeSpec {
+                name: service_volume(topology, service, i, volume),
+                component: Component::Service.label().into(),
+            })
+        })
+        .collect()
+}
+
+/// `uid:gid` (or `uid`) as numbers; `None` for root, names or nothing
+/// (a named user's IDs are only known inside the image).
+fn numeric_owner(user: Option<&str>) -> Option<(u64, u64)> {
+    let (uid, gid) = match user?.split_once(':') {
+        Some((u, g)) => (u.parse().ok()?, g.parse().ok()?),
+        None => {
+            let uid: u64 = user?.parse().ok()?;
+            (uid, uid)
+        }
+    };
+    (uid != 0).then_some((uid, gid))
+}
+
+fn service_instances(
+    topology: &Topology,
+    host: &Host,
+    service: &Service,
+    secrets: &Secrets,
+) -> Vec<ContainerSpec> {
+    (1..=service.per_host)
+        .map(|i| {
+            let mut labels = base_labels(topology, host, Component::Service);
+            labels.extend(service.labels.clone());
+            // Ours last: a user label cannot move an instance to another
+            // environment or hide it from `down`.
+            labels.insert(labels::ENV.into(), topology.name.clone());
+            labels.insert(labels::COMPONENT.into(), Component::Service.label().into());
+            labels.insert(labels::SERVICE.into(), service.name.clone());
+            labels.insert("SERVICE_NAME".into(), service.name.clone());
+            if let Some(path) = &service.check_http {
+                labels.insert("SERVICE_CHECK_HTTP".into(), path.clone());
+            }
+            if service.expose == Expose::None {
+                let (key, tags) = not_routed_tags(service);
+                labels.insert(key, tags);
+            }
+            let mut env = instance_env(topology, service);
+            let owner = numeric_owner(service.user.as_deref());
+            let mut files = Vec::new();
+            for secret in &service.secrets {
+                let value = secrets
+                    .values
+                    .get(&secret_key(&service.name, &secret.name))
+                    .cloned()
+                    .unwrap_or_default();
+                if let Some(var) = &secret.env {
+                    // Asked for: then it is in `docker inspect` too.
+                    env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
+                }
+                files.push(FileSpec::secret(
+                    &secret_path(&secret.name),
+                    value,
+                    &secrets.gossip_key,
+                    owner,
+                ));
+            }
+            let name = object_name(&topology.name, &format!("{}-{i}", service.name));
+            ContainerSpec {
+                name: name.clone(),
+                component: format!("service {}", service.name),
+                image: service.image.clone(),
+                cmd: service.command.clone().unwrap_or_default(),
+                entrypoint: service.entrypoint.clone(),
+                user: service.user.clone(),
+                env,
+                labels,
+                network_mode: None,
+                mounts: service
+                    .volumes
+                    .iter()
+                    .map(|(volume, path)| Mount {
+                        source: service_volume(topology, service, i, volume),
+                        target: path.clone(),
+                        read_only: false,
+                        bind: false,
+                    })
+                    .collect(),
+                ports: vec![service.port],
+                files,
+                join_args: vec![],
+                summary: format!(
+                    "{} instance {i}, port {} published",
+                    service.name, service.port
+                ),
+                drain: Some(Drain {
+                    service_id: crate::agent::registration::service_id(
+                        &host.name,
+                        &name,
+                        service.port,
+                    ),
+                    service: service.name.clone(),
+                    seconds: service.drain_seconds,
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Every image reference the environment uses, each once (what the
+/// snapshot asks the hosts about; it does not depend on the secrets).
+pub fn images_of(topology: &Topology) -> Vec<String> {
+    let placeholder = Secrets {
+        gossip_key: String::new(),
+        ..Default::default()
+    };
+    let all: std::collections::BTreeSet<String> = desired_state(topology, &placeholder)
+        .iter()
+        .flat_map(HostState::images)
+        .collect();
+    all.into_iter().collect()
+}
+
+/// Name of an object of this environment: `<env>-<what>`.
+pub fn object_name(env: &str, what: &str) -> String {
+    format!("{env}-{what}")
+}
+
+fn base_labels(topology: &Topology, host: &Host, component: Component) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::ENV.to_string(), topology.name.clone()),
+        (labels::COMPONENT.to_string(), component.label().to_string()),
+        (labels::HOST.to_string(), host.name.clone()),
+        // Recorded on every container, so other environments on these hosts
+        // (and the next `up`) know which ports this one holds.
+        (
+            crate::agent::labels::PORTS.to_string(),
+            crate::plan::ports::to_label(&topology.ports),
+        ),
+    ])
+}
+
+/// The Consul agent: a server on server hosts, a client elsewhere; host
+/// networking so it binds and advertises the host's own address.
+fn consul_agent(
+    topology: &Topology,
+    host: &Host,
+    secrets: &Secrets,
+) -> (ContainerSpec, VolumeSpec) {
+    let ports = &topology.ports;
+    let ip = host.advertise.to_string();
+    let mut cmd: Vec<String> = vec![
+        "agent".into(),
+        format!("-node={}", host.name),
+        format!("-datacenter={}", topology.consul.datacenter),
+        format!("-data-dir={CONSUL_DATA_DIR}"),
+        format!("-config-dir={CONSUL_CONFIG_DIR}"),
+        format!("-bind={ip}"),
+        format!("-advertise={ip}"),
+        // The HTTP API answers on loopback only: agents on this host (host
+        // network) reach it, nothing outside the host does.
+        "-client=127.0.0.1".into(),
+        format!("-http-port={}", ports.consul_http),
+        // The web UI, on that same loopback-only port: `stagectl ui`
+        // tunnels to it.
+        "-ui".into(),
+        format!("-serf-lan-port={}", ports.consul_serf_lan),
+        format!("-serf-wan-port={}", ports.consul_serf_wan),
+        format!("-server-port={}", ports.consul_server),
+        // DNS is not used by stagectl and would take port 8600 on every host.
+        "-dns-port=-1".into(),
+        // The default of 30 s between join attempts would make the cluster
+        // wait for the slowest host to start plus 30 s.
+        "-retry-interval=2s".into(),
+    ];
+    let mut join_args = Vec::new();
+    if host.consul_server {
+        cmd.push("-server".into());
+        join_args.push(format!(
+            "-bootstrap-expect={}",
+            topology.consul.bootstrap_expect
+        ));
+    }
+    join_args.extend(
+        topology
+            .consul_servers()
+            .filter(|s| s.name != host.name)
+            .map(|s| format!("-retry-join={}:{}", s.advertise, ports.consul_serf_lan)),
+    );
+
+    let volume = VolumeSpec {
+        name: object_name(&topology.name, "consul-data"),
+        component: Component::Consul.label().into(),
+    };
+    // Written as a file, not passed as `-encrypt=`, so the key shows in
+    // neither `docker inspect` nor `ps`. raft_multiplier 1 is Consul's
+    // production timing (its default of 5 is tuned for tiny dev machines)
+    // and makes leader election several times faster.
+    //
+    // Gossip timing: by memberlist's formula, Consul's defaults let the
+    // suspicion of a silent host run up to ~14 s on a 3-node cluster (too
+    // few peers to confirm it sooner); probing twice as often with a shorter
+    // suspicion brings that to a few seconds, which is how long a dead
+    // host's instances stay in the load balancer.
+    let config = serde_json::json!({
+        "encrypt": secrets.gossip_key,
+        "performance": { "raft_multiplier": 1 },
+        "gossip_lan": { "probe_interval": "500ms", "suspicion_mult": 3 },
+    })
+    .to_string();
+    let role = if host.consul_server {
+        format!(
+            "server (bootstrap-expect {})",
+            topology.consul.bootstrap_expect
+        )
+    } else {
+        "client".into()
+    };
+    let join_ips: Vec<String> = topology
+        .consul_servers()
+        .filter(|s| s.name != host.name)
+        .map(|s| s.advertise.to_string())
+        .collect();
+    let summary = format!("{role}, advertise {ip}, retry-join {}", join_ips.join(" "));
+    let spec = ContainerSpec {
+        name: Component::Consul.container(&topology.name),
+        component: Component::Consul.label().into(),
+        image: topology.images.consul.clone(),
+        cmd,
+        entrypoint: None,
+        user: None,
+        env: vec![],
+        labels: {
+            let mut labels = base_labels(topology, host, Component::Consul);
+            let role = if host.consul_server {
+                "server"
+            } else {
+                "client"
+            };
+            labels.insert(labels::CONSUL_ROLE.into(), role.into());
+            labels
+        },
+        network_mode: Some("host".into()),
+        mounts: vec![Mount {
+            source: volume.name.clone(),
+            target: CONSUL_DATA_DIR.into(),
+            read_only: false,
+            bind: false,
+        }],
+        ports: vec![],
+        files: vec![FileSpec::new(
+            &format!("{CONSUL_CONFIG_DIR}/stagectl.json"),
+            0o600,
+            config.into_bytes(),
+        )],
+        join_args,
+        summary,
+        drain: None,
+    };
+    (spec, volume)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology;
+    use std::path::Path;
+
+    fn topo(yaml: &str) -> Topology {
+        topology::parse(yaml, Path::new("t.yaml")).unwrap()
+    }
+
+    fn secrets() -> Secrets {
+        Secrets {
+            gossip_key: "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY3OA==".into(),
+            ..Default::default()
+        }
+    }
+
+    /// The container `name` of a host's desired state.
+    fn container<'a>(host: &'a HostState, name: &str) -> &'a ContainerSpec {
+        host.containers.iter().find(|c| c.name == name).unwrap()
+    }
+
+    const THREE: &str = "name: qa\nlab: { subnet: 10.77.0.0/24 }\nhosts:\n  host-1: { driver: local, address: 10.77.0.11, roles: [app] }\n  host-2: { driver: local, address: 10.77.0.12, roles: [app] }\n  host-3: { driver: local, address: 10.77.0.13, roles: [lb] }\n";
+
+    #[test]
+    fn three_servers_join_each_other() {
+        let state = desired_state(&topo(THREE), &secrets());
+        // Not part of the hash, so not serialized with the spec.
+        let join_args: Vec<&Vec<String>> =
+            state.iter().map(|h| &h.containers[0].join_args).collect();
+        insta::assert_json_snapshot!((&state, join_args));
+    }
+
+    #[test]
+    fn clients_join_every_server_and_do_not_bootstrap() {
+        let t = topo(&format!("{THREE}consul: {{ servers: [host-2] }}\n"));
+        let state = desired_state(&t, &secrets());
+        let host1 = &state[0].containers[0];
+        assert!(!host1.cmd.iter().any(|a| a == "-server"));
+        assert_eq!(host1.join_args, vec!["-retry-join=10.77.0.12:8301"]);
+        assert_eq!(host1.labels[labels::CONSUL_ROLE], "client");
+        let host2 = &state[1].containers[0];
+        assert!(host2.cmd.iter().any(|a| a == "-server"));
+        assert_eq!(host2.join_args, vec!["-bootstrap-expect=1"]);
+        assert_eq!(host2.labels[labels::CONSUL_ROLE], "server");
+    }
+
+    #[test]
+    fn a_changed_server_set_replaces_only_the_agents_whose_role_changes() {
+        let one = desired_state(
+            &topo(&format!("{THREE}consul: {{ servers: [host-2] }}\n")),
+            &secrets(),
+        );
+        let three = desired_state(&topo(THREE), &secrets());
+        let consul_hash = |state: &[HostState], i: usize| state[i].containers[0].hash();
+        assert_ne!(
+            consul_hash(&one, 0),
+            consul_hash(&three, 0),
+            "host-1 becomes a server"
+        );
+        assert_eq!(
+            consul_hash(&one, 1),
+            consul_hash(&three, 1),
+            "host-2 stays one"
+        );
+        assert_ne!(
+            three[1].containers[0].join_args,
+            one[1].containers[0].join_args
+        );
+    }
+
+    #[test]
+    fn a_worker_is_tagged_not_routed_keeping_its_own_tags() {
+        let t = topo(&format!(
+            "{THREE}services:\n  worker:\n    image: w:1\n    port: 9000\n    expose: none\n    labels: {{ SERVICE_TAGS: blue }}\n    volumes: {{ spool: /var/spool }}\n"
+        ));
+        let state = desired_state(&t, &secrets());
+        let worker = container(&state[0], "qa-worker-1");
+        assert_eq!(
+            worker.labels["SERVICE_TAGS"],
+            format!("blue,{}", labels::NOT_ROUTED_TAG)
+        );
+        assert_eq!(worker.mounts[0].source, "qa-worker-1-spool");
+        assert_eq!(worker.mounts[0].target, "/var/spool");
+        assert!(state[0]
+            .volumes
+            .iter()
+            .any(|v| v.name == "qa-worker-1-spool"));
+    }
+
+    #[test]
+    fn instances_get_the_routed_services_addresses_and_may_refer_to_them() {
+        let t = topo(&format!(
+            "{THREE}services:\n  payments-api:\n    image: p:1\n    port: 8080\n  worker:\n    image: w:1\n    port: 9000\n    expose: none\n    env: {{ API: \"${{PAYMENTS_API_SERVICE_URL}}v1\", LITERAL: \"$${{X}}\" }}\n"
+        ));
+        let state = desired_state(&t, &secrets());
+        let worker = container(&state[0], "qa-worker-1");
+        let env = |k: &str| {
+            worker
+                .env
+                .iter()
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                .map(str::to_string)
+        };
+        assert_eq!(
+            env("PAYMENTS_API_SERVICE_HOST").as_deref(),
+            Some("10.77.0.13")
+        );
+        assert_eq!(env("PAYMENTS_API_SERVICE_PORT").as_deref(), Some("80"));
+        assert_eq!(
+            env("API").as_deref(),
+            Some("http://10.77.0.13:80/payments-api/v1")
+        );
+        assert_eq!(env("LITERAL").as_deref(), Some("${X}"));
+        assert_eq!(env("WORKER_SERVICE_HOST"), None, "a worker is not routed");
+    }
+
+    #[test]
+    fn a_service_secret_is_a_0400_file_with_a_keyed_digest_and_an_env_only_when_asked() {
+        let t = topo(&format!(
+            "{THREE}services:\n  web:\n    image: w:1\n    port: 80\n    user: \"1000\"\n    secrets:\n      token: {{ from_env: WEB_TOKEN }}\n      key: {{ from_file: key.pem, env: API_KEY }}\n"
+        ));
+        let mut s = secrets();
+        s.values
+            .insert(secret_key("web", "token"), b"hunter2".to_vec());
+        s.values
+            .insert(secret_key("web", "key"), b"pem-text".to_vec());
+        let state = desired_state(&t, &s);
+        let web = container(&state[0], "qa-web-1");
+        let token = web
+            .files
+            .iter()
+            .find(|f| f.path == "/run/secrets/token")
+            .unwrap();
+        assert_eq!(
+            (token.mode, token.content.as_slice()),
+            (0o400, &b"hunter2"[..])
+        );
+        assert_eq!(token.owner, Some((1000, 1000)));
+        let plain = format!("{:x}", Sha256::digest(b"hunter2"));
+        assert_ne!(
+            token.content_sha256, plain,
+            "a keyed digest, not the plain one"
+        );
+        let json = serde_json::to_string(web).unwrap();
+        assert!(!json.contains("hunter2"), "{json}");
+        assert!(!web.env.iter().any(|e| e.contains("hunter2")));
+        assert!(
+            web.env.contains(&"API_KEY=pem-text".to_string()),
+            "asked for"
+        );
+        // Another value, another hash: the instance is replaced.
+        let before = web.hash();
+        s.values
+            .insert(secret_key("web", "token"), b"hunter3".to_vec());
+        let after = container(&desired_state(&t, &s)[0], "qa-web-1").hash();
+        assert_ne!(before, after);
+    }
+
+    #[test]
+    fn secret_is_in_a_file_not_in_the_command_or_output() {
+        let s = secrets();
+        let state = desired_state(&topo(THREE), &s);
+        let consul = &state[0].containers[0];
+        assert!(!consul.cmd.iter().any(|a| a.contains(&s.gossip_key)));
+        let shown = format!("{state:?}{}", serde_json::to_string(&state).unwrap());
+        assert!(!shown.contains(&s.gossip_key));
+        assert!(String::from_utf8_lossy(&consul.files[0].content).contains(&s.gossip_key));
+    }
+
+    #[test]
+    fn register_agent_flags_follow_the_topology() {
+        let register = |yaml: &str| {
+            desired_state(&topo(yaml), &secrets())[0]
+                .containers
+                .iter()
+                .find(|c| c.component == Component::Register.label())
+                .unwrap()
+                .clone()
+        };
+        let plain = register(THREE);
+        assert!(!plain
+            .cmd
+            .iter()
+            .any(|a| a == "--only-labeled" || a.starts_with("--reserved")));
+
+        let strict = register(&format!(
+            "{THREE}registration: {{ adopt: labeled }}\nservices:\n  web: {{ image: web:1, port: 80, reserved: true }}\n  api: {{ image: api:1, port: 90, reserved: true }}\n  docs: {{ image: docs:1, port: 80 }}\n"
+        ));
+        assert!(strict.cmd.contains(&"--only-labeled".to_string()));
+        assert!(strict.cmd.contains(&"--reserved=api,web".to_string()));
+        assert_eq!(
+            strict.summary,
+            "registers containers of host-1 at 10.77.0.11 (only those labelled io.stagectl.env=qa; reserved: api, web)"
+        );
+        assert_ne!(plain.hash(), strict.hash());
+    }
+
+    #[test]
+    fn hash_changes_with_spec_and_key_but_not_summary() {
+        let t = topo(THREE);
+        let a = desired_state(&t, &secrets())[0].containers[0].clone();
+        let mut b = a.clone();
+        b.summary = "something else".into();
+        assert_eq!(a.hash(), b.hash());
+        b.cmd.push("-ui".into());
+        assert_ne!(a.hash(), b.hash());
+        let other_key = Secrets {
+            gossip_key: "b3RoZXI=".into(),
+            ..Default::default()
+        };
+        let c = desired_state(&t, &other_key)[0].containers[0].clone();
+        assert_ne!(a.hash(), c.hash());
+    }
+}

@@ -1,0 +1,247 @@
+//! From the validated topology and a snapshot of the hosts to one plan,
+//! pure: what `plan` prints and `up` (or `down`) executes, step for step.
+//!
+//! - [`desired`]: what each host should run.
+//! - [`ports`]: the environment's port block among the others on its hosts.
+//! - [`reconcile`]: one host's desired state against what runs there.
+//! - [`images`]: which images travel to which host, and how.
+//! - [`lab`]: the local lab's missing parts.
+//! - [`members`]: changes to the Consul cluster's membership, one at a time.
+//!
+//! [`Plan`] puts them together in the order `up` carries them out: the local
+//! lab, then every host in parallel (images, then containers), then a wait
+//! for the Consul cluster, then its membership changes one at a time, then
+//! the drained replacements of app instances one host at a time, then a
+//! wait until the load balancer routes every instance.
+
+pub mod desired;
+pub mod images;
+pub mod lab;
+pub mod members;
+pub mod ports;
+pub mod reconcile;
+
+pub use lab::{lab_steps, LabObserved, LabStep};
+pub use members::{Expect, MemberChange};
+pub use reconcile::StepRef;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::topology::{Role, Topology};
+use desired::HostState;
+use reconcile::{HostPlan, Observed, Step};
+
+/// What the pipeline saw before planning: one entry per topology host, in
+/// topology order, and the local engine's images.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub hosts: Vec<HostSnapshot>,
+    /// Image reference → ID on the local engine (the images `up` delivers).
+    pub local_images: BTreeMap<String, String>,
+    /// The local lab, when the topology has one.
+    pub lab: Option<LabObserved>,
+    /// Hosts the last `up` applied (or left to clear) that are out of the
+    /// topology now: what of the environment is still there.
+    pub departed: Vec<HostSnapshot>,
+    /// The Consul servers the last `up` applied, if it left a record.
+    pub last_servers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HostSnapshot {
+    pub host: String,
+    /// What runs there for this environment; `None` for a lab host that
+    /// does not run yet (it is created or started first, and holds nothing
+    /// of this environment that could be seen before).
+    pub observed: Option<Observed>,
+    /// Environments with containers on the host (for `down` and the lab).
+    pub environments: Vec<String>,
+    /// Tried and not reached (`down` and `status` go on without it).
+    pub unreachable: bool,
+}
+
+/// Something `up` waits for once the hosts' steps are done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Wait {
+    /// A leader and every host an alive member, asked on `host`.
+    Cluster { host: String, members: usize },
+    /// Every service's instances passing and routed by the LB on `host`.
+    Routes { host: String, instances: usize },
+}
+
+impl Wait {
+    pub fn action(&self) -> &'static str {
+        match self {
+            Wait::Cluster { .. } => "wait_cluster",
+            Wait::Routes { .. } => "wait_routes",
+        }
+    }
+
+    pub fn host(&self) -> &str {
+        match self {
+            Wait::Cluster { host, .. } | Wait::Routes { host, .. } => host,
+        }
+    }
+}
+
+/// Everything a run will do, in order.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Plan {
+    pub lab: Vec<LabStep>,
+    /// One per topology host, in topology order; carried out in parallel.
+    pub hosts: Vec<HostPlan>,
+    /// Waited for after the hosts' steps.
+    pub cluster: Option<Wait>,
+    /// Then made one at a time, each waited for.
+    pub members: Vec<MemberChange>,
+    /// Drained replacements of app instances, one at a time, in order:
+    /// (host, step).
+    pub rolling: Vec<(String, Step)>,
+    /// Waited for last.
+    pub routes: Option<Wait>,
+}
+
+impl Plan {
+    /// Plan `up`: the lab's missing parts, each host's images and
+    /// containers, the waits. An image no source can provide is an error
+    /// (nothing is changed).
+    pub fn up(t: &Topology, desired: &[HostState], snapshot: &Snapshot) -> Result<Plan, String> {
+        let mut plan = Plan {
+            lab: lab_steps(t, snapshot.lab.as_ref()),
+            ..Default::default()
+        };
+        for want in desired {
+            let seen = snapshot.hosts.iter().find(|h| h.host == want.host);
+            let observed = seen.and_then(|h| h.observed.clone()).unwrap_or_default();
+            let host = t
+                .host(&want.host)
+                .expect("desired state comes from the topology");
+            let delivery = images::plan(
+                &want.host,
+                &want.images(),
+                &observed.image_ids,
+                &snapshot.local_images,
+                !host.is_lab(),
+            )?;
+            // Planned as if the deliveries were done: a rebuilt image then
+            // shows as the replacement it causes.
+            let mut after = observed;
+            after.image_ids.extend(delivery.ids_after.clone());
+            let (mut host_plan, rolling) = reconcile::plan_up(want, &after).split_rolling();
+            host_plan.steps.splice(0..0, delivery.steps);
+            plan.rolling
+                .extend(rolling.into_iter().map(|s| (want.host.clone(), s)));
+            plan.hosts.push(host_plan);
+        }
+        plan.members = members::plan(t, snapshot, &mut plan.hosts)?;
+        if let Some(server) = t.hosts.iter().find(|h| h.consul_server) {
+            plan.cluster = Some(Wait::Cluster {
+                host: server.name.clone(),
+                members: t.hosts.len(),
+            });
+        }
+        if let Some(lb) = t.hosts.iter().find(|h| h.has_role(Role::Lb)) {
+            plan.routes = Some(Wait::Routes {
+                host: lb.name.clone(),
+                instances: t
+                    .services
+                    .iter()
+                    .map(|s| s.hosts.len() * s.per_host as usize)
+                    .sum(),
+            });
+        }
+        Ok(plan)
+    }
+
+    /// Plan `down`: every host's containers (and volumes unless
+    /// `keep_data`), those out of the topology still to clear too, then the
+    /// lab once no environment is left on it (and no data is kept: the kept
+    /// volumes live in the lab hosts).
+    pub fn down(t: &Topology, snapshot: &Snapshot, keep_data: bool) -> Plan {
+        let hosts: Vec<HostPlan> = snapshot
+            .hosts
+            .iter()
+            .chain(&snapshot.departed)
+            .filter_map(|h| {
+                let observed = h.observed.as_ref()?;
+                Some(reconcile::plan_down(&h.host, observed, keep_data))
+            })
+            .collect();
+        let mut lab = Vec::new();
+        if let (Some(l), Some(_)) = (&t.lab, &snapshot.lab) {
+            // Only what was seen counts: an unreachable host may hold others.
+            let others = snapshot
+                .hosts
+                .iter()
+                .any(|h| h.unreachable || h.environments.iter().any(|e| *e != t.name));
+            if !others && !keep_data {
+                lab.push(LabStep::RemoveLab {
+                    name: l.name.clone(),
+                });
+            }
+        }
+        Plan {
+            lab,
+            hosts,
+            ..Default::default()
+        }
+    }
+
+    /// Every step, flat, in the order they are carried out.
+    pub fn steps(&self) -> Vec<StepRef> {
+        let mut out: Vec<StepRef> = self
+            .lab
+            .iter()
+            .map(|s| StepRef {
+                phase: "lab",
+                host: "lab".into(),
+                action: s.action(),
+                subject: s.subject().to_string(),
+            })
+            .collect();
+        for h in &self.hosts {
+            out.extend(h.steps.iter().map(|s| s.reference("host", &h.host)));
+        }
+        out.extend(self.cluster.iter().map(|w| w.reference("cluster")));
+        for change in &self.members {
+            out.extend(
+                change
+                    .steps
+                    .iter()
+                    .map(|s| s.reference("members", &change.host)),
+            );
+            out.push(change.wait_reference());
+        }
+        out.extend(
+            self.rolling
+                .iter()
+                .map(|(host, s)| s.reference("rolling", host)),
+        );
+        out.extend(self.routes.iter().map(|w| w.reference("routes")));
+        out
+    }
+
+    pub fn is_noop(&self) -> bool {
+        self.lab.is_empty()
+            && self.members.is_empty()
+            && self.rolling.is_empty()
+            && self.hosts.iter().all(HostPlan::is_noop)
+    }
+}
+
+impl Wait {
+    pub fn reference(&self, phase: &'static str) -> StepRef {
+        StepRef {
+            phase,
+            host: self.host().to_string(),
+            action: self.action(),
+            subject: match self {
+                Wait::Cluster { members, .. } => format!("{members} members"),
+                Wait::Routes { instances, .. } => format!("{instances} instances"),
+            },
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Host ports per environment, so several environments can share hosts.
+//!
+//! Every container of an environment records the environment's ports in a
+//! label. Before planning, `up` reads the ports every other environment on
+//! the same hosts recorded, and:
+//! - ports the topology declares are checked against them (a clash is an
+//!   input error naming the other environment);
+//! - otherwise the environment keeps the ports it recorded before, or takes
+//!   the first free block: block 0 is Consul's and HTTP's usual ports, block
+//!   k ≥ 1 is 21000 + 10·(k-1) onwards.
+//!
+//! Pure: the claims are plain data gathered by `docker::port_claims`.
+
+use std::collections::BTreeMap;
+
+use crate::topology::Ports;
+
+/// Ports some environment recorded on the hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub env: String,
+    pub ports: Ports,
+}
+
+fn named(p: &Ports) -> [(&'static str, u16); 5] {
+    [
+        ("lb_http", p.lb_http),
+        ("consul_http", p.consul_http),
+        ("consul_serf_lan", p.consul_serf_lan),
+        ("consul_serf_wan", p.consul_serf_wan),
+        ("consul_server", p.consul_server),
+    ]
+}
+
+pub fn to_label(p: &Ports) -> String {
+    named(p)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn from_label(s: &str) -> Option<Ports> {
+    let map: BTreeMap<&str, u16> = s
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+        .collect();
+    Some(Ports {
+        lb_http: *map.get("lb_http")?,
+        consul_http: *map.get("consul_http")?,
+        consul_serf_lan: *map.get("consul_serf_lan")?,
+        consul_serf_wan: *map.get("consul_serf_wan")?,
+        consul_server: *map.get("consul_server")?,
+    })
+}
+
+/// Port block `k`: 0 is the usual ports.
+pub fn block(k: u16) -> Ports {
+    if k == 0 {
+        return Ports::default();
+    }
+    let base = 21000 + 10 * (k - 1);
+    Ports {
+        consul_server: base,
+        consul_serf_lan: base + 1,
+        consul_serf_wan: base + 2,
+        consul_http: base + 3,
+        lb_http: base + 4,
+    }
+}
+
+/// The ports `env` uses: `declared` if the topology set them (checked),
+/// else what it recorded before, else the first block nobody else uses.
+pub fn resolve(env: &str, declared: Option<Ports>, claims: &[Claim]) -> Result<Ports, String> {
+    let others: Vec<&Claim> = claims.iter().filter(|c| c.env != env).collect();
+    let clash = |p: &Ports| -> Option<String> {
+        for (name, port) in named(p) {
+            for other in &others {
+                if let Some((other_name, _)) =
+                    named(&other.ports).into_iter().find(|(_, q)| *q == port)
+                {
+                    return Some(format!(
+                        "port {port} (ports.{name}) is already used by environment {} on these hosts (its {other_name})",
+                        other.env
+                    ));
+                }
+            }
+        }
+        None
+    };
+    if let Some(p) = declared {
+        return match clash(&p) {
+            Some(why) => Err(format!(
+                "{why}; pick other ports in `ports:`, or leave `ports:` out to get a free block"
+            )),
+            None => Ok(p),
+        };
+    }
+    if let Some(own) = claims.iter().find(|c| c.env == env) {
+        if clash(&own.ports).is_none() {
+            return Ok(own.ports);
+        }
+    }
+    (0..1000)
+        .map(block)
+        .find(|p| clash(p).is_none())
+        .ok_or_else(|| "no free port block on these hosts".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(env: &str, p: Ports) -> Claim {
+        Claim {
+            env: env.into(),
+            ports: p,
+        }
+    }
+
+    #[test]
+    fn labels_round_trip() {
+        let p = block(3);
+        assert_eq!(from_label(&to_label(&p)), Some(p));
+        assert_eq!(from_label("lb_http=80"), None);
+    }
+
+    #[test]
+    fn the_first_environment_gets_the_usual_ports_the_next_a_free_block() {
+        assert_eq!(resolve("a", None, &[]).unwrap(), Ports::default());
+        let claims = vec![claim("a", Ports::default())];
+        assert_eq!(resolve("b", None, &claims).unwrap(), block(1));
+        let claims = vec![claim("a", Ports::default()), claim("b", block(1))];
+        assert_eq!(resolve("c", None, &claims).unwrap(), block(2));
+        // Gaps are reused.
+        let claims = vec![claim("a", Ports::default()), claim("c", block(2))];
+        assert_eq!(resolve("d", None, &claims).unwrap(), block(1));
+    }
+
+    #[test]
+    fn recorded_ports_are_kept() {
+        let claims = vec![claim("a", block(1)), claim("b", Ports::default())];
+        assert_eq!(resolve("a", None, &claims).unwrap(), block(1));
+    }
+
+    #[test]
+    fn a_declared_port_taken_by_another_environment_names_it() {
+        let claims = vec![claim("qa", Ports::default())];
+        let declared = Ports {
+            lb_http: 8080,
+            ..block(5)
+        };
+        assert_eq!(resolve("b", Some(declared), &claims).unwrap(), declared);
+        let taken = Ports {
+            lb_http: 80,
+            ..block(5)
+        };
+        let err = resolve("b", Some(taken), &claims).unwrap_err();
+        assert!(
+            err.contains("port 80 (ports.lb_http) is already used by environment qa"),
+            "{err}"
+        );
+        // Its own recorded ports never clash with themselves.
+        assert!(resolve("qa", Some(Ports::default()), &claims).is_ok());
+    }
+}

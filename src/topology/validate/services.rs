@@ -1,0 +1,380 @@
+//! The `services:` section: each service's name, image, port, hosts, instance
+//! count, drain time, health check, command, user and volumes.
+
+use std::collections::BTreeMap;
+
+use serde_saphyr::{Location, Spanned};
+
+use super::names::is_short_name;
+use super::Validator;
+use crate::topology::model::{
+    interpolate, service_variables, Expose, Host, Role, Secret, SecretSource, Service,
+};
+use crate::topology::raw::{RawSecret, RawService};
+
+/// Longest service name: services answer as `<service>.<env>.<domain>`, so a
+/// service name may be a whole DNS label; real service names are often
+/// longer than the short names that prefix every Docker object.
+const MAX_SERVICE_NAME_LEN: usize = 63;
+
+/// Longest volume name (`<env>-<service>-<instance>-<volume>` on the host).
+const MAX_VOLUME_NAME_LEN: usize = 32;
+
+impl Validator {
+    /// `hosts` are the topology's checked hosts, which services run on.
+    pub(super) fn services(
+        &mut self,
+        raw: BTreeMap<String, Spanned<RawService>>,
+        hosts: &[Host],
+    ) -> Vec<Service> {
+        let located: Vec<(Service, Location)> = raw
+            .into_iter()
+            .map(|(name, svc)| {
+                let loc = svc.referenced;
+                (self.service(name, svc, hosts), loc)
+            })
+            .collect();
+        let services: Vec<Service> = located.iter().map(|(s, _)| s.clone()).collect();
+        self.env_references(&located, &services);
+        services
+    }
+
+    /// `${NAME}` in env values may only name the variables every instance
+    /// gets (`<S>_SERVICE_HOST`, ...): their values are known at `up`.
+    fn env_references(&mut self, located: &[(Service, Location)], services: &[Service]) {
+        let known: BTreeMap<String, String> = service_variables(services)
+            .flat_map(|(_, names)| names)
+            .map(|n| (n, String::new()))
+            .collect();
+        for (s, loc) in located {
+            for (key, value) in &s.env {
+                let (_, missing) = interpolate(value, &known);
+                if let Some(name) = missing.first() {
+                    let offer: Vec<&str> = known.keys().map(String::as_str).collect();
+                    self.error_hint(
+                        loc,
+                        format!(
+                            "service {}: env {key} refers to ${{{name}}}, which no instance gets",
+                            s.name
+                        ),
+                        format!(
+                            "the variables given are {}; write $${{ for a literal ${{",
+                            if offer.is_empty() {
+                                "none".to_string()
+                            } else {
+                                offer.join(", ")
+                            }
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn service(&mut self, name: String, svc: Spanned<RawService>, hosts: &[Host]) -> Service {
+        let loc = svc.referenced;
+        self.service_name(&name, &loc);
+        let s = svc.value;
+        if s.image.value.trim().is_empty() || s.image.value.contains(char::is_whitespace) {
+            self.error(
+                &s.image.referenced,
+                format!(
+                    "service {name}: `{}` is not an image reference",
+                    s.image.value
+                ),
+            );
+        }
+        let port = self.port_value(&s.port, &format!("service {name}: port"));
+        let on = self.service_hosts(&name, &loc, s.hosts.as_ref(), hosts);
+        let per_host = match &s.per_host {
+            None => 1,
+            Some(n) if (1..=50).contains(&n.value) => n.value as u16,
+            Some(n) => {
+                self.error(
+                    &n.referenced,
+                    format!(
+                        "service {name}: per_host {} is out of range; expected 1 to 50",
+                        n.value
+                    ),
+                );
+                1
+            }
+        };
+        let drain_seconds = match &s.drain_seconds {
+            None => 2,
+            Some(n) if (0..=600).contains(&n.value) => n.value as u64,
+            Some(n) => {
+                self.error(
+                    &n.referenced,
+                    format!(
+                        "service {name}: drain_seconds {} is out of range; expected 0 to 600",
+                        n.value
+                    ),
+                );
+                2
+            }
+        };
+        let check_http = s.check_http.map(|c| {
+            if !c.value.starts_with('/') || c.value.contains(char::is_whitespace) {
+                self.error(
+                    &c.referenced,
+                    format!(
+                        "service {name}: check_http `{}` must be a path starting with /",
+                        c.value
+                    ),
+                );
+            }
+            c.value
+        });
+        let command = s.command.map(|c| self.argv(&name, "command", c));
+        let entrypoint = s.entrypoint.map(|c| self.argv(&name, "entrypoint", c));
+        let user = s.user.map(|u| {
+            let valid = !u.value.is_empty()
+                && u.value.len() <= 64
+                && u.value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c));
+            if !valid {
+                self.error(
+                    &u.referenced,
+                    format!(
+                        "service {name}: user `{}` is not valid; expected a user name or uid, optionally `:group` or `:gid`",
+                        u.value
+                    ),
+                );
+            }
+            u.value
+        });
+        let volumes = self.service_volumes(&name, s.volumes.unwrap_or_default());
+        let expose = match &s.expose {
+            None => Expose::Http,
+            Some(e) => match Expose::CHOICES.iter().find(|(word, _)| *word == e.value) {
+                Some((_, expose)) => *expose,
+                None => {
+                    self.error(
+                        &e.referenced,
+                        format!(
+                            "service {name}: expose `{}` is not one of http, none",
+                            e.value
+                        ),
+                    );
+                    Expose::Http
+                }
+            },
+        };
+        let secrets = self.service_secrets(&name, s.secrets.unwrap_or_default());
+        Service {
+            name,
+            image: s.image.value,
+            port,
+            hosts: on,
+            per_host,
+            env: s.env.unwrap_or_default(),
+            labels: s.labels.unwrap_or_default(),
+            check_http,
+            drain_seconds,
+            reserved: s.reserved.unwrap_or(false),
+            command,
+            entrypoint,
+            user,
+            volumes,
+            expose,
+            secrets,
+        }
+    }
+
+    /// `secrets`: each from exactly one of an environment variable or a
+    /// file, its name fit for a file name, its `env` a variable name.
+    fn service_secrets(
+        &mut self,
+        name: &str,
+        raw: BTreeMap<String, Spanned<RawSecret>>,
+    ) -> Vec<Secret> {
+        let is_var = |v: &str| {
+            !v.is_empty()
+                && !v.starts_with(|c: char| c.is_ascii_digit())
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        let mut secrets = Vec::new();
+        for (secret, raw) in raw {
+            let loc = raw.referenced;
+            let valid_name = !secret.is_empty()
+                && secret.len() <= 64
+                && secret
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+                && !secret.starts_with('.');
+            if !valid_name {
+                self.error(
+                    &loc,
+                    format!("service {name}: secret name `{secret}` is not valid; expected 1 to 64 letters, digits, `_`, `-` or `.` (it is a file name)"),
+                );
+            }
+            let source = match (&raw.value.from_env, &raw.value.from_file) {
+                (Some(var), None) => {
+                    if !is_var(&var.value) {
+                        self.error(
+                            &var.referenced,
+                            format!("service {name}: secret {secret}: `{}` is not an environment variable's name", var.value),
+                        );
+                    }
+                    SecretSource::Env(var.value.clone())
+                }
+                (None, Some(file)) => SecretSource::File(self.resolve(file)),
+                _ => {
+                    self.error_hint(
+                        &loc,
+                        format!("service {name}: secret {secret} needs exactly one of from_env and from_file"),
+                        "secrets are read when `up` runs, never written in the topology",
+                    );
+                    continue;
+                }
+            };
+            if let Some(var) = raw.value.env.as_ref().filter(|v| !is_var(&v.value)) {
+                self.error(
+                    &var.referenced,
+                    format!(
+                        "service {name}: secret {secret}: env `{}` is not a variable name",
+                        var.value
+                    ),
+                );
+            }
+            secrets.push(Secret {
+                name: secret,
+                source,
+                env: raw.value.env.map(|v| v.value),
+                declared_at: self.place(&loc),
+            });
+        }
+        secrets
+    }
+
+    /// A command line (`command`, `entrypoint`): at least one argument, none
+    /// with a NUL byte (no process could receive it).
+    fn argv(&mut self, name: &str, what: &str, argv: Spanned<Vec<Spanned<String>>>) -> Vec<String> {
+        if argv.value.is_empty() {
+            self.error(
+                &argv.referenced,
+                format!("service {name}: `{what}` is empty; leave it out to keep the image's"),
+            );
+        }
+        for arg in argv.value.iter().filter(|a| a.value.contains('\0')) {
+            self.error(
+                &arg.referenced,
+                format!("service {name}: an argument of `{what}` contains a NUL byte"),
+            );
+        }
+        argv.value.into_iter().map(|a| a.value).collect()
+    }
+
+    /// `volumes`: names that can be part of a Docker volume name, absolute
+    /// paths (not `/` itself, no `..`), each path once.
+    fn service_volumes(
+        &mut self,
+        name: &str,
+        raw: BTreeMap<String, Spanned<String>>,
+    ) -> BTreeMap<String, String> {
+        let mut paths = std::collections::BTreeSet::new();
+        let mut volumes = BTreeMap::new();
+        for (volume, path) in raw {
+            if !is_short_name(&volume, MAX_VOLUME_NAME_LEN) {
+                self.error(
+                    &path.referenced,
+                    format!(
+                        "service {name}: volume name `{volume}` is not valid; expected 1 to {MAX_VOLUME_NAME_LEN} lowercase letters, digits or `-`, starting with a letter or digit"
+                    ),
+                );
+            }
+            let p = &path.value;
+            let bad_path = !p.starts_with('/')
+                || p == "/"
+                || p.split('/').any(|part| part == "..")
+                || p.chars().any(|c| c.is_control() || c == ',');
+            if bad_path {
+                self.error(
+                    &path.referenced,
+                    format!(
+                        "service {name}: volume {volume}: `{p}` is not a path for it; expected an absolute path in the container, not `/`, without `..`"
+                    ),
+                );
+            } else if !paths.insert(p.trim_end_matches('/').to_string()) {
+                self.error(
+                    &path.referenced,
+                    format!("service {name}: volume {volume}: `{p}` is already a volume's path"),
+                );
+            }
+            volumes.insert(volume, path.value);
+        }
+        volumes
+    }
+
+    /// Service names are also the first label of the names services answer
+    /// at (`<service>.<env>.<domain>`), so they must be DNS labels.
+    fn service_name(&mut self, name: &str, loc: &Location) {
+        if !is_short_name(name, MAX_SERVICE_NAME_LEN) || name.ends_with('-') {
+            self.error(
+                loc,
+                format!(
+                    "service name `{name}` is not valid; expected a DNS label: 1 to {MAX_SERVICE_NAME_LEN} lowercase letters, digits or `-`, starting and ending with a letter or digit"
+                ),
+            );
+        }
+    }
+
+    /// The hosts service `name` runs on: those `list`ed, which must be `app`
+    /// hosts of this topology, else every `app` host.
+    fn service_hosts(
+        &mut self,
+        name: &str,
+        loc: &Location,
+        list: Option<&Spanned<Vec<Spanned<String>>>>,
+        hosts: &[Host],
+    ) -> Vec<String> {
+        let Some(list) = list else {
+            let app_hosts: Vec<String> = hosts
+                .iter()
+                .filter(|h| h.has_role(Role::App))
+                .map(|h| h.name.clone())
+                .collect();
+            if app_hosts.is_empty() {
+                self.error(
+                    loc,
+                    format!("service {name}: no host has the `app` role to run it"),
+                );
+            }
+            return app_hosts;
+        };
+        let mut on = Vec::new();
+        for h in &list.value {
+            match hosts.iter().find(|x| x.name == h.value) {
+                None => self.error(
+                    &h.referenced,
+                    format!(
+                        "service {name}: `{}` is not a host of this topology",
+                        h.value
+                    ),
+                ),
+                Some(x) if !x.has_role(Role::App) => self.error_hint(
+                    &h.referenced,
+                    format!(
+                        "service {name}: host {} does not have the `app` role",
+                        h.value
+                    ),
+                    "services run on app hosts, where the registration agent runs",
+                ),
+                Some(_) if on.contains(&h.value) => self.error(
+                    &h.referenced,
+                    format!("service {name}: host {} is listed twice", h.value),
+                ),
+                Some(_) => on.push(h.value.clone()),
+            }
+        }
+        if list.value.is_empty() {
+            self.error(
+                &list.referenced,
+                format!("service {name}: `hosts` is empty"),
+            );
+        }
+        on
+    }
+}

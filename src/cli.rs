@@ -114,6 +114,20 @@ pub enum Command {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Run a one-off container of a service (its image, env and secrets) and exit with its exit code
+    Run {
+        /// The service whose spec the container gets
+        service: String,
+        /// The host to run it on [default: the service's first host]
+        #[arg(long)]
+        host: Option<String>,
+        /// Mount the service's volumes (those of its instance 1 on that host)
+        #[arg(long)]
+        volumes: bool,
+        /// The command and its arguments, after `--` [default: the service's command]
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
     /// Show who holds the environment's lock (taken by `up` and `down`)
     #[command(subcommand)]
     Lock(LockCommand),
@@ -140,6 +154,15 @@ pub enum Command {
     DemoHttp {
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// Also count worker ticks in the database (needs REDIS_ADDR)
+        #[arg(long)]
+        worker: bool,
+    },
+    /// Write the demo app's schema version to its database (demo image)
+    #[command(hide = true)]
+    DemoMigrate {
+        #[arg(long)]
+        version: u32,
     },
 }
 

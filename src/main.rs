@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     // The agents wait on I/O almost always: one thread keeps them small.
     // The CLI works on many hosts at once: a thread per core.
     let mut builder = match cli.command {
-        Command::Agent(_) | Command::DemoHttp { .. } => {
+        Command::Agent(_) | Command::DemoHttp { .. } | Command::DemoMigrate { .. } => {
             tokio::runtime::Builder::new_current_thread()
         }
         _ => tokio::runtime::Builder::new_multi_thread(),

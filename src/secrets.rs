@@ -8,15 +8,17 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 
 use crate::plan::desired::secret_key;
-use crate::topology::{SecretSource, Topology};
+use crate::topology::{SecretSource, Service};
 
-/// Every secret of every service, by `secret_key`. A missing variable or
+/// Every secret of these services, by `secret_key`. A missing variable or
 /// an unreadable file is an input error naming where the secret is
 /// declared; nothing is changed.
-pub fn read(t: &Topology) -> Result<BTreeMap<String, Vec<u8>>> {
+pub fn read<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+) -> Result<BTreeMap<String, Vec<u8>>> {
     let mut values = BTreeMap::new();
     let mut problems = Vec::new();
-    for service in &t.services {
+    for service in services {
         for secret in &service.secrets {
             let what = format!(
                 "{}: service {}: secret {}",

@@ -67,6 +67,9 @@ pub enum Component {
     Template,
     /// An instance of an app service from the topology's `services:`.
     Service,
+    /// A one-off container of a service (`stagectl run`, `before_rollout`),
+    /// removed when its command ends.
+    Run,
 }
 
 impl Component {
@@ -86,6 +89,7 @@ impl Component {
             Component::Nginx => "nginx",
             Component::Template => "template",
             Component::Service => "service",
+            Component::Run => "run",
         }
     }
 
@@ -97,7 +101,7 @@ impl Component {
     pub fn from_label(value: &str) -> Option<Component> {
         Self::AGENTS
             .into_iter()
-            .chain([Component::Service])
+            .chain([Component::Service, Component::Run])
             .find(|c| c.label() == value)
     }
 }

@@ -81,7 +81,7 @@ pub async fn run(ctx: &Ctx, instance: &str, host: Option<&str>, cmd: &[String]) 
                 };
             })
             .await?;
-        return Ok(u8::try_from(code).unwrap_or(1));
+        return Ok(super::run::exit_code(code));
     }
     bail!("{}", tried.join("\n"))
 }

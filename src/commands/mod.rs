@@ -12,6 +12,7 @@ mod lock;
 mod logs;
 mod ls;
 mod plan;
+mod run;
 mod status;
 mod ui;
 mod up;
@@ -51,7 +52,8 @@ fn load(cli: &Cli) -> Result<Ctx> {
 /// Run the parsed command; the value is the exit code on success.
 pub async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::DemoHttp { port } => return demo::serve(port).await,
+        Command::DemoHttp { port, worker } => return demo::serve(port, worker).await,
+        Command::DemoMigrate { version } => return demo::migrate(version).await,
         Command::Agent(agent) => return agent::run(agent).await,
         _ => {}
     }
@@ -110,11 +112,18 @@ async fn run_command(ctx: &Ctx, command: Command) -> Result<u8> {
             host,
             cmd,
         } => exec::run(ctx, &instance, host.as_deref(), &cmd).await,
+        Command::Run {
+            service,
+            host,
+            volumes,
+            cmd,
+        } => run::run(ctx, &service, host.as_deref(), volumes, &cmd).await,
         Command::Lock(crate::cli::LockCommand::Status { output }) => {
             lock::status(ctx, output).await
         }
         Command::Unlock => lock::unlock(ctx).await,
         Command::DemoHttp { .. }
+        | Command::DemoMigrate { .. }
         | Command::Agent(_)
         | Command::Ui { .. }
         | Command::Completions { .. } => {

@@ -18,7 +18,7 @@ use crate::plan::reconcile::{render, totals};
 use crate::plan::{lab_steps, Plan};
 
 pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
-    let values = crate::secrets::read(&ctx.topology)?;
+    let values = crate::secrets::read(&ctx.topology.services)?;
     // Progress goes to stderr and only while connecting; the plan itself is
     // stdout, so `plan > file` gives exactly the plan.
     let reporter = match output {

@@ -20,7 +20,7 @@ use crate::plan::{lab_steps, Plan, Wait};
 pub async fn run(ctx: &Ctx, output: EventFormat) -> Result<u8> {
     let started = Instant::now();
     // Before anything is touched: a missing secret changes nothing.
-    let values = crate::secrets::read(&ctx.topology)?;
+    let values = crate::secrets::read(&ctx.topology.services)?;
     let reporter = ctx.event_reporter(output);
     let mut hosts = open(ctx, &reporter, Unreachable::Abort).await?;
     // One run at a time per environment: taken before anything changes.

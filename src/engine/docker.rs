@@ -165,6 +165,145 @@ impl DockerHost {
         Ok(None)
     }
 
+    /// Create `spec`'s container and write its files in (not started).
+    pub async fn create(
+        &self,
+        spec: &ContainerSpec,
+        restart: RestartPolicyNameEnum,
+    ) -> Result<String> {
+        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        labels.insert(labels::SPEC_HASH.into(), spec.hash());
+        let mounts = spec
+            .mounts
+            .iter()
+            .map(|m| DockerMount {
+                target: Some(m.target.clone()),
+                source: Some(m.source.clone()),
+                typ: Some(if m.bind {
+                    MountType::BIND
+                } else {
+                    MountType::VOLUME
+                }),
+                read_only: Some(m.read_only),
+                ..Default::default()
+            })
+            .collect();
+        let port_keys: Vec<String> = spec.ports.iter().map(|p| format!("{p}/tcp")).collect();
+        // An empty host port asks the engine for a free one.
+        let bindings: bollard::models::PortMap = port_keys
+            .iter()
+            .map(|k| {
+                (
+                    k.clone(),
+                    Some(vec![bollard::models::PortBinding {
+                        host_ip: None,
+                        host_port: Some(String::new()),
+                    }]),
+                )
+            })
+            .collect();
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            exposed_ports: (!port_keys.is_empty()).then_some(port_keys),
+            // No command: the image's own.
+            cmd: (!spec.cmd.is_empty()).then(|| [&spec.cmd[..], &spec.join_args[..]].concat()),
+            entrypoint: spec.entrypoint.clone(),
+            user: spec.user.clone(),
+            env: Some(spec.env.clone()),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                network_mode: spec.network_mode.clone(),
+                mounts: Some(mounts),
+                port_bindings: (!bindings.is_empty()).then_some(bindings),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(restart),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(spec.name.clone()),
+                    platform: String::new(),
+                }),
+                body,
+            )
+            .await
+            .with_context(|| format!("{}: cannot create container {}", self.name, spec.name))?;
+        if !spec.files.is_empty() {
+            self.upload_files(&created.id, &spec.files)
+                .await
+                .with_context(|| format!("{}: cannot write files into {}", self.name, spec.name))?;
+        }
+        Ok(created.id)
+    }
+
+    /// Run `spec` once: create it (never restarted), attach to its output,
+    /// start it, hand each piece of output to `sink` as it comes (`true`
+    /// for stderr), and remove it when it ends; its exit code. Dropped
+    /// midway (Ctrl-C), the container is left: labelled a one-off, the next
+    /// `up` or `down` removes it.
+    pub async fn run_once(
+        &self,
+        spec: &ContainerSpec,
+        mut sink: impl FnMut(bool, &[u8]),
+    ) -> Result<i64> {
+        use bollard::query_parameters::{AttachContainerOptions, WaitContainerOptions};
+        let _ = self.remove_container(&spec.name).await; // a leftover of the same name
+        let id = self.create(spec, RestartPolicyNameEnum::NO).await?;
+        let ran = async {
+            let attached = self
+                .docker
+                .attach_container(
+                    &id,
+                    Some(AttachContainerOptions {
+                        stdout: true,
+                        stderr: true,
+                        stream: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .with_context(|| format!("{}: cannot attach to {}", self.name, spec.name))?;
+            self.start(&id)
+                .await
+                .with_context(|| format!("{}: cannot start {}", self.name, spec.name))?;
+            let mut output = attached.output;
+            while let Some(chunk) = output.next().await {
+                match chunk? {
+                    bollard::container::LogOutput::StdErr { message } => sink(true, &message),
+                    other => sink(false, &other.into_bytes()),
+                }
+            }
+            // A non-zero exit is an answer here, not an error.
+            let mut waited = self
+                .docker
+                .wait_container(&id, None::<WaitContainerOptions>);
+            let code = match waited.next().await {
+                Some(Ok(r)) => r.status_code,
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+                Some(Err(e)) => return Err(e.into()),
+                None => self
+                    .docker
+                    .inspect_container(&id, None)
+                    .await?
+                    .state
+                    .and_then(|s| s.exit_code)
+                    .unwrap_or(-1),
+            };
+            anyhow::Ok(code)
+        }
+        .await;
+        let removed = self.remove_container(&id).await;
+        let code = ran?;
+        removed.with_context(|| format!("{}: cannot remove {}", self.name, spec.name))?;
+        Ok(code)
+    }
+
     /// Write files into a (created, not necessarily started) container.
     /// Run `cmd` in a running container, handing each piece of its output
     /// to `sink` as it comes (`true` for stderr); its exit code.
@@ -353,78 +492,13 @@ impl Engine for DockerHost {
     /// Create the container, write its files, start it. The spec hash goes
     /// into a label so the next `up` can tell whether it is still current.
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String> {
-        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
-        labels.insert(labels::SPEC_HASH.into(), spec.hash());
-        let mounts = spec
-            .mounts
-            .iter()
-            .map(|m| DockerMount {
-                target: Some(m.target.clone()),
-                source: Some(m.source.clone()),
-                typ: Some(if m.bind {
-                    MountType::BIND
-                } else {
-                    MountType::VOLUME
-                }),
-                read_only: Some(m.read_only),
-                ..Default::default()
-            })
-            .collect();
-        let port_keys: Vec<String> = spec.ports.iter().map(|p| format!("{p}/tcp")).collect();
-        // An empty host port asks the engine for a free one.
-        let bindings: bollard::models::PortMap = port_keys
-            .iter()
-            .map(|k| {
-                (
-                    k.clone(),
-                    Some(vec![bollard::models::PortBinding {
-                        host_ip: None,
-                        host_port: Some(String::new()),
-                    }]),
-                )
-            })
-            .collect();
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            exposed_ports: (!port_keys.is_empty()).then_some(port_keys),
-            // No command: the image's own.
-            cmd: (!spec.cmd.is_empty()).then(|| [&spec.cmd[..], &spec.join_args[..]].concat()),
-            entrypoint: spec.entrypoint.clone(),
-            user: spec.user.clone(),
-            env: Some(spec.env.clone()),
-            labels: Some(labels),
-            host_config: Some(HostConfig {
-                network_mode: spec.network_mode.clone(),
-                mounts: Some(mounts),
-                port_bindings: (!bindings.is_empty()).then_some(bindings),
-                restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                    maximum_retry_count: None,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(spec.name.clone()),
-                    platform: String::new(),
-                }),
-                body,
-            )
-            .await
-            .with_context(|| format!("{}: cannot create container {}", self.name, spec.name))?;
-        if !spec.files.is_empty() {
-            self.upload_files(&created.id, &spec.files)
-                .await
-                .with_context(|| format!("{}: cannot write files into {}", self.name, spec.name))?;
-        }
-        self.start(&created.id)
+        let id = self
+            .create(spec, RestartPolicyNameEnum::UNLESS_STOPPED)
+            .await?;
+        self.start(&id)
             .await
             .with_context(|| format!("{}: cannot start {}", self.name, spec.name))?;
-        Ok(created.id)
+        Ok(id)
     }
 
     async fn start(&self, id: &str) -> Result<()> {

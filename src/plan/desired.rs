@@ -486,26 +486,7 @@ fn service_instances(
                 let (key, tags) = not_routed_tags(service);
                 labels.insert(key, tags);
             }
-            let mut env = instance_env(topology, service);
-            let owner = numeric_owner(service.user.as_deref());
-            let mut files = Vec::new();
-            for secret in &service.secrets {
-                let value = secrets
-                    .values
-                    .get(&secret_key(&service.name, &secret.name))
-                    .cloned()
-                    .unwrap_or_default();
-                if let Some(var) = &secret.env {
-                    // Asked for: then it is in `docker inspect` too.
-                    env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
-                }
-                files.push(FileSpec::secret(
-                    &secret_path(&secret.name),
-                    value,
-                    &secrets.gossip_key,
-                    owner,
-                ));
-            }
+            let (env, files) = process_env_and_files(topology, service, secrets);
             let name = object_name(&topology.name, &format!("{}-{i}", service.name));
             ContainerSpec {
                 name: name.clone(),
@@ -546,6 +527,90 @@ fn service_instances(
             }
         })
         .collect()
+}
+
+/// What every container of `service` gets, instances and one-offs alike:
+/// the environment (see `instance_env`) and its secrets' files (and
+/// variables, where asked for).
+fn process_env_and_files(
+    topology: &Topology,
+    service: &Service,
+    secrets: &Secrets,
+) -> (Vec<String>, Vec<FileSpec>) {
+    let mut env = instance_env(topology, service);
+    let owner = numeric_owner(service.user.as_deref());
+    let mut files = Vec::new();
+    for secret in &service.secrets {
+        let value = secrets
+            .values
+            .get(&secret_key(&service.name, &secret.name))
+            .cloned()
+            .unwrap_or_default();
+        if let Some(var) = &secret.env {
+            // Asked for: then it is in `docker inspect` too.
+            env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
+        }
+        files.push(FileSpec::secret(
+            &secret_path(&secret.name),
+            value,
+            &secrets.gossip_key,
+            owner,
+        ));
+    }
+    (env, files)
+}
+
+/// A one-off container of `service` on `host` (`stagectl run`, and
+/// `before_rollout`): its image, user, env and secrets, `cmd` instead of
+/// its command when given, no published port (so no registration agent
+/// registers it), its instance 1's volumes only when asked. `name_suffix`
+/// tells runs apart (`run-<pid>`, `before-rollout`).
+pub fn one_off(
+    topology: &Topology,
+    host: &Host,
+    service: &Service,
+    secrets: &Secrets,
+    cmd: Option<&[String]>,
+    with_volumes: bool,
+    name_suffix: &str,
+) -> ContainerSpec {
+    let (env, files) = process_env_and_files(topology, service, secrets);
+    let mut labels = base_labels(topology, host, Component::Run);
+    labels.insert(labels::SERVICE.into(), service.name.clone());
+    let mounts = if with_volumes {
+        service
+            .volumes
+            .iter()
+            .map(|(volume, path)| Mount {
+                source: service_volume(topology, service, 1, volume),
+                target: path.clone(),
+                read_only: false,
+                bind: false,
+            })
+            .collect()
+    } else {
+        vec![]
+    };
+    ContainerSpec {
+        name: object_name(&topology.name, &format!("{}-{name_suffix}", service.name)),
+        component: format!("run {}", service.name),
+        image: service.image.clone(),
+        cmd: cmd
+            .map(<[String]>::to_vec)
+            .or_else(|| service.command.clone())
+            .unwrap_or_default(),
+        entrypoint: service.entrypoint.clone(),
+        user: service.user.clone(),
+        env,
+        labels,
+        network_mode: None,
+        mounts,
+        ports: vec![],
+        files,
+        join_args: vec![],
+        summary: format!("one-off {} container", service.name),
+        drain: None,
+    }
 }
 
 /// Every image reference the environment uses, each once (what the

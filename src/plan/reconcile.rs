@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::agent::labels::Component;
 use crate::plan::desired::{ContainerSpec, HostState, VolumeSpec};
 
 /// What runs on a host for this environment, found by its labels.
@@ -211,6 +212,11 @@ pub fn plan_up(desired: &HostState, observed: &Observed) -> HostPlan {
     // Obsolete containers go first: they may hold ports or names the new
     // ones need.
     for o in &observed.containers {
+        // A one-off still running is someone's migration or console: left
+        // to finish (and remove itself); one that ended is a leftover.
+        if o.component == Component::Run.label() && o.running {
+            continue;
+        }
         if !desired.containers.iter().any(|d| d.name == o.name) {
             steps.push(Step::Remove {
                 name: o.name.clone(),

@@ -1,0 +1,87 @@
+//! `stagectl run SERVICE [--host H] [--volumes] -- CMD...`: a one-off
+//! container with the service's spec (image, user, env with the other
+//! services' addresses, secrets), its output streamed as it comes, removed
+//! when it ends; the exit code is the command's. For migrations, seeds and
+//! checks, as `docker compose run` and `kamal app exec` do them.
+//!
+//! Its volumes are mounted only with `--volumes` (instance 1's on that
+//! host): a one-off that writes into a database's files while the database
+//! runs is rarely what was meant.
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use super::Ctx;
+use crate::error::input;
+use crate::pipeline::resolve_ports;
+use crate::plan::desired::{one_off, Secrets};
+
+pub async fn run(
+    ctx: &Ctx,
+    service: &str,
+    host: Option<&str>,
+    volumes: bool,
+    cmd: &[String],
+) -> Result<u8> {
+    let t = &ctx.topology;
+    let Some(s) = t.services.iter().find(|s| s.name == service) else {
+        let names: Vec<&str> = t.services.iter().map(|s| s.name.as_str()).collect();
+        return Err(input(format!(
+            "no service `{service}` in {}; services: {}",
+            t.source.display(),
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        )));
+    };
+    let host_name = match host {
+        None => s.hosts.first().map(String::as_str).unwrap_or_default(),
+        Some(h) if s.hosts.iter().any(|x| x == h) => h,
+        Some(h) => {
+            return Err(input(format!(
+                "--host {h}: service {} does not run there; it runs on {}",
+                s.name,
+                s.hosts.join(", ")
+            )))
+        }
+    };
+    let h = t
+        .host(host_name)
+        .ok_or_else(|| input(format!("no host {host_name} in {}", t.source.display())))?;
+    // Before anything is contacted: a missing secret runs nothing.
+    let values = crate::secrets::read([s])?;
+    let connector = ctx.connector().await?;
+    let conn = connector.connect(h).await?;
+    // The addresses of the other services depend on the environment's
+    // ports, as recorded on its hosts.
+    let t = resolve_ports(t, &[&conn.host]).await?;
+    let secrets = Secrets {
+        values,
+        ..Default::default()
+    };
+    let name = format!("run-{}", std::process::id());
+    let cmd = (!cmd.is_empty()).then_some(cmd);
+    let spec = one_off(&t, h, s, &secrets, cmd, volumes, &name);
+    let code = conn
+        .host
+        .run_once(&spec, |is_stderr, bytes| {
+            // Written as it comes; a closed pipe (`| head`) is not an error.
+            let _ = if is_stderr {
+                std::io::stderr().write_all(bytes)
+            } else {
+                let mut out = std::io::stdout();
+                out.write_all(bytes).and_then(|()| out.flush())
+            };
+        })
+        .await?;
+    Ok(exit_code(code))
+}
+
+/// A container's exit code as the process's: 0..=255 as they are, anything
+/// else (a container killed by the engine, -1 for unknown) as 1.
+pub fn exit_code(code: i64) -> u8 {
+    u8::try_from(code).unwrap_or(1)
+}

@@ -7,7 +7,9 @@
 #   stagectl/base:bookworm   debootstrap minbase, slimmed
 #   stagectl/labhost:latest  Docker engine + sshd: one "lab host" (docker-in-docker)
 #   stagectl/consul:1.8.7    Debian bullseye's consul, binary only
-#   stagectl/nginx:1.22      Debian bookworm's nginx, includes conf.d/*.conf
+#   stagectl/nginx:1.22      Debian bookworm's nginx, includes conf.d/*.conf (http)
+#                            and conf.d/*.stream (TCP listeners)
+#   stagectl/redis:7         Debian bookworm's Redis: the example stack's database
 #   stagectl/agent:latest    base + the stagectl binary (ENTRYPOINT stagectl)
 #   stagectl/demo:latest     agent + CMD demo-http --port 8080
 #
@@ -324,6 +326,7 @@ dir_image labhost stagectl/labhost:latest
 # Consul 1.8.7 is only in bullseye; its Dockerfile adds that suite on our mirror.
 dir_image consul stagectl/consul:1.8.7 --build-arg "DEBIAN_MIRROR=$MIRROR"
 dir_image nginx stagectl/nginx:1.22
+dir_image redis stagectl/redis:7
 
 # ---------------------------------------------------------------------------
 # 5-6. stagectl/agent and stagectl/demo: the stagectl binary on the base

@@ -225,6 +225,9 @@ pub enum AgentCommand {
         quiet_ms: u64,
         #[arg(long, default_value_t = 250)]
         max_wait_ms: u64,
+        /// A service with a TCP listener on the LB: NAME=PORT (repeated)
+        #[arg(long, value_parser = parse_tcp_listener)]
+        tcp: Vec<(String, u16)>,
     },
     /// Wait until stdin closes (the process of an environment's lock)
     Hold,
@@ -259,4 +262,15 @@ mod tests {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
     }
+}
+
+/// `NAME=PORT` for `agent template --tcp`.
+fn parse_tcp_listener(s: &str) -> Result<(String, u16), String> {
+    let (name, port) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected NAME=PORT"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("`{s}`: `{port}` is not a port"))?;
+    Ok((name.to_string(), port))
 }

@@ -41,6 +41,9 @@ pub struct ServiceRoute {
     pub path: String,
     /// The nginx upstream's name.
     pub upstream: String,
+    /// For a TCP service (`expose: tcp`): the load balancer's port for it,
+    /// from the template agent's own options, never from a registration.
+    pub tcp_port: Option<u16>,
     pub instances: Vec<Upstream>,
 }
 
@@ -137,6 +140,7 @@ impl RouteTable {
                     path: format!("/{name}/"),
                     upstream: format!("{}__{}", env.replace('-', "_"), name.replace('-', "_")),
                     name,
+                    tcp_port: None,
                     instances: upstreams.into_iter().collect(),
                 },
             );
@@ -144,6 +148,15 @@ impl RouteTable {
         table.services = by_route.into_values().collect();
         table.excluded.sort();
         table
+    }
+
+    /// Mark the TCP services (`service name → port`): served on their own
+    /// port by nginx's `stream` module rather than by Host and path.
+    pub fn with_tcp(mut self, tcp: &BTreeMap<String, u16>) -> Self {
+        for s in &mut self.services {
+            s.tcp_port = tcp.get(&s.name).copied();
+        }
+        self
     }
 }
 

@@ -30,12 +30,15 @@ use tokio::sync::mpsc;
 
 use super::coalesce::Coalescer;
 use super::log;
-use super::render::{render, RenderContext, BUILTIN_TEMPLATE};
+use super::render::{render, RenderContext, BUILTIN_TEMPLATE, STREAM_TEMPLATE};
 use super::routes::{Exclusion, RouteTable, ServiceRoute};
 use crate::cluster::http::{next_index, ConsulClient, Instance, ReadMode};
 use crate::engine::docker::DockerHost;
 
 pub const CONFIG_FILE: &str = "stagectl.conf";
+/// The TCP listeners: not `*.conf`, which Debian's nginx includes in the
+/// `http` context; stagectl's image includes `conf.d/*.stream` in `stream`.
+pub const STREAM_FILE: &str = "stagectl.stream";
 pub const STATUS_FILE: &str = "stagectl-status.json";
 
 pub struct TemplateOptions {
@@ -51,6 +54,8 @@ pub struct TemplateOptions {
     pub advertise: Option<IpAddr>,
     pub quiet: Duration,
     pub max_wait: Duration,
+    /// The services with a TCP listener, and its port (from the topology).
+    pub tcp: BTreeMap<String, u16>,
 }
 
 /// What the template agent last did, for `stagectl status`.
@@ -81,6 +86,9 @@ pub struct Route {
     pub service: String,
     pub server_name: String,
     pub path: String,
+    /// For a TCP service, the load balancer's port for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_port: Option<u16>,
     pub upstreams: Vec<String>,
 }
 
@@ -138,7 +146,7 @@ pub async fn run(opts: TemplateOptions) -> Result<()> {
         },
         // What nginx runs: the file already there (an agent restart reloads
         // nothing when nothing changed).
-        current: std::fs::read_to_string(opts.conf_dir.join(CONFIG_FILE)).ok(),
+        current: Config::read(&opts.conf_dir),
         nginx: DockerHost::new("nginx", docker),
         rejected: HashMap::new(),
         template,
@@ -211,8 +219,8 @@ struct Lb {
     opts: TemplateOptions,
     template: String,
     nginx: DockerHost,
-    /// The config nginx runs (with its marker).
-    current: Option<String>,
+    /// The config nginx runs.
+    current: Option<Config>,
     status: LbStatus,
     /// Services nginx refused, as they were then, and why: left out again
     /// without a new check until their routes change.
@@ -224,7 +232,8 @@ impl Lb {
     /// nginx refuses) and reload nginx. Returns true when it failed for a
     /// reason that may pass (nginx away).
     async fn apply(&mut self, services: &Services) -> bool {
-        let table = RouteTable::build(&self.opts.env, &self.opts.domain, services);
+        let table =
+            RouteTable::build(&self.opts.env, &self.opts.domain, services).with_tcp(&self.opts.tcp);
         self.rejected.retain(|name, (route, _)| {
             table.services.iter().any(|s| &s.name == name && s == route)
         });
@@ -257,13 +266,13 @@ impl Lb {
                 self.status.last_error = None;
                 if let Some(text) = reloaded {
                     self.status.reloads += 1;
-                    self.status.config = Some(marker_of(&text));
+                    self.status.config = Some(text.marker());
                     let n: usize = routed.accepted.iter().map(|s| s.instances.len()).sum();
                     log(&format!(
                         "nginx reloaded: {} services, {n} healthy instances, {} left out (config {})",
                         routed.accepted.len(),
                         excluded.len(),
-                        marker_of(&text)
+                        text.marker()
                     ));
                 }
             }
@@ -295,7 +304,7 @@ impl Lb {
         candidates: Vec<&'a ServiceRoute>,
     ) -> Result<Installed<'a>> {
         let text = self.render(&candidates)?;
-        if self.current.as_deref() == Some(text.as_str()) {
+        if self.current.as_ref() == Some(&text) {
             return Ok(Installed {
                 routed: Isolated {
                     accepted: candidates,
@@ -346,7 +355,7 @@ impl Lb {
             }
         };
         let text = self.render(&routed.accepted)?;
-        write_atomically(&self.config_path(), &text)?;
+        text.write(&self.opts.conf_dir)?;
         if let Err(e) = self.reload(&text, t0).await {
             // Back to what ran before, in the file and, if nginx loaded the
             // new one, in nginx too.
@@ -361,26 +370,26 @@ impl Lb {
         })
     }
 
-    fn render(&self, services: &[&ServiceRoute]) -> Result<String> {
+    fn render(&self, services: &[&ServiceRoute]) -> Result<Config> {
         let ctx = RenderContext::new(
             &self.opts.env,
             &self.opts.domain,
             self.opts.port,
             services.iter().copied(),
         );
-        render(&self.template, &ctx).map(|t| with_marker(&t))
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.opts.conf_dir.join(CONFIG_FILE)
+        let http = render(&self.template, &ctx)?;
+        let stream = render(STREAM_TEMPLATE, &ctx)?;
+        Ok(Config::new(&http, stream))
     }
 
     /// Put back what nginx runs, so a restart of nginx still works.
     fn restore(&self) -> Result<()> {
         match &self.current {
-            Some(p) => write_atomically(&self.config_path(), p),
+            Some(c) => c.write(&self.opts.conf_dir),
             None => {
-                let _ = std::fs::remove_file(self.config_path());
+                for file in [CONFIG_FILE, STREAM_FILE] {
+                    let _ = std::fs::remove_file(self.opts.conf_dir.join(file));
+                }
                 Ok(())
             }
         }
@@ -389,8 +398,8 @@ impl Lb {
     /// Write `text` where nginx reads it and ask `nginx -t`: `None` when it
     /// passes, nginx's complaint when not. The file is left as it is: the
     /// caller either goes on to reload or restores.
-    async fn check(&self, text: &str) -> Result<Option<String>> {
-        write_atomically(&self.config_path(), text)?;
+    async fn check(&self, text: &Config) -> Result<Option<String>> {
+        text.write(&self.opts.conf_dir)?;
         match self
             .nginx
             .exec(&self.opts.nginx_container, &["nginx", "-t", "-q"], &[])
@@ -424,14 +433,14 @@ impl Lb {
 
     /// Signal nginx to load the checked config, and wait until it serves it
     /// on loopback and on the address clients use.
-    async fn reload(&self, text: &str, t0: std::time::Instant) -> Result<()> {
+    async fn reload(&self, text: &Config, t0: std::time::Instant) -> Result<()> {
         let checked = t0.elapsed();
         self.signal_reload().await?;
         // SIGHUP only asks: nginx starts new workers a few milliseconds
         // later, and until then the old ones answer. Wait until an answer
         // carries the new config's marker, so "reloaded" means "in effect".
         let signalled = t0.elapsed();
-        let marker = marker_of(text);
+        let marker = text.marker();
         let limit = Duration::from_secs(2);
         let loopback = IpAddr::from([127, 0, 0, 1]);
         if !wait_for_marker(loopback, self.opts.port, &marker, limit).await {
@@ -465,15 +474,16 @@ fn route(s: &ServiceRoute) -> Route {
         service: s.service.clone(),
         server_name: s.server_name.clone(),
         path: s.path.clone(),
+        tcp_port: s.tcp_port,
         upstreams: s.instances.iter().map(|i| i.endpoint.clone()).collect(),
     }
 }
 
 struct Installed<'a> {
     routed: Isolated<'a>,
-    /// The config's text when nginx loaded a new one; `None` when it
-    /// already ran it.
-    reloaded: Option<String>,
+    /// The config when nginx loaded a new one; `None` when it already ran
+    /// it.
+    reloaded: Option<Config>,
 }
 
 /// The services that went into the config, and those nginx refused (why).
@@ -538,23 +548,49 @@ impl std::error::Error for NginxAway {}
 /// The header every response carries once nginx runs a given config.
 const MARKER_HEADER: &str = "x-stagectl-config";
 
-/// The rendered text plus a directive naming its hash: appended at the
-/// `http` level (conf.d is included there), inherited by every server that
-/// sets no `add_header` of its own.
-fn with_marker(text: &str) -> String {
-    format!(
-        "{text}\nadd_header X-Stagectl-Config \"{}\" always;\n",
-        short_hash(text)
-    )
+/// One rendered configuration: the `http` part (with its marker) and the
+/// `stream` part, written and checked together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Config {
+    http: String,
+    stream: String,
 }
 
-fn marker_of(text_with_marker: &str) -> String {
-    text_with_marker
-        .rsplit("X-Stagectl-Config \"")
-        .next()
-        .and_then(|rest| rest.split('"').next())
-        .unwrap_or_default()
-        .to_string()
+impl Config {
+    /// The `http` text gets a directive naming the hash of both parts:
+    /// appended at the `http` level (conf.d is included there), inherited
+    /// by every server that sets no `add_header` of its own, so an answer
+    /// tells which config (TCP listeners included) nginx runs.
+    fn new(http: &str, stream: String) -> Config {
+        let marker = short_hash(&format!("{http}\0{stream}"));
+        Config {
+            http: format!("{http}\nadd_header X-Stagectl-Config \"{marker}\" always;\n"),
+            stream,
+        }
+    }
+
+    fn marker(&self) -> String {
+        self.http
+            .rsplit("X-Stagectl-Config \"")
+            .next()
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// What is in `dir` (an agent restarted keeps what nginx runs).
+    fn read(dir: &Path) -> Option<Config> {
+        Some(Config {
+            http: std::fs::read_to_string(dir.join(CONFIG_FILE)).ok()?,
+            stream: std::fs::read_to_string(dir.join(STREAM_FILE)).unwrap_or_default(),
+        })
+    }
+
+    /// The stream part first: the `http` part names both in its marker.
+    fn write(&self, dir: &Path) -> Result<()> {
+        write_atomically(&dir.join(STREAM_FILE), &self.stream)?;
+        write_atomically(&dir.join(CONFIG_FILE), &self.http)
+    }
 }
 
 /// Ask nginx at `addr` until its health location answers with `marker`:
@@ -651,6 +687,7 @@ mod tests {
                 server_name: format!("s{i}.qa.test"),
                 path: format!("/s{i}/"),
                 upstream: format!("qa__s{i}"),
+                tcp_port: None,
                 instances: vec![],
             })
             .collect()
@@ -696,14 +733,19 @@ mod tests {
     }
 
     #[test]
-    fn the_marker_names_the_config_hash_and_is_stable() {
-        let a = with_marker("server {}\n");
-        assert_eq!(a, with_marker("server {}\n"));
-        assert_ne!(a, with_marker("server { }\n"));
-        assert_eq!(marker_of(&a), short_hash("server {}\n"));
-        assert!(a.ends_with(&format!(
+    fn the_marker_names_both_parts_and_is_stable() {
+        let a = Config::new("server {}\n", String::new());
+        assert_eq!(a, Config::new("server {}\n", String::new()));
+        assert_ne!(
+            a.marker(),
+            Config::new("server { }\n", String::new()).marker()
+        );
+        let b = Config::new("server {}\n", "server { listen 6379; }".into());
+        assert_ne!(a.marker(), b.marker(), "a new TCP listener is a new config");
+        assert_eq!(a.marker(), short_hash("server {}\n\0"));
+        assert!(a.http.ends_with(&format!(
             "add_header X-Stagectl-Config \"{}\" always;\n",
-            marker_of(&a)
+            a.marker()
         )));
     }
 }

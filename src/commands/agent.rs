@@ -46,6 +46,7 @@ pub async fn run(cmd: AgentCommand) -> Result<u8> {
             advertise,
             quiet_ms,
             max_wait_ms,
+            tcp,
         } => {
             template::run(TemplateOptions {
                 env,
@@ -58,6 +59,7 @@ pub async fn run(cmd: AgentCommand) -> Result<u8> {
                 advertise,
                 quiet: Duration::from_millis(quiet_ms),
                 max_wait: Duration::from_millis(max_wait_ms.max(1)),
+                tcp: tcp.into_iter().collect(),
             })
             .await?;
         }

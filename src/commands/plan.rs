@@ -50,7 +50,13 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
         return Ok(EXIT_OK);
     }
     if !t.ports_declared {
-        println!("ports: {}", crate::plan::ports::to_label(&t.ports));
+        println!(
+            "ports: {}",
+            crate::plan::ports::to_label(
+                &t.ports,
+                &t.tcp_ports().iter().map(|(_, p)| *p).collect::<Vec<_>>()
+            )
+        );
     }
     println!(
         "{}: {} hosts, {} Consul servers (bootstrap-expect {})",

@@ -105,11 +105,11 @@ impl DockerHost {
             .await?
             .into_iter()
             .filter_map(|c| {
+                let label = c.labels.get(crate::agent::labels::PORTS)?;
                 Some(crate::plan::ports::Claim {
                     env: c.labels.get(labels::ENV)?.clone(),
-                    ports: crate::plan::ports::from_label(
-                        c.labels.get(crate::agent::labels::PORTS)?,
-                    )?,
+                    ports: crate::plan::ports::from_label(label)?,
+                    tcp: crate::plan::ports::tcp_from_label(label),
                 })
             })
             .collect();

@@ -488,7 +488,13 @@ pub async fn resolve_ports(t: &Topology, hosts: &[&DockerHost]) -> Result<Topolo
         claims.extend(found?);
     }
     let declared = t.ports_declared.then_some(t.ports);
-    let ports = crate::plan::ports::resolve(&t.name, declared, &claims).map_err(|why| {
+    let tcp = |p: &crate::topology::Ports| -> Vec<u16> {
+        crate::topology::tcp_ports_for(&t.services, p)
+            .into_iter()
+            .map(|(_, port)| port)
+            .collect()
+    };
+    let ports = crate::plan::ports::resolve(&t.name, declared, &claims, tcp).map_err(|why| {
         crate::error::input(format!(
             "{}: {why}; nothing was changed",
             t.source.display()

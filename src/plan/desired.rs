@@ -343,6 +343,14 @@ fn load_balancer(topology: &Topology, host: &Host) -> (ContainerSpec, ContainerS
         format!("--quiet-ms={}", lb.quiet_ms),
         format!("--max-wait-ms={}", lb.max_wait_ms),
     ];
+    // Trusted here, from the topology: which services get a TCP listener
+    // (a registration cannot ask for one).
+    cmd.extend(
+        topology
+            .tcp_ports()
+            .into_iter()
+            .map(|(s, port)| format!("--tcp={}={port}", s.name)),
+    );
     let mut files = vec![];
     if let Some((_, text)) = &lb.template {
         cmd.push(format!("--template={USER_TEMPLATE_PATH}"));
@@ -399,10 +407,17 @@ fn instance_env(topology: &Topology, service: &Service) -> Vec<String> {
         let port = topology.ports.lb_http;
         // SocketAddr's text brackets an IPv6 address.
         let endpoint = std::net::SocketAddr::new(lb.advertise, port);
-        for (s, [h, p, u]) in crate::topology::service_variables(&topology.services) {
-            vars.insert(u, format!("http://{endpoint}/{}/", s.name));
-            vars.insert(h, lb.advertise.to_string());
-            vars.insert(p, port.to_string());
+        let tcp = topology.tcp_ports();
+        for (s, names) in crate::topology::service_variables(&topology.services) {
+            let port = match tcp.iter().find(|(t, _)| t.name == s.name) {
+                Some((_, tcp_port)) => *tcp_port,
+                None => port,
+            };
+            if let Some(url) = names.url {
+                vars.insert(url, format!("http://{endpoint}/{}/", s.name));
+            }
+            vars.insert(names.host, lb.advertise.to_string());
+            vars.insert(names.port, port.to_string());
         }
     }
     let mut env = vars.clone();
@@ -627,6 +642,11 @@ pub fn images_of(topology: &Topology) -> Vec<String> {
     all.into_iter().collect()
 }
 
+/// The load balancer's TCP listener ports.
+fn tcp_listeners(topology: &Topology) -> Vec<u16> {
+    topology.tcp_ports().into_iter().map(|(_, p)| p).collect()
+}
+
 /// Name of an object of this environment: `<env>-<what>`.
 pub fn object_name(env: &str, what: &str) -> String {
     format!("{env}-{what}")
@@ -641,7 +661,7 @@ fn base_labels(topology: &Topology, host: &Host, component: Component) -> BTreeM
         // (and the next `up`) know which ports this one holds.
         (
             crate::agent::labels::PORTS.to_string(),
-            crate::plan::ports::to_label(&topology.ports),
+            crate::plan::ports::to_label(&topology.ports, &tcp_listeners(topology)),
         ),
     ])
 }

@@ -9,6 +9,10 @@
 //!   the first free block: block 0 is Consul's and HTTP's usual ports, block
 //!   k ≥ 1 is 21000 + 10·(k-1) onwards.
 //!
+//! The load balancer's TCP listeners (`expose: tcp`) count too: they are
+//! recorded in the same label (`tcp=<port>+<port>`) and take the block's
+//! spare ports after `lb_http` unless declared (`Topology::tcp_ports`).
+//!
 //! Pure: the claims are plain data gathered by `docker::port_claims`.
 
 use std::collections::BTreeMap;
@@ -20,6 +24,23 @@ use crate::topology::Ports;
 pub struct Claim {
     pub env: String,
     pub ports: Ports,
+    /// Its load balancer's TCP listeners.
+    pub tcp: Vec<u16>,
+}
+
+impl Claim {
+    /// Every port it holds, named for messages.
+    fn all(&self) -> Vec<(String, u16)> {
+        all_named(&self.ports, &self.tcp)
+    }
+}
+
+fn all_named(p: &Ports, tcp: &[u16]) -> Vec<(String, u16)> {
+    named(p)
+        .into_iter()
+        .map(|(n, v)| (format!("ports.{n}"), v))
+        .chain(tcp.iter().map(|v| ("a TCP listener".to_string(), *v)))
+        .collect()
 }
 
 fn named(p: &Ports) -> [(&'static str, u16); 5] {
@@ -32,12 +53,25 @@ fn named(p: &Ports) -> [(&'static str, u16); 5] {
     ]
 }
 
-pub fn to_label(p: &Ports) -> String {
-    named(p)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+/// `lb_http=80,...` and, when there are TCP listeners, `tcp=81+82` (left
+/// out otherwise, so environments without them keep the label, and the
+/// spec hashes, they had).
+pub fn to_label(p: &Ports, tcp: &[u16]) -> String {
+    let mut out: Vec<String> = named(p).iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !tcp.is_empty() {
+        let ports: Vec<String> = tcp.iter().map(u16::to_string).collect();
+        out.push(format!("tcp={}", ports.join("+")));
+    }
+    out.join(",")
+}
+
+/// The TCP listeners a label records.
+pub fn tcp_from_label(s: &str) -> Vec<u16> {
+    s.split(',')
+        .filter_map(|kv| kv.strip_prefix("tcp="))
+        .flat_map(|v| v.split('+'))
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 pub fn from_label(s: &str) -> Option<Ports> {
@@ -72,16 +106,25 @@ pub fn block(k: u16) -> Ports {
 
 /// The ports `env` uses: `declared` if the topology set them (checked),
 /// else what it recorded before, else the first block nobody else uses.
-pub fn resolve(env: &str, declared: Option<Ports>, claims: &[Claim]) -> Result<Ports, String> {
+/// `tcp(ports)` gives the TCP listeners the environment would have with
+/// those ports; they must be free too.
+pub fn resolve(
+    env: &str,
+    declared: Option<Ports>,
+    claims: &[Claim],
+    tcp: impl Fn(&Ports) -> Vec<u16>,
+) -> Result<Ports, String> {
     let others: Vec<&Claim> = claims.iter().filter(|c| c.env != env).collect();
     let clash = |p: &Ports| -> Option<String> {
-        for (name, port) in named(p) {
+        let mine = all_named(p, &tcp(p));
+        for (i, (name, port)) in mine.iter().enumerate() {
+            if let Some((other_name, _)) = mine[..i].iter().find(|(_, q)| q == port) {
+                return Some(format!("port {port} ({name}) is also {other_name}"));
+            }
             for other in &others {
-                if let Some((other_name, _)) =
-                    named(&other.ports).into_iter().find(|(_, q)| *q == port)
-                {
+                if let Some((other_name, _)) = other.all().into_iter().find(|(_, q)| q == port) {
                     return Some(format!(
-                        "port {port} (ports.{name}) is already used by environment {} on these hosts (its {other_name})",
+                        "port {port} ({name}) is already used by environment {} on these hosts (its {other_name})",
                         other.env
                     ));
                 }
@@ -105,7 +148,11 @@ pub fn resolve(env: &str, declared: Option<Ports>, claims: &[Claim]) -> Result<P
     (0..1000)
         .map(block)
         .find(|p| clash(p).is_none())
-        .ok_or_else(|| "no free port block on these hosts".to_string())
+        // None free: a declared lb_port taken is the usual reason.
+        .ok_or_else(|| match clash(&block(1)) {
+            Some(why) => format!("{why}, and no port block avoids it"),
+            None => "no free port block on these hosts".to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -116,13 +163,45 @@ mod tests {
         Claim {
             env: env.into(),
             ports: p,
+            tcp: vec![],
         }
+    }
+
+    fn resolve(env: &str, declared: Option<Ports>, claims: &[Claim]) -> Result<Ports, String> {
+        super::resolve(env, declared, claims, |_| vec![])
+    }
+
+    #[test]
+    fn tcp_listeners_are_recorded_and_must_be_free() {
+        let label = to_label(&block(1), &[21005, 6379]);
+        assert_eq!(from_label(&label), Some(block(1)));
+        assert_eq!(tcp_from_label(&label), [21005, 6379]);
+        assert_eq!(to_label(&block(1), &[]), "lb_http=21004,consul_http=21003,consul_serf_lan=21001,consul_serf_wan=21002,consul_server=21000");
+        // Another environment holds 6379: a block whose listeners would
+        // take it is refused, whichever block.
+        let claims = vec![Claim {
+            env: "a".into(),
+            ports: Ports::default(),
+            tcp: vec![6379],
+        }];
+        let err = super::resolve("b", None, &claims, |_| vec![6379]).unwrap_err();
+        assert!(err.contains("already used by environment a"), "{err}");
+        assert!(err.contains("a TCP listener"), "{err}");
+        // Listeners after lb_http: block 0's 81 is free, so b gets block 1.
+        let p = super::resolve("b", None, &claims, |p| vec![p.lb_http + 1]).unwrap();
+        assert_eq!(p, block(1));
+        // A listener on one of its own ports.
+        let err = super::resolve("c", Some(Ports::default()), &[], |_| vec![8500]).unwrap_err();
+        assert!(
+            err.contains("port 8500 (a TCP listener) is also ports.consul_http"),
+            "{err}"
+        );
     }
 
     #[test]
     fn labels_round_trip() {
         let p = block(3);
-        assert_eq!(from_label(&to_label(&p)), Some(p));
+        assert_eq!(from_label(&to_label(&p, &[])), Some(p));
         assert_eq!(from_label("lb_http=80"), None);
     }
 

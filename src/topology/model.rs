@@ -53,7 +53,35 @@ impl Topology {
     pub fn lb_hosts(&self) -> impl Iterator<Item = &Host> {
         self.hosts.iter().filter(|h| h.has_role(Role::Lb))
     }
+
+    /// The load balancer's TCP listeners: each `expose: tcp` service with
+    /// its port, the declared `lb_port` or else the next of the ports right
+    /// after `ports.lb_http` (its block's spare ones: see `plan::ports`), in
+    /// service name order.
+    pub fn tcp_ports(&self) -> Vec<(&Service, u16)> {
+        tcp_ports_for(&self.services, &self.ports)
+    }
 }
+
+/// [`Topology::tcp_ports`] for the ports `ports` (a candidate block).
+pub fn tcp_ports_for<'a>(services: &'a [Service], ports: &Ports) -> Vec<(&'a Service, u16)> {
+    let mut next = ports.lb_http;
+    services
+        .iter()
+        .filter(|s| s.expose == Expose::Tcp)
+        .map(|s| {
+            let port = s.lb_port.unwrap_or_else(|| {
+                next = next.saturating_add(1);
+                next
+            });
+            (s, port)
+        })
+        .collect()
+}
+
+/// How many `expose: tcp` services may leave `lb_port` out: the spare
+/// ports of a port block.
+pub const MAX_DEFAULT_TCP_PORTS: usize = 5;
 
 /// How the load balancer routes and reloads.
 #[derive(Debug, Clone, Serialize)]
@@ -100,7 +128,16 @@ pub struct Service {
     /// volume per name (see `desired::service_volume`).
     pub volumes: std::collections::BTreeMap<String, String>,
     pub expose: Expose,
+    /// For `expose: tcp`: the load balancer's port for it, when declared
+    /// (else one of the environment's block: see [`Topology::tcp_ports`]).
+    pub lb_port: Option<u16>,
     pub secrets: Vec<Secret>,
+    /// Services with a passing instance before this one's instances start.
+    pub depends_on: Vec<String>,
+    /// Run once, in a one-off container of the new spec, before any
+    /// instance is created or replaced (a migration); a failure stops the
+    /// rollout with the old instances serving.
+    pub before_rollout: Option<Vec<String>>,
 }
 
 /// A secret a service's instances get as the file `/run/secrets/<name>`
@@ -122,6 +159,12 @@ pub enum SecretSource {
 }
 
 impl Service {
+    /// Whether `up` brings its instances up in a stage of their own (see
+    /// `plan::Stage`), after its dependencies and its `before_rollout`.
+    pub fn is_staged(&self) -> bool {
+        !self.depends_on.is_empty() || self.before_rollout.is_some()
+    }
+
     /// The prefix of the variables that give its address to the others:
     /// `payments-api` → `PAYMENTS_API` (`PAYMENTS_API_SERVICE_HOST`, ...).
     pub fn env_prefix(&self) -> String {
@@ -129,27 +172,41 @@ impl Service {
     }
 }
 
-/// The variables every instance gets for every routed service `s`:
-/// `<S>_SERVICE_HOST`, `<S>_SERVICE_PORT` (the load balancer's address and
-/// port) and `<S>_SERVICE_URL` (`http://host:port/<s>/`, no Host header
-/// needed), with the values `values(service)` gives.
-pub fn service_variables<'a>(
-    services: &'a [Service],
-) -> impl Iterator<Item = (&'a Service, [String; 3])> + 'a {
+/// The variables every instance gets for every service `s` the load
+/// balancer serves: `<S>_SERVICE_HOST` and `<S>_SERVICE_PORT` (the load
+/// balancer's address, and its HTTP port or the service's TCP port), and
+/// for HTTP services `<S>_SERVICE_URL` (`http://host:port/<s>/`, no Host
+/// header needed).
+pub fn service_variables(
+    services: &[Service],
+) -> impl Iterator<Item = (&Service, ServiceVariables)> {
     services
         .iter()
-        .filter(|s| s.expose == Expose::Http)
+        .filter(|s| s.expose != Expose::None)
         .map(|s| {
             let p = s.env_prefix();
             (
                 s,
-                [
-                    format!("{p}_SERVICE_HOST"),
-                    format!("{p}_SERVICE_PORT"),
-                    format!("{p}_SERVICE_URL"),
-                ],
+                ServiceVariables {
+                    host: format!("{p}_SERVICE_HOST"),
+                    port: format!("{p}_SERVICE_PORT"),
+                    url: (s.expose == Expose::Http).then(|| format!("{p}_SERVICE_URL")),
+                },
             )
         })
+}
+
+/// The names of one service's variables (see [`service_variables`]).
+pub struct ServiceVariables {
+    pub host: String,
+    pub port: String,
+    pub url: Option<String>,
+}
+
+impl ServiceVariables {
+    pub fn names(self) -> impl Iterator<Item = String> {
+        [self.host, self.port].into_iter().chain(self.url)
+    }
 }
 
 /// `value` with every `${NAME}` replaced by `vars[NAME]` (`$${` is a
@@ -194,14 +251,20 @@ pub enum Expose {
     /// `/<service>/`.
     #[default]
     Http,
+    /// A TCP listener on the load balancer (nginx `stream`), for a
+    /// database or any other protocol.
+    Tcp,
     /// Registered in Consul (found, health-checked), not routed: a worker.
     None,
 }
 
 impl Expose {
     /// The values `expose` accepts, as written in YAML.
-    pub const CHOICES: &'static [(&'static str, Expose)] =
-        &[("http", Expose::Http), ("none", Expose::None)];
+    pub const CHOICES: &'static [(&'static str, Expose)] = &[
+        ("http", Expose::Http),
+        ("tcp", Expose::Tcp),
+        ("none", Expose::None),
+    ];
 }
 
 /// `registration:` in the topology.

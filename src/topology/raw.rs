@@ -122,10 +122,23 @@ pub struct RawService {
     /// replacements and `up`, removed by `down` unless `--keep-data`.
     #[serde(default)]
     pub volumes: Option<BTreeMap<String, Spanned<String>>>,
-    /// `http` (default): routed by the load balancer; `none`: registered
-    /// in Consul, not routed (a worker).
+    /// `http` (default): routed by the load balancer; `tcp`: a TCP port on
+    /// the load balancer; `none`: registered in Consul, not routed (a
+    /// worker).
     #[serde(default)]
     pub expose: Option<Spanned<String>>,
+    /// For `expose: tcp`: the load balancer's port (default: one of the
+    /// environment's port block).
+    #[serde(default)]
+    pub lb_port: Option<Spanned<i64>>,
+    /// Services that must have a passing instance before this one's
+    /// instances start.
+    #[serde(default)]
+    pub depends_on: Option<Spanned<Vec<Spanned<String>>>>,
+    /// A command run once with the new spec before the instances are
+    /// created or replaced (a migration); if it fails, nothing is replaced.
+    #[serde(default)]
+    pub before_rollout: Option<Spanned<Vec<Spanned<String>>>>,
     /// Secrets, name → where `up` reads the value (never the topology).
     #[serde(default)]
     pub secrets: Option<BTreeMap<String, Spanned<RawSecret>>>,

@@ -9,6 +9,7 @@ use super::names::is_short_name;
 use super::Validator;
 use crate::topology::model::{
     interpolate, service_variables, Expose, Host, Role, Secret, SecretSource, Service,
+    MAX_DEFAULT_TCP_PORTS,
 };
 use crate::topology::raw::{RawSecret, RawService};
 
@@ -27,23 +28,112 @@ impl Validator {
         raw: BTreeMap<String, Spanned<RawService>>,
         hosts: &[Host],
     ) -> Vec<Service> {
+        let mut dependencies = Vec::new();
         let located: Vec<(Service, Location)> = raw
             .into_iter()
-            .map(|(name, svc)| {
+            .map(|(name, mut svc)| {
                 let loc = svc.referenced;
+                if let Some(d) = svc.value.depends_on.take() {
+                    dependencies.push((name.clone(), d));
+                }
                 (self.service(name, svc, hosts), loc)
             })
             .collect();
-        let services: Vec<Service> = located.iter().map(|(s, _)| s.clone()).collect();
+        let mut services: Vec<Service> = located.iter().map(|(s, _)| s.clone()).collect();
         self.env_references(&located, &services);
+        self.tcp_listeners(&located);
+        self.dependencies(&mut services, dependencies);
         services
+    }
+
+    /// `depends_on`: services of this topology, not itself, no cycle.
+    fn dependencies(
+        &mut self,
+        services: &mut [Service],
+        raw: Vec<(String, Spanned<Vec<Spanned<String>>>)>,
+    ) {
+        let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+        let mut graph: BTreeMap<String, (Vec<String>, Location)> = BTreeMap::new();
+        for (name, deps) in raw {
+            let mut valid = Vec::new();
+            for d in deps.value {
+                if d.value == name {
+                    self.error(&d.referenced, format!("service {name} depends on itself"));
+                } else if !names.contains(&d.value) {
+                    self.error_hint(
+                        &d.referenced,
+                        format!(
+                            "service {name} depends on `{}`, which is not a service here",
+                            d.value
+                        ),
+                        format!("the services are {}", names.join(", ")),
+                    );
+                } else if !valid.contains(&d.value) {
+                    valid.push(d.value);
+                }
+            }
+            graph.insert(name, (valid, deps.referenced));
+        }
+        if let Some(cycle) = find_cycle(&graph) {
+            let loc = graph[&cycle[0]].1;
+            self.error(
+                &loc,
+                format!(
+                    "services depend on each other in a cycle: {}",
+                    cycle.join(" → ")
+                ),
+            );
+            return;
+        }
+        for s in services.iter_mut() {
+            if let Some((deps, _)) = graph.remove(&s.name) {
+                s.depends_on = deps;
+            }
+        }
+    }
+
+    /// `expose: tcp` services: at most [`MAX_DEFAULT_TCP_PORTS`] without a
+    /// declared `lb_port`, no two declaring the same one. (Clashes with the
+    /// environment's other ports are found once the ports are resolved.)
+    fn tcp_listeners(&mut self, located: &[(Service, Location)]) {
+        let tcp: Vec<&(Service, Location)> = located
+            .iter()
+            .filter(|(s, _)| s.expose == Expose::Tcp)
+            .collect();
+        if let Some((s, loc)) = tcp
+            .iter()
+            .filter(|(s, _)| s.lb_port.is_none())
+            .nth(MAX_DEFAULT_TCP_PORTS)
+        {
+            self.error_hint(
+                loc,
+                format!(
+                    "service {}: more than {MAX_DEFAULT_TCP_PORTS} `expose: tcp` services without an lb_port",
+                    s.name
+                ),
+                "give this one an lb_port".to_string(),
+            );
+        }
+        let mut seen: BTreeMap<u16, &str> = BTreeMap::new();
+        for (s, loc) in &tcp {
+            let Some(port) = s.lb_port else { continue };
+            if let Some(other) = seen.insert(port, &s.name) {
+                self.error(
+                    loc,
+                    format!(
+                        "service {}: lb_port {port} is also service {other}'s",
+                        s.name
+                    ),
+                );
+            }
+        }
     }
 
     /// `${NAME}` in env values may only name the variables every instance
     /// gets (`<S>_SERVICE_HOST`, ...): their values are known at `up`.
     fn env_references(&mut self, located: &[(Service, Location)], services: &[Service]) {
         let known: BTreeMap<String, String> = service_variables(services)
-            .flat_map(|(_, names)| names)
+            .flat_map(|(_, names)| names.names())
             .map(|n| (n, String::new()))
             .collect();
         for (s, loc) in located {
@@ -154,7 +244,7 @@ impl Validator {
                     self.error(
                         &e.referenced,
                         format!(
-                            "service {name}: expose `{}` is not one of http, none",
+                            "service {name}: expose `{}` is not one of http, tcp, none",
                             e.value
                         ),
                     );
@@ -162,7 +252,19 @@ impl Validator {
                 }
             },
         };
+        let lb_port = s.lb_port.map(|p| {
+            if expose != Expose::Tcp {
+                self.error(
+                    &p.referenced,
+                    format!("service {name}: lb_port is only for `expose: tcp`"),
+                );
+            }
+            self.port_value(&p, &format!("service {name}: lb_port"))
+        });
         let secrets = self.service_secrets(&name, s.secrets.unwrap_or_default());
+        let before_rollout = s
+            .before_rollout
+            .map(|c| self.argv(&name, "before_rollout", c));
         Service {
             name,
             image: s.image.value,
@@ -179,7 +281,10 @@ impl Validator {
             user,
             volumes,
             expose,
+            lb_port,
             secrets,
+            depends_on: vec![],
+            before_rollout,
         }
     }
 
@@ -377,4 +482,41 @@ impl Validator {
         }
         on
     }
+}
+
+/// A cycle in `service → its dependencies`, as the path around it
+/// (`web → api → web`); the first found in name order.
+fn find_cycle(graph: &BTreeMap<String, (Vec<String>, Location)>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, (Vec<String>, Location)>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(node.to_string());
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_string());
+        for next in graph
+            .get(node)
+            .map(|(d, _)| d.as_slice())
+            .unwrap_or_default()
+        {
+            if let Some(c) = visit(next, graph, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(node.to_string());
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|n| visit(n, graph, &mut Vec::new(), &mut done))
 }

@@ -58,6 +58,45 @@ pub fn expected_instances(t: &Topology) -> BTreeMap<String, usize> {
         .collect()
 }
 
+/// Wait until each of `services` has at least one passing instance.
+pub async fn wait_for_passing(
+    lb: &DockerHost,
+    t: &Topology,
+    services: &[String],
+    timeout: Duration,
+) -> Result<()> {
+    let check = || async {
+        let problem = match service_report(lb, t).await {
+            Ok(report) => {
+                let missing: Vec<&str> = services
+                    .iter()
+                    .filter(|name| {
+                        !report
+                            .get(name.as_str())
+                            .is_some_and(|l| l.iter().any(|i| i.status == "passing"))
+                    })
+                    .map(String::as_str)
+                    .collect();
+                if missing.is_empty() {
+                    return Ok(Check::Ready(()));
+                }
+                format!("no passing instance of {}", missing.join(", "))
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        Ok(Check::Waiting(problem))
+    };
+    crate::poll::until(timeout, Duration::from_millis(200), check)
+        .await
+        .map_err(|e| {
+            e.context(format!(
+                "dependencies not passing within {} s (asked {})",
+                timeout.as_secs(),
+                lb.name
+            ))
+        })
+}
+
 /// Wait until every topology service has its instances passing in Consul
 /// and routed by nginx.
 pub async fn wait_for_routes(lb: &DockerHost, t: &Topology, timeout: Duration) -> Result<LbStatus> {

@@ -87,6 +87,31 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
             println!("  then wait until {} (asked {})", wait.subject, wait.host);
         }
     }
+    for stage in &plan.stages {
+        println!("service {}, in order:", stage.service);
+        if let Some(crate::plan::Wait::Passing { services, host }) = &stage.after {
+            println!(
+                "  first wait until {} each have a passing instance (asked {host})",
+                services.join(", ")
+            );
+        }
+        if let Some((host, step)) = &stage.before_rollout {
+            println!("  then run once on {host}: {}", step.describe());
+        }
+        let mut steps = stage.hosts.clone();
+        for (host, step) in &stage.rolling {
+            if let Some(p) = steps.iter_mut().find(|p| p.host == *host) {
+                p.steps.push(step.clone());
+            }
+        }
+        totals.add(
+            &steps
+                .iter()
+                .flat_map(|p| p.steps.clone())
+                .collect::<Vec<_>>(),
+        );
+        print!("{}", render(&steps));
+    }
     for gone in snapshot.departed.iter().filter(|d| d.unreachable) {
         println!(
             "{}: out of the topology and not reached; what runs there stays until `stagectl down --host {}` clears it",

@@ -67,7 +67,7 @@ pub async fn run(
     let spec = one_off(&t, h, s, &secrets, cmd, volumes, &name);
     let code = conn
         .host
-        .run_once(&spec, |is_stderr, bytes| {
+        .run_once_streaming(&spec, |is_stderr, bytes| {
             // Written as it comes; a closed pipe (`| head`) is not an error.
             let _ = if is_stderr {
                 std::io::stderr().write_all(bytes)

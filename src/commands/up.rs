@@ -90,6 +90,9 @@ async fn converge<'a>(
         };
         execute::rolling_replace(engine, lb_engine, t, step, line).await?;
     }
+    for stage in &plan.stages {
+        execute::stage(hosts, t, stage, lb_engine, reporter, ctx.parallel).await?;
+    }
     hosts.finish();
     // Services are registered by the agents, not by `up`: wait until the
     // load balancer routes every instance, so "up" means "answering".
@@ -104,6 +107,16 @@ async fn converge<'a>(
     totals.replace += plan.rolling.len();
     for change in &plan.members {
         totals.add(&change.steps);
+    }
+    for stage in &plan.stages {
+        totals.add(
+            &stage
+                .hosts
+                .iter()
+                .flat_map(|h| h.steps.clone())
+                .collect::<Vec<_>>(),
+        );
+        totals.replace += stage.rolling.len();
     }
     let lb_address = t
         .host(lb)

@@ -247,7 +247,7 @@ impl DockerHost {
     /// for stderr), and remove it when it ends; its exit code. Dropped
     /// midway (Ctrl-C), the container is left: labelled a one-off, the next
     /// `up` or `down` removes it.
-    pub async fn run_once(
+    pub async fn run_once_streaming(
         &self,
         spec: &ContainerSpec,
         mut sink: impl FnMut(bool, &[u8]),
@@ -584,6 +584,22 @@ impl Engine for DockerHost {
         progress: impl Fn(u64, u64) + Send + Sync + Clone + 'static,
     ) -> Result<Delivered> {
         transfer_images(source, self, references, progress).await
+    }
+
+    async fn run_once(&self, spec: &ContainerSpec) -> Result<(i64, String)> {
+        // The end of the output is what explains a failure.
+        const KEEP: usize = 4096;
+        let mut tail: Vec<u8> = Vec::new();
+        let code = self
+            .run_once_streaming(spec, |_, bytes| {
+                tail.extend_from_slice(bytes);
+                if tail.len() > 2 * KEEP {
+                    tail.drain(..tail.len() - KEEP);
+                }
+            })
+            .await?;
+        let start = tail.len().saturating_sub(KEEP);
+        Ok((code, String::from_utf8_lossy(&tail[start..]).into_owned()))
     }
 
     async fn pull(&self, reference: &str) -> Result<()> {

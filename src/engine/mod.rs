@@ -70,6 +70,10 @@ pub trait Engine {
 
     /// Pull an image from its registry.
     async fn pull(&self, reference: &str) -> Result<()>;
+
+    /// Run a one-off container to its end and remove it: its exit code
+    /// and the end of its output (stdout and stderr as they came).
+    async fn run_once(&self, spec: &ContainerSpec) -> Result<(i64, String)>;
 }
 
 /// What an image delivery sent.

@@ -66,6 +66,7 @@ pub async fn host_steps<E: Engine>(
             } => consul::force_leave(host, container, *consul_http, node)
                 .await
                 .map(|()| None),
+            Step::RunOnce { spec, cause } => run_once(host, spec, cause).await,
         };
         match result {
             Ok(note) => line.finished(&reference, &label, started, note.as_deref()),
@@ -115,7 +116,31 @@ fn step_label(step: &Step) -> String {
         Step::RemoveVolume { name } => format!("volume {name} (removed)"),
         Step::Leave { .. } => "consul (leaving the cluster)".into(),
         Step::ForceLeave { node, .. } => format!("{node} (marked as left)"),
+        Step::RunOnce { spec, .. } => format!("{} (run once)", spec.cmd.join(" ")),
     }
+}
+
+/// A one-off to its end: its last line of output as the step's note; a
+/// non-zero exit is an error carrying the end of its output.
+async fn run_once<E: Engine>(
+    host: &E,
+    spec: &ContainerSpec,
+    cause: &str,
+) -> Result<Option<String>> {
+    let (code, output) = host.run_once(spec).await?;
+    let output = output.trim_end();
+    if code != 0 {
+        anyhow::bail!(
+            "{cause} exited with {code}; nothing of the service was created or replaced, \
+             its instances keep running as they were{}",
+            if output.is_empty() {
+                String::new()
+            } else {
+                format!(". Its output ended with:\n{output}")
+            }
+        );
+    }
+    Ok(output.lines().last().map(str::to_string))
 }
 
 /// Make `images` present on `host` outside a plan's host phase (the lock's
@@ -344,6 +369,44 @@ pub async fn lab_steps(
                 return Err(e);
             }
         }
+    }
+    Ok(())
+}
+
+/// One service's stage (see `plan::stages`): its dependencies passing,
+/// its `before_rollout`, its instances' creations (hosts in parallel),
+/// then its drained replacements one at a time.
+pub async fn stage(
+    hosts: &crate::pipeline::Hosts<'_>,
+    t: &Topology,
+    stage: &crate::plan::Stage,
+    lb: &DockerHost,
+    reporter: &crate::pipeline::events::Reporter,
+    parallel: usize,
+) -> Result<()> {
+    if let Some(wait) = &stage.after {
+        crate::pipeline::waits::passing(lb, t, wait, reporter).await?;
+    }
+    if let Some((host, step)) = &stage.before_rollout {
+        let (Some(engine), Some(line)) = (hosts.engine(host), hosts.line(host)) else {
+            anyhow::bail!("{host} is not connected");
+        };
+        host_steps(
+            engine,
+            None,
+            std::slice::from_ref(step),
+            &t.name,
+            line,
+            "stage",
+        )
+        .await?;
+    }
+    hosts_in_parallel(hosts, &stage.hosts, &t.name, parallel).await?;
+    for (host, step) in &stage.rolling {
+        let (Some(engine), Some(line)) = (hosts.engine(host), hosts.line(host)) else {
+            continue;
+        };
+        rolling_replace(engine, lb, t, step, line).await?;
     }
     Ok(())
 }

@@ -103,6 +103,49 @@ impl World {
         }
     }
 
+    /// The stages too, as `up` does them (the waits aside): the one-off,
+    /// the creations, the replacements; stops at the first failure.
+    async fn execute_stages(&self, plan: &Plan) -> anyhow::Result<()> {
+        let line = Reporter::quiet().host("test");
+        let engine = |host: &str| self.hosts.iter().find(|e| e.name() == host).unwrap();
+        for stage in &plan.stages {
+            if let Some((host, step)) = &stage.before_rollout {
+                host_steps(
+                    engine(host),
+                    None,
+                    std::slice::from_ref(step),
+                    "qa",
+                    &line,
+                    "stage",
+                )
+                .await?;
+            }
+            for p in &stage.hosts {
+                host_steps(
+                    engine(&p.host),
+                    Some(&self.local),
+                    &p.steps,
+                    "qa",
+                    &line,
+                    "stage",
+                )
+                .await?;
+            }
+            for (host, step) in &stage.rolling {
+                host_steps(
+                    engine(host),
+                    None,
+                    std::slice::from_ref(step),
+                    "qa",
+                    &line,
+                    "stage",
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The membership changes' steps too, in order.
     async fn execute_members(&self, plan: &Plan) {
         let line = Reporter::quiet().host("test");
@@ -457,4 +500,87 @@ async fn a_host_out_of_the_topology_leaves_and_is_cleared_or_marked_left_when_un
             "wait host-3 not a failed member (asked host-2)"
         ]
     );
+}
+
+const STACK: &str = "services:\n  db: { image: db:1, port: 6379, hosts: [host-1], expose: tcp }\n  web: { image: WEB, port: 80, depends_on: [db], before_rollout: [MIGRATE] }\n  worker: { image: web:1, port: 80, expose: none, depends_on: [db] }\n";
+
+fn stack(web: &str, migrate: &str) -> Topology {
+    topology(&STACK.replace("WEB", web).replace("MIGRATE", migrate))
+}
+
+#[tokio::test]
+async fn dependents_start_after_their_dependencies_and_a_migration() {
+    let t = stack("web:1", "migrate");
+    let world = World::new(&t);
+    let plan = world.plan(&t).await;
+    let steps = actions(&plan);
+    let at = |s: &str| {
+        steps
+            .iter()
+            .position(|x| x == s)
+            .unwrap_or_else(|| panic!("no {s} in {steps:#?}"))
+    };
+    // db with everything else; web and worker in stages, by name, each
+    // after db passes; web's migration before its instances.
+    assert!(at("host-1 create qa-db-1") < at("host-2 wait_cluster 2 members"));
+    assert!(at("host-2 wait_cluster 2 members") < at("host-2 wait_passing db passing"));
+    assert!(at("host-2 wait_passing db passing") < at("host-1 run_once qa-web-before-rollout"));
+    assert!(at("host-1 run_once qa-web-before-rollout") < at("host-1 create qa-web-1"));
+    assert!(at("host-2 create qa-web-1") < at("host-1 create qa-worker-1"));
+    let names: Vec<&str> = plan.stages.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(names, ["web", "worker"]);
+    assert!(plan.stages[1].before_rollout.is_none());
+    world.execute(&plan).await;
+    world.execute_stages(&plan).await.unwrap();
+    // Converged: no stage, no wait, nothing to run.
+    let again = world.plan(&t).await;
+    assert!(again.is_noop(), "{:#?}", actions(&again));
+}
+
+#[tokio::test]
+async fn a_failed_migration_leaves_the_old_instances_in_place() {
+    let t = stack("web:1", "migrate");
+    let world = World::new(&t);
+    let plan = world.converge(&t).await;
+    world.execute_stages(&plan).await.unwrap();
+    let before = container_ids(&world, "qa-web-1").await;
+    assert_eq!(before.len(), 2);
+
+    // A new image whose migration fails: nothing of web is replaced.
+    let failing = stack("web:2", "false");
+    world.local.add_image("web:2", "sha256:web:2");
+    let plan = world.plan(&failing).await;
+    assert_eq!(plan.stages[0].service, "web");
+    assert_eq!(plan.stages[0].rolling.len(), 2, "{:#?}", actions(&plan));
+    world.execute(&plan).await;
+    let err = world.execute_stages(&plan).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("before_rollout of web exited with 1"),
+        "{err:#}"
+    );
+    assert_eq!(container_ids(&world, "qa-web-1").await, before);
+
+    // Fixed: migrated, then replaced.
+    let fixed = stack("web:2", "migrate");
+    let plan = world.plan(&fixed).await;
+    world.execute(&plan).await;
+    world.execute_stages(&plan).await.unwrap();
+    let after = container_ids(&world, "qa-web-1").await;
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|id| !before.contains(id)));
+}
+
+/// The IDs of the containers named `name` on every host.
+async fn container_ids(w: &World, name: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for h in &w.hosts {
+        let o = h.observe("qa", &[]).await.unwrap();
+        ids.extend(
+            o.containers
+                .into_iter()
+                .filter(|c| c.name == name)
+                .map(|c| c.id),
+        );
+    }
+    ids
 }

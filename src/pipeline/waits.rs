@@ -123,6 +123,38 @@ pub async fn membership(
     Ok(())
 }
 
+/// A stage's dependencies: each of the services has a passing instance.
+pub async fn passing(
+    lb: &DockerHost,
+    t: &Topology,
+    wait: &Wait,
+    reporter: &Reporter,
+) -> Result<()> {
+    let Wait::Passing { services, .. } = wait else {
+        anyhow::bail!("not a wait for passing services");
+    };
+    let started = Instant::now();
+    discovery::wait_for_passing(
+        lb,
+        t,
+        services,
+        Duration::from_secs(t.consul.join_timeout_secs),
+    )
+    .await?;
+    reporter.done(
+        &wait.reference("stage"),
+        started,
+        &format!(
+            "{:<w$}  {} {} passing",
+            "depends",
+            Stream::Stderr.good("✔"),
+            services.join(", "),
+            w = reporter.width(),
+        ),
+    );
+    Ok(())
+}
+
 /// Phase `routes`: every service's instances passing and routed.
 pub async fn routes(lb: &DockerHost, t: &Topology, wait: &Wait, reporter: &Reporter) -> Result<()> {
     let started = Instant::now();
@@ -135,8 +167,16 @@ pub async fn routes(lb: &DockerHost, t: &Topology, wait: &Wait, reporter: &Repor
     let lines: Vec<String> = routed
         .routes
         .iter()
-        .map(|r| {
-            format!(
+        .map(|r| match r.tcp_port {
+            Some(port) => format!(
+                "{:<w$}  {} {} → {} instance(s): tcp {lb_address}:{port}",
+                "route",
+                Stream::Stderr.good("✔"),
+                r.service,
+                r.upstreams.len(),
+                w = reporter.width(),
+            ),
+            None => format!(
                 "{:<w$}  {} {} → {} instance(s): http://{lb_address}:{}{}  or  Host: {}",
                 "route",
                 Stream::Stderr.good("✔"),
@@ -146,7 +186,7 @@ pub async fn routes(lb: &DockerHost, t: &Topology, wait: &Wait, reporter: &Repor
                 r.path,
                 r.server_name,
                 w = reporter.width(),
-            )
+            ),
         })
         .collect();
     reporter.done(&wait.reference("routes"), started, &lines.join("\n"));

@@ -49,6 +49,10 @@ pub struct HostState {
     pub host: String,
     pub containers: Vec<ContainerSpec>,
     pub volumes: Vec<VolumeSpec>,
+    /// The `before_rollout` one-offs of the services whose first host this
+    /// is, by service name: run there when the service's instances change.
+    #[serde(skip)]
+    pub before_rollout: BTreeMap<String, ContainerSpec>,
 }
 
 impl HostState {
@@ -201,6 +205,7 @@ pub fn desired_state(topology: &Topology, secrets: &Secrets) -> Vec<HostState> {
                 host: host.name.clone(),
                 containers: vec![consul],
                 volumes: vec![consul_volume],
+                before_rollout: BTreeMap::new(),
             };
             if host.has_role(Role::App) {
                 state.containers.push(register_agent(topology, host));
@@ -217,6 +222,20 @@ pub fn desired_state(topology: &Topology, secrets: &Secrets) -> Vec<HostState> {
                         .containers
                         .extend(service_instances(topology, host, service, secrets));
                     state.volumes.extend(service_volumes(topology, service));
+                }
+                if let (Some(cmd), Some(first)) = (&service.before_rollout, service.hosts.first()) {
+                    if *first == host.name {
+                        let spec = one_off(
+                            topology,
+                            host,
+                            service,
+                            secrets,
+                            Some(cmd),
+                            false,
+                            "before-rollout",
+                        );
+                        state.before_rollout.insert(service.name.clone(), spec);
+                    }
                 }
             }
             state

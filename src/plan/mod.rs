@@ -11,7 +11,8 @@
 //! [`Plan`] puts them together in the order `up` carries them out: the local
 //! lab, then every host in parallel (images, then containers), then a wait
 //! for the Consul cluster, then its membership changes one at a time, then
-//! the drained replacements of app instances one host at a time, then a
+//! the drained replacements of app instances one host at a time, then the
+//! [`stages`] of services that wait for others or migrate first, then a
 //! wait until the load balancer routes every instance.
 
 pub mod desired;
@@ -20,10 +21,12 @@ pub mod lab;
 pub mod members;
 pub mod ports;
 pub mod reconcile;
+pub mod stages;
 
 pub use lab::{lab_steps, LabObserved, LabStep};
 pub use members::{Expect, MemberChange};
 pub use reconcile::StepRef;
+pub use stages::Stage;
 
 use std::collections::BTreeMap;
 
@@ -70,6 +73,9 @@ pub enum Wait {
     Cluster { host: String, members: usize },
     /// Every service's instances passing and routed by the LB on `host`.
     Routes { host: String, instances: usize },
+    /// At least one passing instance of each of `services`, asked on `host`
+    /// (a stage's dependencies).
+    Passing { host: String, services: Vec<String> },
 }
 
 impl Wait {
@@ -77,12 +83,15 @@ impl Wait {
         match self {
             Wait::Cluster { .. } => "wait_cluster",
             Wait::Routes { .. } => "wait_routes",
+            Wait::Passing { .. } => "wait_passing",
         }
     }
 
     pub fn host(&self) -> &str {
         match self {
-            Wait::Cluster { host, .. } | Wait::Routes { host, .. } => host,
+            Wait::Cluster { host, .. } | Wait::Routes { host, .. } | Wait::Passing { host, .. } => {
+                host
+            }
         }
     }
 }
@@ -100,6 +109,8 @@ pub struct Plan {
     /// Drained replacements of app instances, one at a time, in order:
     /// (host, step).
     pub rolling: Vec<(String, Step)>,
+    /// Then the services that wait for others or migrate first, in order.
+    pub stages: Vec<Stage>,
     /// Waited for last.
     pub routes: Option<Wait>,
 }
@@ -137,6 +148,7 @@ impl Plan {
             plan.hosts.push(host_plan);
         }
         plan.members = members::plan(t, snapshot, &mut plan.hosts)?;
+        plan.stages = stages::plan(t, desired, &mut plan.hosts, &mut plan.rolling);
         if let Some(server) = t.hosts.iter().find(|h| h.consul_server) {
             plan.cluster = Some(Wait::Cluster {
                 host: server.name.clone(),
@@ -220,6 +232,24 @@ impl Plan {
                 .iter()
                 .map(|(host, s)| s.reference("rolling", host)),
         );
+        for stage in &self.stages {
+            out.extend(stage.after.iter().map(|w| w.reference("stage")));
+            out.extend(
+                stage
+                    .before_rollout
+                    .iter()
+                    .map(|(host, s)| s.reference("stage", host)),
+            );
+            for h in &stage.hosts {
+                out.extend(h.steps.iter().map(|s| s.reference("stage", &h.host)));
+            }
+            out.extend(
+                stage
+                    .rolling
+                    .iter()
+                    .map(|(host, s)| s.reference("stage", host)),
+            );
+        }
         out.extend(self.routes.iter().map(|w| w.reference("routes")));
         out
     }
@@ -228,6 +258,7 @@ impl Plan {
         self.lab.is_empty()
             && self.members.is_empty()
             && self.rolling.is_empty()
+            && self.stages.is_empty()
             && self.hosts.iter().all(HostPlan::is_noop)
     }
 }
@@ -241,6 +272,7 @@ impl Wait {
             subject: match self {
                 Wait::Cluster { members, .. } => format!("{members} members"),
                 Wait::Routes { instances, .. } => format!("{instances} instances"),
+                Wait::Passing { services, .. } => format!("{} passing", services.join(", ")),
             },
         }
     }

@@ -107,6 +107,12 @@ pub enum Step {
         consul_http: u16,
         cause: String,
     },
+    /// Run a one-off container to its end (a service's `before_rollout`);
+    /// a non-zero exit fails the step, and `up` stops.
+    RunOnce {
+        spec: ContainerSpec,
+        cause: String,
+    },
 }
 
 impl Step {
@@ -123,6 +129,7 @@ impl Step {
             Step::RemoveVolume { .. } => "remove_volume",
             Step::Leave { .. } => "leave",
             Step::ForceLeave { .. } => "force_leave",
+            Step::RunOnce { .. } => "run_once",
         }
     }
 
@@ -145,6 +152,7 @@ impl Step {
             Step::Start { .. } => '>',
             Step::Remove { .. } | Step::RemoveVolume { .. } => '-',
             Step::Leave { .. } | Step::ForceLeave { .. } => '<',
+            Step::RunOnce { .. } => '!',
         }
     }
 
@@ -154,7 +162,9 @@ impl Step {
             Step::DeliverImages { .. } => "images",
             Step::PullImage { image } => image,
             Step::CreateVolume { volume } => &volume.name,
-            Step::Create { spec, .. } | Step::Replace { spec, .. } => &spec.name,
+            Step::Create { spec, .. } | Step::Replace { spec, .. } | Step::RunOnce { spec, .. } => {
+                &spec.name
+            }
             Step::Start { name, .. } | Step::Remove { name, .. } => name,
             Step::RemoveVolume { name } => name,
             Step::Leave { name, .. } => name,
@@ -182,6 +192,9 @@ impl Step {
             Step::RemoveVolume { .. } => "remove volume (data is lost)".into(),
             Step::Leave { cause, .. } => format!("leave the Consul cluster: {cause}"),
             Step::ForceLeave { cause, .. } => format!("marked as left: {cause}"),
+            Step::RunOnce { spec, cause } => {
+                format!("{cause}: {} in {}, once", spec.cmd.join(" "), spec.image)
+            }
         }
     }
 }
@@ -345,7 +358,8 @@ impl Totals {
                 Step::DeliverImages { .. }
                 | Step::PullImage { .. }
                 | Step::Leave { .. }
-                | Step::ForceLeave { .. } => {}
+                | Step::ForceLeave { .. }
+                | Step::RunOnce { .. } => {}
             }
         }
     }

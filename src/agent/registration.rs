@@ -10,7 +10,12 @@
 //! - `SERVICE_TAGS` / `SERVICE_<port>_TAGS`: comma-separated tags.
 //! - `SERVICE_CHECK_HTTP` / `SERVICE_<port>_CHECK_HTTP`: an HTTP check on
 //!   that path instead of the default TCP check on the published port.
-//! - `SERVICE_CHECK_INTERVAL`: check interval (default 1s).
+//! - `SERVICE_CHECK_INTERVAL`, `SERVICE_CHECK_TIMEOUT`: check interval and
+//!   timeout (default 1s each; Consul refuses what is not a duration).
+//! - `SERVICE_CHECK_RETRIES`: failed checks in a row before the instance
+//!   counts as critical (default 1).
+//! - A container with a Docker health check is registered only while
+//!   Docker reports it healthy.
 //!
 //! Only published TCP ports count. Containers of other environments and
 //! stagectl's own agents are never registered; containers with no
@@ -146,6 +151,14 @@ pub fn registrations(c: &ContainerInfo, ctx: &AgentContext) -> Result<Vec<Regist
         .get("SERVICE_CHECK_INTERVAL")
         .cloned()
         .unwrap_or_else(|| "1s".into());
+    let timeout = vars
+        .get("SERVICE_CHECK_TIMEOUT")
+        .cloned()
+        .unwrap_or_else(|| "1s".into());
+    let failures_before_critical = vars
+        .get("SERVICE_CHECK_RETRIES")
+        .and_then(|r| r.parse::<u32>().ok())
+        .filter(|r| *r > 1);
     let several = ports.len() > 1;
     let mut out = Vec::new();
     for p in ports {
@@ -186,7 +199,8 @@ pub fn registrations(c: &ContainerInfo, ctx: &AgentContext) -> Result<Vec<Regist
             tcp: http.is_none().then(|| target.clone()),
             http: http.map(|path| format!("http://{target}/{}", path.trim_start_matches('/'))),
             interval: interval.clone(),
-            timeout: "1s".into(),
+            timeout: timeout.clone(),
+            failures_before_critical,
             deregister_critical_service_after: "1m".into(),
             status: None,
         };

@@ -51,6 +51,10 @@ pub struct Check {
     pub http: Option<String>,
     pub interval: String,
     pub timeout: String,
+    /// Failures in a row before the check turns critical (Consul 1.7+);
+    /// left out for Consul's default of one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures_before_critical: Option<u32>,
     /// A service whose check stays critical this long is removed by Consul
     /// itself (a crashed host's agent cannot deregister anything).
     pub deregister_critical_service_after: String,
@@ -441,6 +445,7 @@ mod tests {
                 http: None,
                 interval: "1s".into(),
                 timeout: "1s".into(),
+                failures_before_critical: None,
                 deregister_critical_service_after: "1m".into(),
                 status: Some("passing".into()),
             },

@@ -211,6 +211,20 @@ impl DockerHost {
             user: spec.user.clone(),
             env: Some(spec.env.clone()),
             labels: Some(labels),
+            healthcheck: spec.healthcheck.as_ref().map(|h| {
+                let ns = |ms: u64| i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+                bollard::models::HealthConfig {
+                    test: Some(
+                        std::iter::once("CMD".to_string())
+                            .chain(h.cmd.clone())
+                            .collect(),
+                    ),
+                    interval: Some(ns(h.interval_ms)),
+                    timeout: Some(ns(h.timeout_ms)),
+                    retries: Some(i64::from(h.retries)),
+                    ..Default::default()
+                }
+            }),
             host_config: Some(HostConfig {
                 network_mode: spec.network_mode.clone(),
                 mounts: Some(mounts),

@@ -11,7 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::agent::labels::{self, Component};
-use crate::topology::{Adopt, Expose, Host, Role, Service, Topology};
+use crate::topology::{Adopt, Expose, Health, HealthCheck, Host, Role, Service, Topology};
 
 /// Where the Consul agent keeps its state inside its container.
 pub const CONSUL_DATA_DIR: &str = "/consul/data";
@@ -93,6 +93,9 @@ pub struct ContainerSpec {
     /// Files written into the container after it is created and before it
     /// starts: how secrets get in without appearing in `docker inspect`.
     pub files: Vec<FileSpec>,
+    /// A health check Docker runs in the container (`health.cmd`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<DockerHealthcheck>,
     /// Arguments after `cmd` that matter only when the container first
     /// starts: where a Consul agent joins and how many servers it waits
     /// for. Not part of the hash: a running member need not be replaced
@@ -108,6 +111,16 @@ pub struct ContainerSpec {
     /// them out of the pool first. Not part of the hash.
     #[serde(skip)]
     pub drain: Option<Drain>,
+}
+
+/// A command Docker runs in the container to tell its health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DockerHealthcheck {
+    /// Run directly (`CMD`), not through a shell.
+    pub cmd: Vec<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
 }
 
 /// How to take an instance out of the load balancer before replacing it.
@@ -309,6 +322,7 @@ fn register_agent(topology: &Topology, host: &Host) -> ContainerSpec {
         ports: vec![],
         files: vec![],
         join_args: vec![],
+        healthcheck: None,
         drain: None,
         summary,
     }
@@ -345,6 +359,7 @@ fn load_balancer(topology: &Topology, host: &Host) -> (ContainerSpec, ContainerS
         ports: vec![],
         files: vec![],
         join_args: vec![],
+        healthcheck: None,
         summary: format!("load balancer on {}:{port}", host.advertise),
         drain: None,
     };
@@ -401,6 +416,7 @@ fn load_balancer(topology: &Topology, host: &Host) -> (ContainerSpec, ContainerS
         ports: vec![],
         files,
         join_args: vec![],
+        healthcheck: None,
         drain: None,
         summary: format!(
             "routes <service>.{}.{} and /<service>/ (template: {})",
@@ -413,6 +429,42 @@ fn load_balancer(topology: &Topology, host: &Host) -> (ContainerSpec, ContainerS
         ),
     };
     (nginx, template, volume)
+}
+
+/// What the registration agent reads to make an instance's Consul check:
+/// the HTTP path, and when `health` was written, how often and how many
+/// failures in a row count. (Nothing for a service that wrote none, so its
+/// instances keep the spec hash they had.)
+fn health_labels(h: &Health) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    if let HealthCheck::Http(path) = &h.check {
+        labels.insert("SERVICE_CHECK_HTTP".into(), path.clone());
+    }
+    if h.declared {
+        labels.insert(
+            "SERVICE_CHECK_INTERVAL".into(),
+            format!("{}ms", h.interval_ms),
+        );
+        labels.insert(
+            "SERVICE_CHECK_TIMEOUT".into(),
+            format!("{}ms", h.timeout_ms),
+        );
+        labels.insert("SERVICE_CHECK_RETRIES".into(), h.retries.to_string());
+    }
+    labels
+}
+
+/// The Docker health check of `health.cmd`.
+fn service_healthcheck(service: &Service) -> Option<DockerHealthcheck> {
+    match &service.health.check {
+        HealthCheck::Cmd(cmd) => Some(DockerHealthcheck {
+            cmd: cmd.clone(),
+            interval_ms: service.health.interval_ms,
+            timeout_ms: service.health.timeout_ms,
+            retries: service.health.retries,
+        }),
+        _ => None,
+    }
 }
 
 /// An instance's environment: the addresses of the routed services through
@@ -513,9 +565,7 @@ fn service_instances(
             labels.insert(labels::COMPONENT.into(), Component::Service.label().into());
             labels.insert(labels::SERVICE.into(), service.name.clone());
             labels.insert("SERVICE_NAME".into(), service.name.clone());
-            if let Some(path) = &service.check_http {
-                labels.insert("SERVICE_CHECK_HTTP".into(), path.clone());
-            }
+            labels.extend(health_labels(&service.health));
             if service.expose == Expose::None {
                 let (key, tags) = not_routed_tags(service);
                 labels.insert(key, tags);
@@ -545,6 +595,7 @@ fn service_instances(
                 ports: vec![service.port],
                 files,
                 join_args: vec![],
+                healthcheck: service_healthcheck(service),
                 summary: format!(
                     "{} instance {i}, port {} published",
                     service.name, service.port
@@ -642,6 +693,7 @@ pub fn one_off(
         ports: vec![],
         files,
         join_args: vec![],
+        healthcheck: None,
         summary: format!("one-off {} container", service.name),
         drain: None,
     }
@@ -799,6 +851,7 @@ fn consul_agent(
             config.into_bytes(),
         )],
         join_args,
+        healthcheck: None,
         summary,
         drain: None,
     };
@@ -893,6 +946,82 @@ mod tests {
             .volumes
             .iter()
             .any(|v| v.name == "qa-worker-1-spool"));
+    }
+
+    #[test]
+    fn health_settings_reach_the_registration_agent_and_docker() {
+        let t = topo(&format!(
+            "{THREE}services:\n  db:\n    image: redis:7\n    port: 6379\n    health: {{ cmd: [redis-cli, ping], interval: 2s, timeout: 500ms, retries: 3 }}\n  web:\n    image: w:1\n    port: 80\n    health: {{ http: /up, interval: 5s }}\n  old:\n    image: o:1\n    port: 80\n    check_http: /health\n"
+        ));
+        let state = desired_state(&t, &secrets());
+        let db = container(&state[0], "qa-db-1");
+        let hc = db.healthcheck.as_ref().expect("a Docker health check");
+        assert_eq!(hc.cmd, ["redis-cli", "ping"]);
+        assert_eq!((hc.interval_ms, hc.timeout_ms, hc.retries), (2000, 500, 3));
+        assert_eq!(db.labels["SERVICE_CHECK_RETRIES"], "3");
+        assert!(!db.labels.contains_key("SERVICE_CHECK_HTTP"));
+        let web = container(&state[0], "qa-web-1");
+        assert!(web.healthcheck.is_none());
+        assert_eq!(web.labels["SERVICE_CHECK_HTTP"], "/up");
+        assert_eq!(web.labels["SERVICE_CHECK_INTERVAL"], "5000ms");
+        // check_http alone: the label it always had, nothing more (same hash).
+        let old = container(&state[0], "qa-old-1");
+        assert_eq!(old.labels["SERVICE_CHECK_HTTP"], "/health");
+        assert!(!old.labels.contains_key("SERVICE_CHECK_INTERVAL"));
+        assert!(!serde_json::to_string(old).unwrap().contains("healthcheck"));
+    }
+
+    #[test]
+    fn a_one_off_has_the_service_spec_but_no_port_and_volumes_only_when_asked() {
+        let t = topo(&format!(
+            "{THREE}services:\n  web:\n    image: w:1\n    port: 80\n    user: \"1000\"\n    volumes: {{ data: /data }}\n    env: {{ A: b }}\n    secrets: {{ token: {{ from_env: T }} }}\n"
+        ));
+        let host = t.host("host-1").unwrap();
+        let web = &t.services[0];
+        let mut s = secrets();
+        s.values.insert(secret_key("web", "token"), b"v".to_vec());
+        let cmd = vec!["migrate".to_string()];
+        let spec = one_off(&t, host, web, &s, Some(&cmd), false, "run-7");
+        assert_eq!(spec.name, "qa-web-run-7");
+        assert_eq!(spec.cmd, ["migrate"]);
+        assert!(spec.ports.is_empty(), "nothing for the agents to register");
+        assert!(spec.mounts.is_empty());
+        assert_eq!(spec.labels[labels::COMPONENT], "run");
+        assert!(spec.env.contains(&"A=b".to_string()));
+        assert_eq!(spec.files[0].path, "/run/secrets/token");
+        assert_eq!(spec.user.as_deref(), Some("1000"));
+        let with = one_off(&t, host, web, &s, None, true, "run-8");
+        assert_eq!(with.mounts[0].source, "qa-web-1-data");
+        assert!(with.cmd.is_empty(), "the image's own command");
+    }
+
+    #[test]
+    fn tcp_services_get_a_listener_port_and_their_address_variables() {
+        let t = topo(&format!(
+            "{THREE}services:\n  db:\n    image: redis:7\n    port: 6379\n    expose: tcp\n  cache:\n    image: redis:7\n    port: 6379\n    expose: tcp\n    lb_port: 16379\n  web:\n    image: w:1\n    port: 80\n    env: {{ DB: \"${{DB_SERVICE_HOST}}:${{DB_SERVICE_PORT}}\" }}\n"
+        ));
+        let state = desired_state(&t, &secrets());
+        let web = container(&state[0], "qa-web-1");
+        assert!(
+            web.env.contains(&"DB=10.77.0.13:81".to_string()),
+            "{:?}",
+            web.env
+        );
+        assert!(web.env.contains(&"CACHE_SERVICE_PORT=16379".to_string()));
+        assert!(!web.env.iter().any(|e| e.starts_with("DB_SERVICE_URL=")));
+        let lb = state.iter().find(|h| h.host == "host-3").unwrap();
+        let template = container(lb, "qa-template");
+        assert!(
+            template.cmd.contains(&"--tcp=db=81".to_string()),
+            "{:?}",
+            template.cmd
+        );
+        assert!(template.cmd.contains(&"--tcp=cache=16379".to_string()));
+        assert!(
+            web.labels[labels::PORTS].ends_with(",tcp=16379+81"),
+            "{}",
+            web.labels[labels::PORTS]
+        );
     }
 
     #[test]

@@ -116,7 +116,8 @@ pub struct Service {
     pub per_host: u16,
     pub env: std::collections::BTreeMap<String, String>,
     pub labels: std::collections::BTreeMap<String, String>,
-    pub check_http: Option<String>,
+    /// How its instances' health is checked.
+    pub health: Health,
     pub drain_seconds: u64,
     /// Only this service's own instances may register under its name.
     pub reserved: bool,
@@ -138,6 +139,43 @@ pub struct Service {
     /// instance is created or replaced (a migration); a failure stops the
     /// rollout with the old instances serving.
     pub before_rollout: Option<Vec<String>>,
+}
+
+/// How an instance's health is checked, and how often. A check that
+/// fails `retries` times in a row takes the instance out of the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub check: HealthCheck,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    /// Whether `health:` was written: only then do the instances carry the
+    /// timing settings (so the others keep their spec hash).
+    pub declared: bool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            check: HealthCheck::Tcp,
+            interval_ms: 1000,
+            timeout_ms: 1000,
+            retries: 1,
+            declared: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheck {
+    /// A connection to the published port, by Consul.
+    Tcp,
+    /// `GET <path>` on the published port, by Consul.
+    Http(String),
+    /// A command inside the container, by Docker; the registration agent
+    /// registers the instance only while Docker says it is healthy.
+    Cmd(Vec<String>),
 }
 
 /// A secret a service's instances get as the file `/run/secrets/<name>`

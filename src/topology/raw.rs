@@ -98,8 +98,13 @@ pub struct RawService {
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
     /// Path of an HTTP health check; default: a TCP check on the port.
+    /// (Short for `health: { http: PATH }`.)
     #[serde(default)]
     pub check_http: Option<Spanned<String>>,
+    /// How an instance's health is checked: one of `http`, `tcp`, `cmd`,
+    /// and how often.
+    #[serde(default)]
+    pub health: Option<Spanned<RawHealth>>,
     /// Seconds to wait between deregistering an instance and stopping it.
     #[serde(default)]
     pub drain_seconds: Option<Spanned<i64>>,
@@ -142,6 +147,28 @@ pub struct RawService {
     /// Secrets, name → where `up` reads the value (never the topology).
     #[serde(default)]
     pub secrets: Option<BTreeMap<String, Spanned<RawSecret>>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// A path asked over HTTP on the instance's port (2xx passes).
+    #[serde(default)]
+    pub http: Option<Spanned<String>>,
+    /// A TCP connection to the instance's port (the default).
+    #[serde(default)]
+    pub tcp: Option<Spanned<bool>>,
+    /// A command run inside the container (exit 0 passes), by Docker.
+    #[serde(default)]
+    pub cmd: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `500ms`, `5s`, `1m`.
+    #[serde(default)]
+    pub interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    /// Failed checks in a row before the instance counts as failing.
+    #[serde(default)]
+    pub retries: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,7 +11,8 @@ use crate::topology::model::{
     interpolate, service_variables, Expose, Host, Role, Secret, SecretSource, Service,
     MAX_DEFAULT_TCP_PORTS,
 };
-use crate::topology::raw::{RawSecret, RawService};
+use crate::topology::model::{Health, HealthCheck};
+use crate::topology::raw::{RawHealth, RawSecret, RawService};
 
 /// Longest service name: services answer as `<service>.<env>.<domain>`, so a
 /// service name may be a whole DNS label; real service names are often
@@ -44,6 +45,100 @@ impl Validator {
         self.tcp_listeners(&located);
         self.dependencies(&mut services, dependencies);
         services
+    }
+
+    /// `health` (or the older `check_http`): one kind of check, durations
+    /// Consul and Docker both read, retries in range.
+    fn health(
+        &mut self,
+        name: &str,
+        check_http: Option<Spanned<String>>,
+        raw: Option<Spanned<RawHealth>>,
+    ) -> Health {
+        let mut health = Health::default();
+        let path = |me: &mut Self, c: &Spanned<String>, key: &str| {
+            if !c.value.starts_with('/')
+                || c.value
+                    .contains(|ch: char| ch.is_whitespace() || ch.is_control())
+            {
+                me.error(
+                    &c.referenced,
+                    format!(
+                        "service {name}: {key} `{}` must be a path starting with /",
+                        c.value
+                    ),
+                );
+            }
+            HealthCheck::Http(c.value.clone())
+        };
+        if let Some(c) = &check_http {
+            health.check = path(self, c, "check_http");
+        }
+        let Some(raw) = raw else { return health };
+        health.declared = true;
+        let h = raw.value;
+        let kinds = [h.http.is_some(), h.tcp.is_some(), h.cmd.is_some()];
+        if kinds.iter().filter(|k| **k).count() > 1
+            || (check_http.is_some() && kinds.iter().any(|k| *k))
+        {
+            self.error(
+                &raw.referenced,
+                format!("service {name}: health has more than one of http, tcp, cmd (check_http counts as http)"),
+            );
+        }
+        if let Some(c) = &h.http {
+            health.check = path(self, c, "health.http");
+        }
+        if let Some(t) = &h.tcp {
+            if !t.value {
+                self.error(
+                    &t.referenced,
+                    format!("service {name}: health.tcp can only be true; give http or cmd for another check"),
+                );
+            }
+            health.check = HealthCheck::Tcp;
+        }
+        if let Some(c) = h.cmd {
+            health.check = HealthCheck::Cmd(self.argv(name, "health.cmd", c));
+        }
+        // Consul runs no check more often than once a second.
+        let duration = |me: &mut Self,
+                        d: &Option<Spanned<String>>,
+                        key: &str,
+                        min: u64,
+                        default: u64| match d {
+            None => default,
+            Some(d) => match parse_duration_ms(&d.value) {
+                Some(ms) if (min..=600_000).contains(&ms) => ms,
+                _ => {
+                    me.error(
+                        &d.referenced,
+                        format!(
+                            "service {name}: health.{key} `{}` is not a duration from {} to 10m (like 2s, 1500ms, 1m)",
+                            d.value,
+                            if min % 1000 == 0 { format!("{}s", min / 1000) } else { format!("{min}ms") }
+                        ),
+                    );
+                    default
+                }
+            },
+        };
+        health.interval_ms = duration(self, &h.interval, "interval", 1000, health.interval_ms);
+        health.timeout_ms = duration(self, &h.timeout, "timeout", 100, health.timeout_ms);
+        if let Some(r) = &h.retries {
+            if (1..=100).contains(&r.value) {
+                health.retries = r.value as u32;
+            } else {
+                self.error(
+                    &r.referenced,
+                    format!(
+                        "service {name}: health.retries {} is out of range; expected 1 to 100",
+                        r.value
+                    ),
+                );
+            }
+        }
+        health
     }
 
     /// `depends_on`: services of this topology, not itself, no cycle.
@@ -204,18 +299,7 @@ impl Validator {
                 2
             }
         };
-        let check_http = s.check_http.map(|c| {
-            if !c.value.starts_with('/') || c.value.contains(char::is_whitespace) {
-                self.error(
-                    &c.referenced,
-                    format!(
-                        "service {name}: check_http `{}` must be a path starting with /",
-                        c.value
-                    ),
-                );
-            }
-            c.value
-        });
+        let health = self.health(&name, s.check_http, s.health);
         let command = s.command.map(|c| self.argv(&name, "command", c));
         let entrypoint = s.entrypoint.map(|c| self.argv(&name, "entrypoint", c));
         let user = s.user.map(|u| {
@@ -273,7 +357,7 @@ impl Validator {
             per_host,
             env: s.env.unwrap_or_default(),
             labels: s.labels.unwrap_or_default(),
-            check_http,
+            health,
             drain_seconds,
             reserved: s.reserved.unwrap_or(false),
             command,
@@ -519,4 +603,18 @@ fn find_cycle(graph: &BTreeMap<String, (Vec<String>, Location)>) -> Option<Vec<S
     graph
         .keys()
         .find_map(|n| visit(n, graph, &mut Vec::new(), &mut done))
+}
+
+/// `500ms`, `5s`, `2m` in milliseconds; `None` for anything else.
+pub fn parse_duration_ms(s: &str) -> Option<u64> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let factor = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        _ => return None,
+    };
+    n.checked_mul(factor)
 }

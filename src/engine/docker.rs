@@ -230,9 +230,16 @@ impl DockerHost {
                 mounts: Some(mounts),
                 port_bindings: (!bindings.is_empty()).then_some(bindings),
                 restart_policy: Some(RestartPolicy {
-                    name: Some(restart),
+                    name: Some(match (&spec.limits.restart, restart) {
+                        // A one-off is never restarted, whatever its service's policy.
+                        (_, RestartPolicyNameEnum::NO) => RestartPolicyNameEnum::NO,
+                        (Some(p), _) => p.parse().unwrap_or(restart),
+                        (None, _) => restart,
+                    }),
                     maximum_retry_count: None,
                 }),
+                memory: spec.limits.memory_bytes.and_then(|b| i64::try_from(b).ok()),
+                nano_cpus: spec.limits.nano_cpus.and_then(|n| i64::try_from(n).ok()),
                 ..Default::default()
             }),
             ..Default::default()

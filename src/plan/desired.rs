@@ -11,7 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::agent::labels::{self, Component};
-use crate::topology::{Adopt, Expose, Health, HealthCheck, Host, Role, Service, Topology};
+use crate::topology::{Adopt, Expose, Health, HealthCheck, Host, Limits, Role, Service, Topology};
 
 /// Where the Consul agent keeps its state inside its container.
 pub const CONSUL_DATA_DIR: &str = "/consul/data";
@@ -96,6 +96,9 @@ pub struct ContainerSpec {
     /// A health check Docker runs in the container (`health.cmd`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<DockerHealthcheck>,
+    /// Memory and CPU limits, restart policy (app services only).
+    #[serde(skip_serializing_if = "Limits::is_default")]
+    pub limits: Limits,
     /// Arguments after `cmd` that matter only when the container first
     /// starts: where a Consul agent joins and how many servers it waits
     /// for. Not part of the hash: a running member need not be replaced
@@ -323,6 +326,7 @@ fn register_agent(topology: &Topology, host: &Host) -> ContainerSpec {
         files: vec![],
         join_args: vec![],
         healthcheck: None,
+        limits: Limits::default(),
         drain: None,
         summary,
     }
@@ -360,6 +364,7 @@ fn load_balancer(topology: &Topology, host: &Host) -> (ContainerSpec, ContainerS
         files: vec![],
         join_args: vec![],
         healthcheck: None,
+        limits: Limits::default(),
         summary: format!("load balancer on {}:{port}", host.advertise),
         drain: None,
     };
@@ -417,6 +422,7 @@ fn load_balancer(topology: &Topology, host: &Host) -> (ContainerSpec, ContainerS
         files,
         join_args: vec![],
         healthcheck: None,
+        limits: Limits::default(),
         drain: None,
         summary: format!(
             "routes <service>.{}.{} and /<service>/ (template: {})",
@@ -452,6 +458,16 @@ fn health_labels(h: &Health) -> BTreeMap<String, String> {
         labels.insert("SERVICE_CHECK_RETRIES".into(), h.retries.to_string());
     }
     labels
+}
+
+/// The service's bind mounts of host paths.
+fn binds(service: &Service) -> impl Iterator<Item = Mount> + '_ {
+    service.binds.iter().map(|(host, target, read_only)| Mount {
+        source: host.clone(),
+        target: target.clone(),
+        read_only: *read_only,
+        bind: true,
+    })
 }
 
 /// The Docker health check of `health.cmd`.
@@ -591,11 +607,13 @@ fn service_instances(
                         read_only: false,
                         bind: false,
                     })
+                    .chain(binds(service))
                     .collect(),
                 ports: vec![service.port],
                 files,
                 join_args: vec![],
                 healthcheck: service_healthcheck(service),
+                limits: service.limits.clone(),
                 summary: format!(
                     "{} instance {i}, port {} published",
                     service.name, service.port
@@ -694,6 +712,7 @@ pub fn one_off(
         files,
         join_args: vec![],
         healthcheck: None,
+        limits: Limits::default(),
         summary: format!("one-off {} container", service.name),
         drain: None,
     }
@@ -852,6 +871,7 @@ fn consul_agent(
         )],
         join_args,
         healthcheck: None,
+        limits: Limits::default(),
         summary,
         drain: None,
     };
@@ -993,6 +1013,29 @@ mod tests {
         let with = one_off(&t, host, web, &s, None, true, "run-8");
         assert_eq!(with.mounts[0].source, "qa-web-1-data");
         assert!(with.cmd.is_empty(), "the image's own command");
+    }
+
+    #[test]
+    fn limits_restart_and_binds_only_where_written() {
+        let t = topo(&format!(
+            "{THREE}services:\n  web:\n    image: w:1\n    port: 80\n    memory: 256m\n    cpus: 0.5\n    restart: on-failure\n    binds: [\"/srv/conf:/etc/app:ro\"]\n  plain:\n    image: p:1\n    port: 80\n"
+        ));
+        let state = desired_state(&t, &secrets());
+        let web = container(&state[0], "qa-web-1");
+        assert_eq!(web.limits.memory_bytes, Some(256 << 20));
+        assert_eq!(web.limits.nano_cpus, Some(500_000_000));
+        assert_eq!(web.limits.restart.as_deref(), Some("on-failure"));
+        assert!(web.mounts.contains(&Mount {
+            source: "/srv/conf".into(),
+            target: "/etc/app".into(),
+            read_only: true,
+            bind: true
+        }));
+        let plain = container(&state[0], "qa-plain-1");
+        assert!(!serde_json::to_string(plain).unwrap().contains("limits"));
+        assert!("on-failure"
+            .parse::<bollard::models::RestartPolicyNameEnum>()
+            .is_ok());
     }
 
     #[test]

@@ -128,6 +128,9 @@ pub struct Service {
     /// Volume name → path in the container; each instance has its own
     /// volume per name (see `desired::service_volume`).
     pub volumes: std::collections::BTreeMap<String, String>,
+    /// Host paths mounted in: (host path, container path, read-only).
+    pub binds: Vec<(String, String, bool)>,
+    pub limits: Limits,
     pub expose: Expose,
     /// For `expose: tcp`: the load balancer's port for it, when declared
     /// (else one of the environment's block: see [`Topology::tcp_ports`]).
@@ -139,6 +142,23 @@ pub struct Service {
     /// instance is created or replaced (a migration); a failure stops the
     /// rollout with the old instances serving.
     pub before_rollout: Option<Vec<String>>,
+}
+
+/// Resource limits and the restart policy of a service's instances.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    /// Billionths of a CPU (Docker's NanoCPUs).
+    pub nano_cpus: Option<u64>,
+    /// Docker's restart policy name; `None` for stagectl's default,
+    /// `unless-stopped`.
+    pub restart: Option<String>,
+}
+
+impl Limits {
+    pub fn is_default(&self) -> bool {
+        *self == Limits::default()
+    }
 }
 
 /// How an instance's health is checked, and how often. A check that

@@ -123,6 +123,18 @@ pub struct RawService {
     /// The user (or `uid[:gid]`) the process runs as.
     #[serde(default)]
     pub user: Option<Spanned<String>>,
+    /// Host paths mounted into the container: `HOST:CONTAINER[:ro]`.
+    #[serde(default)]
+    pub binds: Option<Vec<Spanned<String>>>,
+    /// Memory limit: `512m`, `2g` (bytes with k, m or g).
+    #[serde(default)]
+    pub memory: Option<Spanned<String>>,
+    /// CPU limit, in CPUs: `0.5`, `2`.
+    #[serde(default)]
+    pub cpus: Option<Spanned<f64>>,
+    /// `unless-stopped` (default), `always`, `on-failure`, `no`.
+    #[serde(default)]
+    pub restart: Option<Spanned<String>>,
     /// Named volumes, volume name → path in the container: kept across
     /// replacements and `up`, removed by `down` unless `--keep-data`.
     #[serde(default)]

@@ -11,7 +11,7 @@ use crate::topology::model::{
     interpolate, service_variables, Expose, Host, Role, Secret, SecretSource, Service,
     MAX_DEFAULT_TCP_PORTS,
 };
-use crate::topology::model::{Health, HealthCheck};
+use crate::topology::model::{Health, HealthCheck, Limits};
 use crate::topology::raw::{RawHealth, RawSecret, RawService};
 
 /// Longest service name: services answer as `<service>.<env>.<domain>`, so a
@@ -139,6 +139,92 @@ impl Validator {
             }
         }
         health
+    }
+
+    /// `binds`: `HOST:CONTAINER[:ro|:rw]`, both absolute, no `..`.
+    fn binds(&mut self, name: &str, raw: Vec<Spanned<String>>) -> Vec<(String, String, bool)> {
+        let mut out = Vec::new();
+        for b in raw {
+            let parts: Vec<&str> = b.value.split(':').collect();
+            let (host, target, ro) = match parts[..] {
+                [h, c] => (h, c, Some(false)),
+                [h, c, "ro"] => (h, c, Some(true)),
+                [h, c, "rw"] => (h, c, Some(false)),
+                [h, c, _] => (h, c, None),
+                _ => ("", "", None),
+            };
+            let path_ok = |p: &str| {
+                p.starts_with('/')
+                    && !p.split('/').any(|c| c == "..")
+                    && !p.contains(|c: char| c.is_control())
+            };
+            match ro {
+                Some(ro) if path_ok(host) && path_ok(target) && target != "/" => {
+                    out.push((host.to_string(), target.to_string(), ro))
+                }
+                _ => self.error(
+                    &b.referenced,
+                    format!(
+                        "service {name}: bind `{}` is not HOST:CONTAINER[:ro], two absolute paths without `..`",
+                        b.value
+                    ),
+                ),
+            }
+        }
+        out
+    }
+
+    /// `memory`, `cpus`, `restart`.
+    fn limits(
+        &mut self,
+        name: &str,
+        memory: Option<Spanned<String>>,
+        cpus: Option<Spanned<f64>>,
+        restart: Option<Spanned<String>>,
+    ) -> Limits {
+        let mut limits = Limits::default();
+        if let Some(m) = memory {
+            match parse_bytes(&m.value) {
+                // Docker refuses less than 6 MB.
+                Some(b) if b >= 6 << 20 => limits.memory_bytes = Some(b),
+                _ => self.error(
+                    &m.referenced,
+                    format!(
+                        "service {name}: memory `{}` is not a size of at least 6m (like 512m, 2g)",
+                        m.value
+                    ),
+                ),
+            }
+        }
+        if let Some(c) = cpus {
+            if c.value.is_finite() && c.value >= 0.01 && c.value <= 1024.0 {
+                limits.nano_cpus = Some((c.value * 1e9).round() as u64);
+            } else {
+                self.error(
+                    &c.referenced,
+                    format!(
+                        "service {name}: cpus {} is out of range; expected 0.01 to 1024",
+                        c.value
+                    ),
+                );
+            }
+        }
+        if let Some(r) = restart {
+            const POLICIES: [&str; 4] = ["unless-stopped", "always", "on-failure", "no"];
+            if POLICIES.contains(&r.value.as_str()) {
+                limits.restart = (r.value != "unless-stopped").then(|| r.value.clone());
+            } else {
+                self.error(
+                    &r.referenced,
+                    format!(
+                        "service {name}: restart `{}` is not one of {}",
+                        r.value,
+                        POLICIES.join(", ")
+                    ),
+                );
+            }
+        }
+        limits
     }
 
     /// `depends_on`: services of this topology, not itself, no cycle.
@@ -320,6 +406,8 @@ impl Validator {
             u.value
         });
         let volumes = self.service_volumes(&name, s.volumes.unwrap_or_default());
+        let binds = self.binds(&name, s.binds.unwrap_or_default());
+        let limits = self.limits(&name, s.memory, s.cpus, s.restart);
         let expose = match &s.expose {
             None => Expose::Http,
             Some(e) => match Expose::CHOICES.iter().find(|(word, _)| *word == e.value) {
@@ -364,6 +452,8 @@ impl Validator {
             entrypoint,
             user,
             volumes,
+            binds,
+            limits,
             expose,
             lb_port,
             secrets,
@@ -617,4 +707,35 @@ pub fn parse_duration_ms(s: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(factor)
+}
+
+/// `512m`, `2g`, `1048576` in bytes; `None` for anything else.
+fn parse_bytes(s: &str) -> Option<u64> {
+    let lower = s.to_ascii_lowercase();
+    let (n, factor) = match lower.trim_end_matches('b').char_indices().last()? {
+        (i, 'k') => (&lower[..i], 1u64 << 10),
+        (i, 'm') => (&lower[..i], 1 << 20),
+        (i, 'g') => (&lower[..i], 1 << 30),
+        _ => (lower.trim_end_matches('b'), 1),
+    };
+    n.parse::<u64>().ok()?.checked_mul(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_and_durations() {
+        use super::{parse_bytes, parse_duration_ms};
+        assert_eq!(parse_bytes("512m"), Some(512 << 20));
+        assert_eq!(parse_bytes("2G"), Some(2 << 30));
+        assert_eq!(parse_bytes("64kb"), Some(64 << 10));
+        assert_eq!(parse_bytes("100"), Some(100));
+        assert_eq!(parse_bytes("x"), None);
+        assert_eq!(parse_bytes("-1m"), None);
+        assert_eq!(parse_duration_ms("1500ms"), Some(1500));
+        assert_eq!(parse_duration_ms("2s"), Some(2000));
+        assert_eq!(parse_duration_ms("1m"), Some(60_000));
+        assert_eq!(parse_duration_ms("1h"), None);
+        assert_eq!(parse_duration_ms("s"), None);
+    }
 }

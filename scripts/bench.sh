@@ -6,11 +6,15 @@
 #     no-op up  `up` again on the converged environment
 #     status    one `status`
 #     down      everything removed, lab included
+#   then extra environments on the same 3 hosts (demo app, then the example
+#   stack of topologies/stack.yaml: Redis, 2 web, a worker, a migration),
+#   each one's up time and memory;
 #   then route-in / route-out latency through the load balancer and the
 #   agents' memory and idle CPU (cargo bench --bench discovery).
 # Targets: cold up < 30 s and no-op up < 2 s (3 hosts); route p50 < 150 ms,
 # p99 < 500 ms; agents < 15 MB.
-# Usage: scripts/bench.sh [TRIALS]   (default 3 cycles per size; ROUTE_TRIALS=50)
+# Usage: scripts/bench.sh [TRIALS]   (default 3 cycles per size; ROUTE_TRIALS=50;
+#        ONLY=sizes|shared|stack|route runs one part)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 trials=${1:-3}
@@ -44,7 +48,10 @@ topology() {
     done
 }
 
+part() { [[ -z ${ONLY:-} || $ONLY == "$1" ]]; }
+
 rows=()
+part sizes || sizes=""
 for n in $sizes; do
     current=$work/bench$n.yaml
     topology "$n" >"$current"
@@ -61,54 +68,76 @@ for n in $sizes; do
         "$(median "${status[@]}")" "$(median "${down[@]}")")")
 done
 
-printf '\nstagectl benchmark, %s, %s cores, %s; medians of %s cycles (range)\n' \
-    "$(uname -m)" "$(nproc)" "$(free -g | awk '/Mem:/ { print $2 " GiB" }')" "$trials"
-printf '%5s  %-22s  %-21s  %8s  %8s\n' hosts "cold up (< 30 s)" "no-op up (< 2 s)" status down
-printf '%s\n' "${rows[@]}"
+printf '\nstagectl benchmark, %s, %s cores, %s\n' \
+    "$(uname -m)" "$(nproc)" "$(free -g | awk '/Mem:/ { print $2 " GiB" }')"
+if ((${#rows[@]})); then
+    printf '\nmedians of %s cycles (range)\n' "$trials"
+    printf '%5s  %-22s  %-21s  %8s  %8s\n' hosts "cold up (< 30 s)" "no-op up (< 2 s)" status down
+    printf '%s\n' "${rows[@]}"
+fi
 
 # Extra environments on the same three hosts: each one's `up` time (the
 # first includes creating the lab) and the memory its containers use on the
 # hosts (sum of `docker stats` memory of its containers on every host).
 lab_ssh() {
-    local ip=$1; shift
+    local lab=$1 ip=$2; shift 2
     ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes \
-        -o UserKnownHostsFile="$STAGECTL_STATE_DIR/labs/benchshared/known_hosts" \
-        -i "$STAGECTL_STATE_DIR/labs/benchshared/id_ed25519" "root@$ip" "$@"
+        -o UserKnownHostsFile="$STAGECTL_STATE_DIR/labs/$lab/known_hosts" \
+        -i "$STAGECTL_STATE_DIR/labs/$lab/id_ed25519" "root@$ip" "$@"
 }
+# env_memory_mb LAB NET ENV: the memory ENV's containers use on the lab's hosts.
 env_memory_mb() {
-    local env=$1 ip total=0 mb
-    for ip in 10.77.59.11 10.77.59.12 10.77.59.13; do
-        mb=$(lab_ssh "$ip" "docker stats --no-stream --format '{{.Name}} {{.MemUsage}}'" |
+    local lab=$1 net=$2 env=$3 ip total=0 mb
+    for ip in 10.77.$net.11 10.77.$net.12 10.77.$net.13; do
+        mb=$(lab_ssh "$lab" "$ip" "docker stats --no-stream --format '{{.Name}} {{.MemUsage}}'" |
             awk -v e="$env-" 'index($1, e) == 1 { v = $2; u = v; gsub(/[0-9.]/, "", u); gsub(/[^0-9.]/, "", v);
                 if (u == "GiB") v *= 1024; else if (u == "KiB" || u == "kB") v /= 1024; s += v } END { printf "%.1f", s }')
         total=$(awk -v a="$total" -v b="$mb" 'BEGIN { printf "%.1f", a + b }')
     done
     echo "$total"
 }
-multi=()
-envs=()
-for i in 1 2 3; do
-    f=$work/shared$i.yaml
-    cat >"$f" <<YAML
-name: benchenv$i
-lab: { name: benchshared, subnet: 10.77.59.0/24 }
-hosts:
-  host-1: { driver: local, address: 10.77.59.11, roles: [app] }
-  host-2: { driver: local, address: 10.77.59.12, roles: [app] }
-  host-3: { driver: local, address: 10.77.59.13, roles: [lb] }
-services:
-  demo: { image: stagectl/demo:latest, port: 8080 }
-YAML
-    envs+=("$f")
-    current=$f
-    secs=$(timed $bin -f "$f" up)
-    multi+=("$(printf '%5s  %8s s  %8s MB' "$i" "$secs" "$(env_memory_mb "benchenv$i")")")
-done
-for f in "${envs[@]}"; do $bin -f "$f" down >/dev/null 2>&1 || true; done
-current=""
-printf '\nenvironments sharing 3 hosts (each: 3 Consul agents, 2 registration agents, nginx, template agent, 2 demo instances)\n'
-printf '%5s  %10s  %11s\n' env "up" "memory"
-printf '%s\n' "${multi[@]}"
-echo "(env 1's up includes creating the lab; envs 2 and 3 are the cost of one more environment)"
+# shared_envs LAB NET NAME SERVICES_FILE: three environments NAME1..3 with
+# these services on the same three lab hosts, each brought up in turn;
+# prints a row per environment (up time, memory), then takes them down.
+shared_envs() {
+    local lab=$1 net=$2 name=$3 services=$4 i f secs envs=()
+    for i in 1 2 3; do
+        f=$work/$name$i.yaml
+        {
+            echo "name: $name$i"
+            echo "lab: { name: $lab, subnet: 10.77.$net.0/24 }"
+            echo "hosts:"
+            echo "  host-1: { driver: local, address: 10.77.$net.11, roles: [app] }"
+            echo "  host-2: { driver: local, address: 10.77.$net.12, roles: [app] }"
+            echo "  host-3: { driver: local, address: 10.77.$net.13, roles: [lb] }"
+            cat "$services"
+        } >"$f"
+        envs+=("$f")
+        current=$f
+        secs=$(timed $bin -f "$f" up)
+        printf '%5s  %8s s  %8s MB\n' "$i" "$secs" "$(env_memory_mb "$lab" "$net" "$name$i")"
+    done
+    for f in "${envs[@]}"; do $bin -f "$f" down >/dev/null 2>&1 || true; done
+    current=""
+}
 
+if part shared; then
+    printf 'services:\n  demo: { image: stagectl/demo:latest, port: 8080 }\n' >"$work/demo-services.yaml"
+    printf '\nenvironments sharing 3 hosts (each: 3 Consul agents, 2 registration agents, nginx, template agent, 2 demo instances)\n'
+    printf '%5s  %10s  %11s\n' env "up" "memory"
+    shared_envs benchshared 59 benchenv "$work/demo-services.yaml"
+    echo "(env 1's up includes creating the lab; envs 2 and 3 are the cost of one more environment)"
+fi
+
+if part stack; then
+    # The example stack's services, as the repository has them.
+    sed -n '/^services:/,$p' topologies/stack.yaml >"$work/stack-services.yaml"
+    export SHOP_REDIS_PASSWORD=bench-password
+    printf '\nexample stack (topologies/stack.yaml: Redis with a volume, 2 web after a migration, a worker) on 3 shared hosts\n'
+    printf '%5s  %10s  %11s\n' env "cold up" "memory"
+    shared_envs benchstack 69 benchshop "$work/stack-services.yaml"
+    echo "(env 1's up includes creating the lab; envs 2 and 3 are the cost of one more stack)"
+fi
+
+part route || exit 0
 cargo bench --locked --bench discovery -- "$route_trials" 2>/dev/null | sed -n '/route latency/,$p'

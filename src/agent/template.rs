@@ -152,6 +152,10 @@ pub async fn run(opts: TemplateOptions) -> Result<()> {
         template,
         opts,
     };
+    // The status file outlives agents (it is in the config volume, which
+    // `down --keep-data` keeps): what a previous agent routed must not pass
+    // for what this one routes, so it starts empty.
+    write_status(&lb.opts.conf_dir, &lb.status);
     let mut coalescer = Coalescer::new(lb.opts.quiet, lb.opts.max_wait);
     // A first nginx gets a valid config at once, even with no service; an
     // agent replaced or restarted keeps the running one until Consul has

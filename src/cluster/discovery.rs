@@ -58,31 +58,56 @@ pub fn expected_instances(t: &Topology) -> BTreeMap<String, usize> {
         .collect()
 }
 
-/// Wait until each of `services` has at least one passing instance.
+/// Wait until each of `services` has at least one passing instance, and
+/// the load balancer routes to one (its dependents reach it there), unless
+/// it is not routed (`expose: none`).
 pub async fn wait_for_passing(
     lb: &DockerHost,
     t: &Topology,
     services: &[String],
     timeout: Duration,
 ) -> Result<()> {
+    let routed = |name: &str| {
+        t.services
+            .iter()
+            .any(|s| s.name == name && s.expose != crate::topology::Expose::None)
+    };
     let check = || async {
-        let problem = match service_report(lb, t).await {
-            Ok(report) => {
-                let missing: Vec<&str> = services
+        let problem = match (service_report(lb, t).await, lb_status(lb, t).await) {
+            (Ok(report), Ok(status)) => {
+                let missing: Vec<String> = services
                     .iter()
-                    .filter(|name| {
-                        !report
+                    .filter_map(|name| {
+                        let passing: Vec<String> = report
                             .get(name.as_str())
-                            .is_some_and(|l| l.iter().any(|i| i.status == "passing"))
+                            .into_iter()
+                            .flatten()
+                            .filter(|i| i.status == "passing")
+                            .map(|i| endpoint(&i.instance))
+                            .collect();
+                        // Routed to a passing instance: a status file left
+                        // from before (kept with the volume) names old ones.
+                        let in_lb = !routed(name)
+                            || status.as_ref().is_some_and(|st| {
+                                st.routes.iter().any(|r| {
+                                    &r.service == name
+                                        && r.upstreams.iter().any(|u| passing.contains(u))
+                                })
+                            });
+                        let passing = !passing.is_empty();
+                        match (passing, in_lb) {
+                            (true, true) => None,
+                            (false, _) => Some(format!("no passing instance of {name}")),
+                            (true, false) => Some(format!("{name} not routed by the LB yet")),
+                        }
                     })
-                    .map(String::as_str)
                     .collect();
                 if missing.is_empty() {
                     return Ok(Check::Ready(()));
                 }
-                format!("no passing instance of {}", missing.join(", "))
+                missing.join("; ")
             }
-            Err(e) => format!("{e:#}"),
+            (Err(e), _) | (_, Err(e)) => format!("{e:#}"),
         };
         Ok(Check::Waiting(problem))
     };
@@ -95,6 +120,14 @@ pub async fn wait_for_passing(
                 lb.name
             ))
         })
+}
+
+/// `address:port` as the LB's routes write it (IPv6 in brackets).
+fn endpoint(i: &crate::cluster::http::Instance) -> String {
+    match i.address.parse::<std::net::IpAddr>() {
+        Ok(ip) => std::net::SocketAddr::new(ip, i.port).to_string(),
+        Err(_) => format!("{}:{}", i.address, i.port),
+    }
 }
 
 /// Wait until every topology service has its instances passing in Consul

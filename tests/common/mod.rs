@@ -36,9 +36,15 @@ impl Run {
 
 /// Run stagectl with a private state directory.
 pub fn stagectl(state: &Path, args: &[&str]) -> Run {
+    stagectl_with_env(state, &[], args)
+}
+
+/// Run stagectl with a private state directory and these variables set.
+pub fn stagectl_with_env(state: &Path, vars: &[(&str, &str)], args: &[&str]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_stagectl"))
         .args(args)
         .env("STAGECTL_STATE_DIR", state)
+        .envs(vars.iter().copied())
         .output()
         .expect("the stagectl binary runs");
     Run::from(out)
@@ -111,9 +117,14 @@ impl LabEnv {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
+        self.run_with_env(&[], args)
+    }
+
+    /// `run` with these variables set (a secret's, say).
+    pub fn run_with_env(&self, vars: &[(&str, &str)], args: &[&str]) -> Run {
         let mut full = vec!["-f", self.topology.to_str().unwrap()];
         full.extend_from_slice(args);
-        stagectl(&self.state(), &full)
+        stagectl_with_env(&self.state(), vars, &full)
     }
 
     pub fn ip(&self, host: u8) -> String {
@@ -204,9 +215,9 @@ pub fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
 /// Which instance answered, when.
 pub type Answers = Vec<(std::time::Instant, String)>;
 
-/// Requests `GET /demo/` from an LB in the background, every 10 ms, until
-/// finished; every answer that is not a 200 is a failure. Keeps which
-/// instance answered when.
+/// Requests `GET /demo/` (or another path) from an LB in the background,
+/// every 10 ms, until finished; every answer that is not a 200 is a
+/// failure. Keeps which instance answered when.
 pub struct Client {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Requests made, failures, answers.
@@ -215,14 +226,18 @@ pub struct Client {
 
 impl Client {
     pub fn start(lb: &str) -> Self {
+        Self::start_at(lb, "/demo/")
+    }
+
+    pub fn start_at(lb: &str, path: &str) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handle = {
-            let (stop, lb) = (stop.clone(), lb.to_string());
+            let (stop, lb, path) = (stop.clone(), lb.to_string(), path.to_string());
             std::thread::spawn(move || {
                 let (mut total, mut failed, mut answers) = (0, Vec::new(), Vec::new());
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     total += 1;
-                    match http_get(&lb, "/demo/", "x") {
+                    match http_get(&lb, &path, "x") {
                         Ok((200, body)) => {
                             if let Some(who) = identity(&body) {
                                 answers.push((std::time::Instant::now(), who));

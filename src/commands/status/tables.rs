@@ -151,11 +151,23 @@ fn print_lb(s: &Status) {
         t.load_style(NOTHING);
         t.set_header(vec!["ROUTE", "PATH", "UPSTREAMS"]);
         for r in &lb.status.routes {
-            t.add_row(vec![
-                format!("{} → {}", r.server_name, r.service),
-                format!("http://{}{}", lb.address, r.path),
-                r.upstreams.len().to_string(),
-            ]);
+            let (route, at) = match r.tcp_port {
+                Some(port) => (
+                    format!("tcp → {}", r.service),
+                    // `address` is the HTTP listener's `ip:port`.
+                    format!(
+                        "{}:{port}",
+                        lb.address
+                            .rsplit_once(':')
+                            .map_or(lb.address.as_str(), |(ip, _)| ip)
+                    ),
+                ),
+                None => (
+                    format!("{} → {}", r.server_name, r.service),
+                    format!("http://{}{}", lb.address, r.path),
+                ),
+            };
+            t.add_row(vec![route, at, r.upstreams.len().to_string()]);
         }
         let reload = match (lb.status.last_reload_at, lb.status.last_reload_ok) {
             (Some(at), Some(ok)) => format!(

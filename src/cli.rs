@@ -255,15 +255,6 @@ pub enum EventFormat {
     Json,
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_command_line_definition_is_consistent() {
-        use clap::CommandFactory;
-        super::Cli::command().debug_assert();
-    }
-}
-
 /// `NAME=PORT` for `agent template --tcp`.
 fn parse_tcp_listener(s: &str) -> Result<(String, u16), String> {
     let (name, port) = s
@@ -273,4 +264,13 @@ fn parse_tcp_listener(s: &str) -> Result<(String, u16), String> {
         .parse()
         .map_err(|_| format!("`{s}`: `{port}` is not a port"))?;
     Ok((name.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -116,7 +116,7 @@ impl Validator {
                         format!(
                             "service {name}: health.{key} `{}` is not a duration from {} to 10m (like 2s, 1500ms, 1m)",
                             d.value,
-                            if min % 1000 == 0 { format!("{}s", min / 1000) } else { format!("{min}ms") }
+                            if min.is_multiple_of(1000) { format!("{}s", min / 1000) } else { format!("{min}ms") }
                         ),
                     );
                     default

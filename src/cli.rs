@@ -110,6 +110,8 @@ pub enum Command {
         /// The host to run it on [default: the first that runs the instance]
         #[arg(long)]
         host: Option<String>,
+        #[command(flatten)]
+        attach: AttachArgs,
         /// The command and its arguments, after `--`
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
@@ -124,6 +126,8 @@ pub enum Command {
         /// Mount the service's volumes (those of its instance 1 on that host)
         #[arg(long)]
         volumes: bool,
+        #[command(flatten)]
+        attach: AttachArgs,
         /// The command and its arguments, after `--` [default: the service's command]
         #[arg(last = true)]
         cmd: Vec<String>,
@@ -164,6 +168,17 @@ pub enum Command {
         #[arg(long)]
         version: u32,
     },
+}
+
+/// `-i`/`-t` of `run` and `exec`, as `docker run -it` has them.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct AttachArgs {
+    /// Keep stdin open: what is typed or piped in goes to the command
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the command a terminal (a console: `-it`)
+    #[arg(short = 't', long)]
+    pub tty: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -29,4 +29,5 @@ pub mod poll;
 pub mod secrets;
 pub mod state;
 pub mod style;
+pub mod terminal;
 pub mod topology;

@@ -157,6 +157,79 @@ fn the_example_stack_keeps_its_data_and_its_secret() {
         "one-off containers are removed"
     );
 
+    // -i: piped input reaches the one-off; -it: a console on a terminal
+    // (through tmux), whose exit code comes back.
+    let bin = env!("CARGO_BIN_EXE_stagectl");
+    let prefix = format!(
+        "STAGECTL_STATE_DIR={} SHOP_REDIS_PASSWORD={PASSWORD} {bin} -f {}",
+        env.state().display(),
+        env.topology.display()
+    );
+    let piped = sh(
+        "sh",
+        &[
+            "-c",
+            &format!("printf 'from stdin\\n' | {prefix} run -i redis -- sh -c 'cat; exit 5'"),
+        ],
+    );
+    assert_eq!(
+        (piped.code, piped.stdout.as_str()),
+        (5, "from stdin\n"),
+        "{}",
+        piped.stderr
+    );
+    let code_file = env.dir.path().join("console-exit");
+    let session = "itstack-console";
+    let _ = sh("tmux", &["kill-session", "-t", session]);
+    sh(
+        "tmux",
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            session,
+            "-x",
+            "100",
+            "-y",
+            "30",
+            &format!(
+                "{prefix} run -it redis -- sh; echo $? > {}; sleep 60",
+                code_file.display()
+            ),
+        ],
+    )
+    .expect_ok("tmux");
+    let pane = || sh("tmux", &["capture-pane", "-p", "-t", session]).stdout;
+    assert!(
+        eventually(20, || pane().contains('#')),
+        "no prompt: {}",
+        pane()
+    );
+    sh(
+        "tmux",
+        &[
+            "send-keys",
+            "-t",
+            session,
+            "echo $((6*7)) $(stty size)",
+            "Enter",
+        ],
+    );
+    assert!(
+        eventually(10, || pane().contains("42 30 100")),
+        "{}",
+        pane()
+    );
+    sh("tmux", &["send-keys", "-t", session, "exit 6", "Enter"]);
+    assert!(
+        eventually(10, || std::fs::read_to_string(&code_file)
+            .is_ok_and(|c| c.trim() == "6")),
+        "the console's exit code: {:?}\n{}",
+        std::fs::read_to_string(&code_file),
+        pane()
+    );
+    let _ = sh("tmux", &["kill-session", "-t", session]);
+
     // A web replacement keeps the data (it is in Redis).
     let before = visits(&lb);
     let yaml = std::fs::read_to_string(&env.topology).unwrap();

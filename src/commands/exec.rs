@@ -12,10 +12,19 @@ use std::io::Write;
 use anyhow::{bail, Result};
 
 use super::Ctx;
+use crate::cli::AttachArgs;
+use crate::engine::docker::Attach;
 use crate::error::input;
 use crate::plan::desired::object_name;
+use crate::terminal::RawMode;
 
-pub async fn run(ctx: &Ctx, instance: &str, host: Option<&str>, cmd: &[String]) -> Result<u8> {
+pub async fn run(
+    ctx: &Ctx,
+    instance: &str,
+    host: Option<&str>,
+    attach: AttachArgs,
+    cmd: &[String],
+) -> Result<u8> {
     let t = &ctx.topology;
     let all: Vec<(String, &crate::topology::Service)> = t
         .services
@@ -69,19 +78,39 @@ pub async fn run(ctx: &Ctx, instance: &str, host: Option<&str>, cmd: &[String]) 
             continue;
         }
         let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        let (attach, _raw) = terminal_for(attach);
         let code = conn
             .host
-            .exec_streaming(&container, &args, &[], |is_stderr, bytes| {
-                // Written as it comes; a closed pipe (`| head`) is not an error.
-                let _ = if is_stderr {
-                    std::io::stderr().write_all(bytes)
-                } else {
-                    let mut out = std::io::stdout();
-                    out.write_all(bytes).and_then(|()| out.flush())
-                };
-            })
+            .exec_streaming(&container, &args, &[], attach, write_output)
             .await?;
         return Ok(super::run::exit_code(code));
     }
     bail!("{}", tried.join("\n"))
+}
+
+/// A remote process's output, written here as it comes; a closed pipe
+/// (`| head`) is not an error.
+pub fn write_output(is_stderr: bool, bytes: &[u8]) {
+    let _ = if is_stderr {
+        std::io::stderr().write_all(bytes)
+    } else {
+        let mut out = std::io::stdout();
+        out.write_all(bytes).and_then(|()| out.flush())
+    };
+}
+
+/// What `-i`/`-t` ask for: stdin, a terminal of this one's size, and raw
+/// mode here while it runs (kept in the guard; `-t` implies stdin).
+pub fn terminal_for(args: AttachArgs) -> (Attach, Option<RawMode>) {
+    let tty = args
+        .tty
+        .then(|| crate::terminal::size().unwrap_or((24, 80)));
+    let raw = if args.tty { RawMode::enable() } else { None };
+    (
+        Attach {
+            stdin: args.interactive || args.tty,
+            tty,
+        },
+        raw,
+    )
 }

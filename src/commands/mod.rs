@@ -110,14 +110,16 @@ async fn run_command(ctx: &Ctx, command: Command) -> Result<u8> {
         Command::Exec {
             instance,
             host,
+            attach,
             cmd,
-        } => exec::run(ctx, &instance, host.as_deref(), &cmd).await,
+        } => exec::run(ctx, &instance, host.as_deref(), attach, &cmd).await,
         Command::Run {
             service,
             host,
             volumes,
+            attach,
             cmd,
-        } => run::run(ctx, &service, host.as_deref(), volumes, &cmd).await,
+        } => run::run(ctx, &service, host.as_deref(), volumes, attach, &cmd).await,
         Command::Lock(crate::cli::LockCommand::Status { output }) => {
             lock::status(ctx, output).await
         }

@@ -8,11 +8,11 @@
 //! host): a one-off that writes into a database's files while the database
 //! runs is rarely what was meant.
 
-use std::io::Write;
-
 use anyhow::Result;
 
+use super::exec::{terminal_for, write_output};
 use super::Ctx;
+use crate::cli::AttachArgs;
 use crate::error::input;
 use crate::pipeline::resolve_ports;
 use crate::plan::desired::{one_off, Secrets};
@@ -22,6 +22,7 @@ pub async fn run(
     service: &str,
     host: Option<&str>,
     volumes: bool,
+    attach: AttachArgs,
     cmd: &[String],
 ) -> Result<u8> {
     let t = &ctx.topology;
@@ -65,17 +66,10 @@ pub async fn run(
     let name = format!("run-{}", std::process::id());
     let cmd = (!cmd.is_empty()).then_some(cmd);
     let spec = one_off(&t, h, s, &secrets, cmd, volumes, &name);
+    let (attach, _raw) = terminal_for(attach);
     let code = conn
         .host
-        .run_once_streaming(&spec, |is_stderr, bytes| {
-            // Written as it comes; a closed pipe (`| head`) is not an error.
-            let _ = if is_stderr {
-                std::io::stderr().write_all(bytes)
-            } else {
-                let mut out = std::io::stdout();
-                out.write_all(bytes).and_then(|()| out.flush())
-            };
-        })
+        .run_once_streaming(&spec, attach, write_output)
         .await?;
     Ok(exit_code(code))
 }

@@ -50,6 +50,61 @@ fn container_name(names: Option<Vec<String>>) -> String {
 }
 
 /// True when the engine answered "no such object" (404).
+/// How a one-off or an exec is attached to this process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Attach {
+    /// Our stdin goes to the process (its stdin closes when ours does).
+    pub stdin: bool,
+    /// A terminal of this size (`rows`, `columns`) is allocated for it.
+    pub tty: Option<(u16, u16)>,
+}
+
+/// Hand a process's output to `sink` until it ends (`true` for stderr; a
+/// terminal's output is all stdout).
+async fn pump(
+    mut output: std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<
+                    Item = Result<bollard::container::LogOutput, bollard::errors::Error>,
+                > + Send,
+        >,
+    >,
+    sink: &mut impl FnMut(bool, &[u8]),
+) -> Result<()> {
+    while let Some(chunk) = output.next().await {
+        match chunk? {
+            bollard::container::LogOutput::StdErr { message } => sink(true, &message),
+            other => sink(false, &other.into_bytes()),
+        }
+    }
+    Ok(())
+}
+
+/// Copy this process's stdin to a process's input until either ends, then
+/// close it (the process sees end of input). Read on a thread of its own:
+/// a read from a terminal blocks until a key is pressed, and tokio's stdin
+/// would hold up the runtime's shutdown (and so the exit) until then.
+async fn copy_stdin(mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>) {
+    use tokio::io::AsyncWriteExt;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        let mut stdin = std::io::stdin();
+        while let Ok(n @ 1..) = stdin.read(&mut buf) {
+            if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    while let Some(bytes) = rx.recv().await {
+        if input.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+    let _ = input.shutdown().await;
+}
+
 pub fn is_not_found(err: &bollard::errors::Error) -> bool {
     matches!(
         err,
@@ -170,6 +225,7 @@ impl DockerHost {
         &self,
         spec: &ContainerSpec,
         restart: RestartPolicyNameEnum,
+        attach: Attach,
     ) -> Result<String> {
         let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
         labels.insert(labels::SPEC_HASH.into(), spec.hash());
@@ -211,6 +267,11 @@ impl DockerHost {
             user: spec.user.clone(),
             env: Some(spec.env.clone()),
             labels: Some(labels),
+            tty: Some(attach.tty.is_some()),
+            open_stdin: Some(attach.stdin),
+            attach_stdin: Some(attach.stdin),
+            // The container's stdin closes when ours does (input piped in).
+            stdin_once: Some(attach.stdin),
             healthcheck: spec.healthcheck.as_ref().map(|h| {
                 let ns = |ms: u64| i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
                 bollard::models::HealthConfig {
@@ -263,25 +324,30 @@ impl DockerHost {
         Ok(created.id)
     }
 
-    /// Run `spec` once: create it (never restarted), attach to its output,
-    /// start it, hand each piece of output to `sink` as it comes (`true`
-    /// for stderr), and remove it when it ends; its exit code. Dropped
-    /// midway (Ctrl-C), the container is left: labelled a one-off, the next
-    /// `up` or `down` removes it.
+    /// Run `spec` once: create it (never restarted), attach to its output
+    /// (and this process's stdin, a terminal, as `attach` says), start it,
+    /// hand each piece of output to `sink` as it comes (`true` for stderr),
+    /// and remove it when it ends; its exit code. Dropped midway (Ctrl-C),
+    /// the container is left: labelled a one-off, the next `up` or `down`
+    /// removes it.
     pub async fn run_once_streaming(
         &self,
         spec: &ContainerSpec,
+        attach: Attach,
         mut sink: impl FnMut(bool, &[u8]),
     ) -> Result<i64> {
-        use bollard::query_parameters::{AttachContainerOptions, WaitContainerOptions};
+        use bollard::query_parameters::{
+            AttachContainerOptions, ResizeContainerTTYOptions, WaitContainerOptions,
+        };
         let _ = self.remove_container(&spec.name).await; // a leftover of the same name
-        let id = self.create(spec, RestartPolicyNameEnum::NO).await?;
+        let id = self.create(spec, RestartPolicyNameEnum::NO, attach).await?;
         let ran = async {
             let attached = self
                 .docker
                 .attach_container(
                     &id,
                     Some(AttachContainerOptions {
+                        stdin: attach.stdin,
                         stdout: true,
                         stderr: true,
                         stream: true,
@@ -293,13 +359,17 @@ impl DockerHost {
             self.start(&id)
                 .await
                 .with_context(|| format!("{}: cannot start {}", self.name, spec.name))?;
-            let mut output = attached.output;
-            while let Some(chunk) = output.next().await {
-                match chunk? {
-                    bollard::container::LogOutput::StdErr { message } => sink(true, &message),
-                    other => sink(false, &other.into_bytes()),
-                }
+            if let Some((h, w)) = attach.tty {
+                let size = ResizeContainerTTYOptions {
+                    h: i32::from(h),
+                    w: i32::from(w),
+                };
+                let _ = self.docker.resize_container_tty(&id, size).await;
             }
+            if attach.stdin {
+                tokio::spawn(copy_stdin(attached.input));
+            }
+            pump(attached.output, &mut sink).await?;
             // A non-zero exit is an answer here, not an error.
             let mut waited = self
                 .docker
@@ -333,9 +403,12 @@ impl DockerHost {
         container: &str,
         cmd: &[&str],
         env: &[String],
+        attach: Attach,
         mut sink: impl FnMut(bool, &[u8]),
     ) -> Result<i64> {
-        use bollard::exec::{CreateExecOptions, StartExecResults};
+        use bollard::exec::{
+            CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults,
+        };
         let exec = self
             .docker
             .create_exec(
@@ -343,22 +416,34 @@ impl DockerHost {
                 CreateExecOptions {
                     cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
                     env: Some(env.to_vec()),
+                    attach_stdin: Some(attach.stdin),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
+                    tty: Some(attach.tty.is_some()),
                     ..Default::default()
                 },
             )
             .await
             .with_context(|| format!("{}: cannot exec in {container}", self.name))?;
-        if let StartExecResults::Attached { mut output, .. } =
-            self.docker.start_exec(&exec.id, None).await?
+        let options = StartExecOptions {
+            detach: false,
+            tty: attach.tty.is_some(),
+            output_capacity: None,
+        };
+        if let StartExecResults::Attached { output, input } =
+            self.docker.start_exec(&exec.id, Some(options)).await?
         {
-            while let Some(chunk) = output.next().await {
-                match chunk? {
-                    bollard::container::LogOutput::StdErr { message } => sink(true, &message),
-                    other => sink(false, &other.into_bytes()),
-                }
+            if let Some((h, w)) = attach.tty {
+                let size = ResizeExecOptions {
+                    height: h,
+                    width: w,
+                };
+                let _ = self.docker.resize_exec(&exec.id, size).await;
             }
+            if attach.stdin {
+                tokio::spawn(copy_stdin(input));
+            }
+            pump(output, &mut sink).await?;
         }
         Ok(self
             .docker
@@ -514,7 +599,11 @@ impl Engine for DockerHost {
     /// into a label so the next `up` can tell whether it is still current.
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String> {
         let id = self
-            .create(spec, RestartPolicyNameEnum::UNLESS_STOPPED)
+            .create(
+                spec,
+                RestartPolicyNameEnum::UNLESS_STOPPED,
+                Attach::default(),
+            )
             .await?;
         self.start(&id)
             .await
@@ -568,14 +657,20 @@ impl Engine for DockerHost {
         let mut stdout = String::new();
         let mut stderr = String::new();
         let code = self
-            .exec_streaming(container, cmd, env, |is_stderr, bytes| {
-                let text = String::from_utf8_lossy(bytes);
-                if is_stderr {
-                    stderr.push_str(&text)
-                } else {
-                    stdout.push_str(&text)
-                }
-            })
+            .exec_streaming(
+                container,
+                cmd,
+                env,
+                Attach::default(),
+                |is_stderr, bytes| {
+                    let text = String::from_utf8_lossy(bytes);
+                    if is_stderr {
+                        stderr.push_str(&text)
+                    } else {
+                        stdout.push_str(&text)
+                    }
+                },
+            )
             .await?;
         Ok(ExecOutput {
             code,
@@ -612,7 +707,7 @@ impl Engine for DockerHost {
         const KEEP: usize = 4096;
         let mut tail: Vec<u8> = Vec::new();
         let code = self
-            .run_once_streaming(spec, |_, bytes| {
+            .run_once_streaming(spec, Attach::default(), |_, bytes| {
                 tail.extend_from_slice(bytes);
                 if tail.len() > 2 * KEEP {
                     tail.drain(..tail.len() - KEEP);

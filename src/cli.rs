@@ -37,6 +37,15 @@ pub struct Cli {
     #[arg(long, global = true, default_value_t = 600, value_name = "SECS")]
     pub lock_timeout: u64,
 
+    /// The environment's name, instead of the file's `name` (a preview per
+    /// branch from one file: `--env pr-1234`); normalized to a-z 0-9 -
+    #[arg(long, global = true, value_name = "NAME")]
+    pub env: Option<String>,
+
+    /// A service's image, instead of the file's (repeated): `--image web=team/web:3f2c1a`
+    #[arg(long, global = true, value_name = "SERVICE=REF", value_parser = parse_image_override)]
+    pub image: Vec<(String, String)>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -49,6 +58,12 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// Remove the environments whose `--ttl` has passed, on the hosts of the file
+    Gc {
+        /// Only say which would be removed
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show what `up` would create, replace, start or remove on each host; changes nothing
     Plan {
         /// `json`: one object per planned step (the fields `up -o json` reports)
@@ -60,6 +75,10 @@ pub enum Command {
         /// `json`: one event object per line on stdout (see the README)
         #[arg(short = 'o', long, value_enum, default_value_t = EventFormat::Text)]
         output: EventFormat,
+        /// Expire the environment this long from now (`90m`, `12h`, `3d`, `2w`; `0`:
+        /// never); `stagectl gc` removes expired ones [default: as it was]
+        #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+        ttl: Option<u64>,
     },
     /// Remove everything of this environment (and its lab, once unused); nothing else
     Down {
@@ -270,6 +289,40 @@ pub enum EventFormat {
     Json,
 }
 
+/// `SERVICE=REF` for `--image`.
+fn parse_image_override(s: &str) -> Result<(String, String), String> {
+    let (service, image) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected SERVICE=IMAGE, like web=team/web:3f2c1a"))?;
+    Ok((service.to_string(), image.to_string()))
+}
+
+/// A duration for `--ttl` in seconds: `90m`, `12h`, `3d`, `2w` (or `30s`);
+/// `0` for none.
+pub fn parse_ttl(s: &str) -> Result<u64, String> {
+    if s == "0" {
+        return Ok(0);
+    }
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{s}`: give a unit, like 90m, 12h, 3d or 2w"))?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 3d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        _ => return Err(format!("`{s}`: the unit is one of s, m, h, d, w")),
+    };
+    n.checked_mul(seconds)
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("`{s}` is out of range"))
+}
+
 /// `NAME=PORT` for `agent template --tcp`.
 fn parse_tcp_listener(s: &str) -> Result<(String, u16), String> {
     let (name, port) = s
@@ -287,5 +340,25 @@ mod tests {
     fn the_command_line_definition_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ttls_and_image_overrides_parse_or_say_why_not() {
+        use super::{parse_image_override, parse_ttl};
+        assert_eq!(parse_ttl("3d"), Ok(3 * 86400));
+        assert_eq!(parse_ttl("90m"), Ok(5400));
+        assert_eq!(parse_ttl("0"), Ok(0));
+        assert!(parse_ttl("3").unwrap_err().contains("give a unit"));
+        assert!(parse_ttl("3y")
+            .unwrap_err()
+            .contains("one of s, m, h, d, w"));
+        assert!(parse_ttl("0d").is_err());
+        assert_eq!(
+            parse_image_override("web=team/web:3f2c1a"),
+            Ok(("web".into(), "team/web:3f2c1a".into()))
+        );
+        assert!(parse_image_override("team/web")
+            .unwrap_err()
+            .contains("SERVICE=IMAGE"));
     }
 }

@@ -222,6 +222,10 @@ pub struct LastUp {
     /// kept until a later run clears them.
     #[serde(default)]
     pub departed: BTreeMap<String, Endpoint>,
+    /// Unix seconds after which `stagectl gc` removes the environment
+    /// (`up --ttl`); none: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 impl LastUp {
@@ -231,6 +235,7 @@ impl LastUp {
         t: &crate::topology::Topology,
         desired: &[HostState],
         departed: BTreeMap<String, Endpoint>,
+        expires_at: Option<u64>,
     ) -> LastUp {
         use sha2::{Digest, Sha256};
         let mut digest = Sha256::new();
@@ -250,6 +255,7 @@ impl LastUp {
                 .map(|h| (h.name.clone(), h.endpoint.clone()))
                 .collect(),
             departed,
+            expires_at,
         }
     }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::agent::labels::{self, Component};
 use crate::cli::OutputFormat;
+use crate::cluster::consul;
 use crate::error::{EXIT_FAILED, EXIT_OK};
 use crate::pipeline::events::Reporter;
 use crate::pipeline::{open, Ctx, Unreachable};
@@ -24,9 +25,27 @@ pub struct EnvSummary {
     pub running: usize,
     pub ports: Option<String>,
     pub lb: Option<String>,
+    /// Who ran the last `up`, and when (unix seconds); from its record in
+    /// the environment's Consul.
+    pub last_up_by: Option<String>,
+    pub last_up_at: Option<u64>,
+    /// Unix seconds after which `gc` removes it (`up --ttl`).
+    pub expires_at: Option<u64>,
+    /// A host whose Consul agent of this environment runs, and its HTTP
+    /// port: where the record is read.
+    #[serde(skip)]
+    consul: Option<(String, u16)>,
 }
 
-pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
+impl EnvSummary {
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// Every environment on the hosts that answered, with its last `up`
+/// record; and the hosts that did not answer.
+pub async fn gather(ctx: &Ctx) -> Result<(Vec<EnvSummary>, Vec<String>)> {
     let hosts = open(ctx, &Reporter::quiet(), Unreachable::Report).await?;
     let mut envs: BTreeMap<String, EnvSummary> = BTreeMap::new();
     let mut unreachable = Vec::new();
@@ -40,15 +59,35 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
             Err(e) => unreachable.push(format!("{e:#}")),
         }
     }
-    for e in envs.values_mut() {
+    let records = envs.values().map(|e| async {
+        let (host, port) = e.consul.as_ref()?;
+        let engine = hosts.engine(host)?;
+        let container = Component::Consul.container(&e.name);
+        consul::get_last_up(engine, &container, *port, &e.name)
+            .await
+            .ok()
+            .flatten()
+    });
+    let records = futures_util::future::join_all(records).await;
+    for (e, record) in envs.values_mut().zip(records) {
         e.state = if e.running == e.containers {
             "up"
         } else {
             "degraded"
         }
         .into();
+        if let Some(r) = record {
+            e.last_up_by = Some(r.by);
+            e.last_up_at = Some(r.at);
+            e.expires_at = r.expires_at;
+        }
     }
-    let list: Vec<&EnvSummary> = envs.values().collect();
+    Ok((envs.into_values().collect(), unreachable))
+}
+
+pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
+    let (envs, unreachable) = gather(ctx).await?;
+    let list: Vec<&EnvSummary> = envs.iter().collect();
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&list)?),
         OutputFormat::Table => print_table(&list),
@@ -94,10 +133,26 @@ fn count(
             p.lb_http, p.consul_server, p.consul_http
         ));
     }
-    if l.get(labels::COMPONENT).map(String::as_str) == Some(Component::Nginx.label()) {
+    let component = l.get(labels::COMPONENT).map(String::as_str);
+    if component == Some(Component::Consul.label()) && c.running && e.consul.is_none() {
+        if let Some(p) = &ports {
+            e.consul = Some((host.to_string(), p.consul_http));
+        }
+    }
+    if component == Some(Component::Nginx.label()) {
         if let Some(p) = ports {
             e.lb = Some(format!("http://{advertise}:{}/", p.lb_http));
         }
+    }
+}
+
+/// `42s`, `5m`, `3h`, `2d`: a duration at a glance.
+fn span(seconds: u64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 2 * 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
     }
 }
 
@@ -115,8 +170,20 @@ fn print_table(list: &[&EnvSummary]) {
         "CONTAINERS",
         "PORTS",
         "LOAD BALANCER",
+        "LAST UP",
+        "EXPIRES",
     ]);
+    let now = crate::clock::unix_now();
     for e in list {
+        let last_up = match (&e.last_up_by, e.last_up_at) {
+            (Some(by), Some(at)) => format!("{} ago by {by}", span(now.saturating_sub(at))),
+            _ => "-".into(),
+        };
+        let expires = match e.expires_at {
+            Some(at) if at <= now => format!("expired {} ago", span(now - at)),
+            Some(at) => format!("in {}", span(at - now)),
+            None => "never".into(),
+        };
         table.add_row(vec![
             e.name.clone(),
             e.state.clone(),
@@ -124,6 +191,8 @@ fn print_table(list: &[&EnvSummary]) {
             format!("{}/{} running", e.running, e.containers),
             e.ports.clone().unwrap_or_else(|| "-".into()),
             e.lb.clone().unwrap_or_else(|| "-".into()),
+            last_up,
+            expires,
         ]);
     }
     println!("{table}");

@@ -8,6 +8,7 @@ mod agent;
 mod demo;
 mod down;
 mod exec;
+mod gc;
 mod lock;
 mod logs;
 mod ls;
@@ -36,9 +37,13 @@ fn load(cli: &Cli) -> Result<Ctx> {
     };
     // `ls` looks at hosts, not at one environment: a shared hosts file
     // without `name` will do.
+    let overrides = topology::Overrides {
+        env: cli.env.clone(),
+        images: cli.image.clone(),
+    };
     let topology = match cli.command {
-        Command::Ls { .. } => topology::load_hosts(&path)?,
-        _ => topology::load(&path)?,
+        Command::Ls { .. } | Command::Gc { .. } => topology::load_hosts(&path)?,
+        _ => topology::load_with(&path, &overrides)?,
     };
     Ok(Ctx {
         topology,
@@ -88,7 +93,8 @@ async fn run_command(ctx: &Ctx, command: Command) -> Result<u8> {
     match command {
         Command::Validate { output } => validate::run(ctx, output),
         Command::Plan { output } => plan::run(ctx, output).await,
-        Command::Up { output } => up::run(ctx, output).await,
+        Command::Up { output, ttl } => up::run(ctx, output, ttl).await,
+        Command::Gc { dry_run } => gc::run(ctx, dry_run).await,
         Command::Down {
             keep_data,
             host: Some(host),

@@ -17,7 +17,9 @@ use crate::plan::desired::{desired_state, images_of, Secrets};
 use crate::plan::reconcile::totals;
 use crate::plan::{lab_steps, Plan, Wait};
 
-pub async fn run(ctx: &Ctx, output: EventFormat) -> Result<u8> {
+/// `ttl`: `--ttl` in seconds (0: no expiry); none: the expiry stays as the
+/// last `up` left it.
+pub async fn run(ctx: &Ctx, output: EventFormat, ttl: Option<u64>) -> Result<u8> {
     let started = Instant::now();
     // Before anything is touched: a missing secret changes nothing.
     let values = crate::secrets::read(&ctx.topology.services)?;
@@ -25,7 +27,7 @@ pub async fn run(ctx: &Ctx, output: EventFormat) -> Result<u8> {
     let mut hosts = open(ctx, &reporter, Unreachable::Abort).await?;
     // One run at a time per environment: taken before anything changes.
     let lock = super::lock::take(ctx, "up", &hosts, &reporter).await?;
-    let converged = converge(ctx, &mut hosts, &reporter, started, values).await;
+    let converged = converge(ctx, &mut hosts, &reporter, started, values, ttl).await;
     super::lock::give_back(lock).await;
     converged
 }
@@ -36,6 +38,7 @@ async fn converge<'a>(
     reporter: &Reporter,
     started: Instant,
     values: std::collections::BTreeMap<String, Vec<u8>>,
+    ttl: Option<u64>,
 ) -> Result<u8> {
     let t = &ctx.topology;
     // The lab first: its hosts can only be looked into once they run. As
@@ -59,11 +62,17 @@ async fn converge<'a>(
 
     let t = &resolve_ports(t, &hosts.reachable()).await?;
     let mut snapshot = hosts.snapshot(t, &images_of(t)).await?;
-    if let Some(record) = hosts.last_up(t, &snapshot).await {
+    let last = hosts.last_up(t, &snapshot).await;
+    if let Some(record) = &last {
         hosts
-            .find_departed(t, &record, &mut snapshot, reporter)
+            .find_departed(t, record, &mut snapshot, reporter)
             .await?;
     }
+    let expires_at = match ttl {
+        Some(0) => None,
+        Some(seconds) => Some(crate::clock::unix_now() + seconds),
+        None => last.and_then(|l| l.expires_at),
+    };
     let stored = ctx.state.existing_gossip_key(&t.name)?;
     let gossip_key = match hosts.gossip_key(t, stored.clone(), &snapshot).await? {
         Some(key) => {
@@ -99,7 +108,7 @@ async fn converge<'a>(
     if let Some(wait) = &plan.routes {
         let (routed, ()) = tokio::join!(
             waits::routes(lb_engine, t, wait, reporter),
-            record_last_up(hosts, t, &desired, &plan)
+            record_last_up(hosts, t, &desired, &plan, expires_at)
         );
         routed?;
     }
@@ -145,6 +154,7 @@ async fn record_last_up(
     t: &crate::topology::Topology,
     desired: &[crate::plan::desired::HostState],
     plan: &Plan,
+    expires_at: Option<u64>,
 ) {
     let Some(server) = plan.cluster.as_ref().and_then(|w| hosts.engine(w.host())) else {
         return;
@@ -156,7 +166,7 @@ async fn record_last_up(
         .filter(|d| d.result.is_err())
         .map(|d| (d.host.name.clone(), d.host.endpoint.clone()))
         .collect();
-    let record = consul::LastUp::of_this_run(t, desired, departed);
+    let record = consul::LastUp::of_this_run(t, desired, departed, expires_at);
     let container = Component::Consul.container(&t.name);
     if let Err(e) =
         consul::put_last_up(server, &container, t.ports.consul_http, &t.name, &record).await

@@ -37,8 +37,80 @@ pub fn default_path() -> Result<PathBuf> {
 
 /// Read, parse and validate a topology file.
 pub fn load(path: &Path) -> Result<Topology> {
+    load_with(path, &Overrides::default())
+}
+
+/// What the command line changes in a topology: the environment's name
+/// (`--env`, so one file describes the shape of many environments, a
+/// preview per branch) and services' images (`--image web=team/web:3f2c1a`).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub env: Option<String>,
+    pub images: Vec<(String, String)>,
+}
+
+/// [`load`], with the command line's overrides: `--env` names the
+/// environment (the file's `name` may then be left out), `--image` sets a
+/// service's image. Errors about them name the flag.
+pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Topology> {
     let text = read_text(path).map_err(input)?;
-    parse(&text, path)
+    let env = match &overrides.env {
+        Some(e) => Some(normalize_env_name(e).map_err(input)?),
+        None => None,
+    };
+    let mut t = parse_as(&text, path, env.as_deref())?;
+    for (service, image) in &overrides.images {
+        let names: Vec<&str> = t.services.iter().map(|s| s.name.as_str()).collect();
+        let known = names.join(", ");
+        let Some(s) = t.services.iter_mut().find(|s| s.name == *service) else {
+            return Err(input(format!(
+                "--image {service}={image}: no service `{service}` in {}; services: {known}",
+                path.display()
+            )));
+        };
+        if image.is_empty() || image.contains(char::is_whitespace) {
+            return Err(input(format!(
+                "--image {service}={image}: `{image}` is not an image reference"
+            )));
+        }
+        s.image = image.clone();
+    }
+    Ok(t)
+}
+
+/// An environment name from anything a CI system hands over (a branch
+/// name, `feature/Login_Fix`): lowercased, every run of other characters
+/// one `-`, trimmed; over 32 characters, cut and given 8 hex digits of
+/// the original's SHA-256 so two long names stay apart. Nothing left (no
+/// letter or digit) is an error.
+pub fn normalize_env_name(given: &str) -> std::result::Result<String, String> {
+    const MAX: usize = 32;
+    let mut name = String::new();
+    for c in given.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            name.push(c);
+        } else if !name.is_empty() && !name.ends_with('-') {
+            name.push('-');
+        }
+    }
+    let name = name.trim_end_matches('-').to_string();
+    if name.is_empty() {
+        return Err(format!(
+            "--env `{given}`: no letter or digit to name an environment with"
+        ));
+    }
+    if name.len() <= MAX {
+        return Ok(name);
+    }
+    use sha2::{Digest, Sha256};
+    let hash: String = Sha256::digest(given.as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let head = name[..MAX - 9].trim_end_matches('-');
+    Ok(format!("{head}-{hash}"))
 }
 
 /// Like [`load`], but a file without `name` (a shared hosts file, as
@@ -103,6 +175,11 @@ impl Sources {
 /// resolve relative paths inside the file, including `extends`. Relative
 /// paths inside the base are resolved against the base's own folder.
 pub fn parse(text: &str, path: &Path) -> Result<Topology> {
+    parse_as(text, path, None)
+}
+
+/// [`parse`], with the environment named `env` whatever the file says.
+fn parse_as(text: &str, path: &Path, env: Option<&str>) -> Result<Topology> {
     let shown = path.display().to_string();
     let only_comments = text
         .lines()
@@ -163,6 +240,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Topology> {
                 .unwrap_or_default(),
         });
     }
+    if let Some(env) = env {
+        let here = serde_saphyr::Location::UNKNOWN;
+        raw.name = Some(serde_saphyr::Spanned::new(env.to_string(), here, here));
+    }
     validate::validate(raw, path, base_file).map_err(|diags| {
         let mut out: Vec<String> = diags.iter().map(|d| sources.render(d)).collect();
         if diags.len() > 1 {
@@ -196,6 +277,53 @@ fn parse_raw(text: &str, sources: &Sources) -> Result<raw::RawTopology> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn branch_names_become_environment_names() {
+        assert_eq!(normalize_env_name("pr-1234").unwrap(), "pr-1234");
+        assert_eq!(
+            normalize_env_name("feature/Login_Fix").unwrap(),
+            "feature-login-fix"
+        );
+        assert_eq!(normalize_env_name("--Ünïcode--x").unwrap(), "n-code-x");
+        let long = normalize_env_name("feature/payments-reconciliation-service-retry").unwrap();
+        assert_eq!(long.len(), 32, "{long}");
+        assert!(long.starts_with("feature-payments-reconcil"), "{long}");
+        assert_ne!(
+            long,
+            normalize_env_name("feature/payments-reconciliation-service-retries").unwrap()
+        );
+        let err = normalize_env_name("///").unwrap_err();
+        assert!(err.contains("--env `///`"), "{err}");
+    }
+
+    #[test]
+    fn the_command_line_names_the_environment_and_sets_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("preview.yaml");
+        std::fs::write(
+            &file,
+            "lab: { name: previews, subnet: 10.77.9.0/24 }\nhosts:\n  h: { driver: local, address: 10.77.9.11, roles: [app, lb] }\nservices:\n  web: { image: team/web:main, port: 80 }\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            env: Some("PR/42".into()),
+            images: vec![("web".into(), "team/web:3f2c1a".into())],
+        };
+        let t = load_with(&file, &o).unwrap();
+        assert_eq!(t.name, "pr-42");
+        assert_eq!(t.lab.as_ref().unwrap().name, "previews");
+        assert_eq!(t.services[0].image, "team/web:3f2c1a");
+        // Without --env the file must name the environment.
+        assert!(load(&file).unwrap_err().to_string().contains("no `name`"));
+        let bad = Overrides {
+            env: Some("pr-42".into()),
+            images: vec![("api".into(), "x:1".into())],
+        };
+        let err = load_with(&file, &bad).unwrap_err().to_string();
+        assert!(err.contains("--image api=x:1: no service `api`"), "{err}");
+        assert!(err.contains("services: web"), "{err}");
+    }
 
     #[test]
     fn an_environment_extends_a_base_and_overrides_what_differs() {

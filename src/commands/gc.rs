@@ -1,0 +1,62 @@
+//! `stagectl gc [--dry-run]`: remove the environments whose `up --ttl` has
+//! passed, on the hosts of the file (a shared hosts file will do), each as
+//! `down` would (under its lock), and say what went. Environments without
+//! an expiry, or whose record cannot be read, are left alone.
+
+use anyhow::Result;
+
+use super::ls::gather;
+use super::Ctx;
+use crate::cli::EventFormat;
+use crate::error::{EXIT_FAILED, EXIT_OK};
+use crate::topology::Topology;
+
+pub async fn run(ctx: &Ctx, dry_run: bool) -> Result<u8> {
+    let (envs, unreachable) = gather(ctx).await?;
+    let now = crate::clock::unix_now();
+    let expired: Vec<_> = envs.iter().filter(|e| e.is_expired(now)).collect();
+    for u in &unreachable {
+        eprintln!("warning: {u}; environments only there are not looked at");
+    }
+    if expired.is_empty() {
+        println!(
+            "no expired environment on these hosts ({} looked at)",
+            envs.len()
+        );
+        return Ok(EXIT_OK);
+    }
+    let mut failed = Vec::new();
+    for e in expired {
+        let ago = now - e.expires_at.unwrap_or(now);
+        if dry_run {
+            println!("{}: expired {ago} s ago; would be removed", e.name);
+            continue;
+        }
+        // The file's hosts, under this environment's name: what `down`
+        // needs to find its containers, volumes and lock.
+        let this = Ctx {
+            topology: Topology {
+                name: e.name.clone(),
+                ..ctx.topology.clone()
+            },
+            state: ctx.state.clone(),
+            connect_timeout: ctx.connect_timeout,
+            lock_timeout: ctx.lock_timeout,
+            parallel: ctx.parallel,
+        };
+        match super::down::run(&this, false, EventFormat::Text).await {
+            Ok(EXIT_OK) => println!("{}: expired {ago} s ago; removed", e.name),
+            Ok(_) => failed.push(e.name.clone()),
+            Err(err) => {
+                eprintln!("error: {}: {err:#}", e.name);
+                failed.push(e.name.clone());
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(EXIT_OK)
+    } else {
+        eprintln!("error: not removed: {}", failed.join(", "));
+        Ok(EXIT_FAILED)
+    }
+}

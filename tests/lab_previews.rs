@@ -20,6 +20,18 @@ services:
   demo: { image: stagectl/demo:latest, port: 8080 }
 ";
 
+fn ls_json(ls: &Run) -> serde_json::Value {
+    serde_json::from_str(&ls.stdout).unwrap_or_else(|e| panic!("ls -o json ({e}): {}", ls.stdout))
+}
+
+fn names(list: &serde_json::Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect()
+}
+
 #[test]
 fn previews_from_one_file_expire_and_are_collected() {
     let dir = tempfile::tempdir().unwrap();
@@ -88,15 +100,8 @@ fn previews_from_one_file_expire_and_are_collected() {
 
     // ls: both, with who ran their last up and when they expire.
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let ls = run(&["ls", "-o", "json"]).expect_ok("ls");
-    let list: serde_json::Value = serde_json::from_str(&ls.stdout).unwrap();
-    let names: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["feature-login-fix", "pr-2"]);
+    let list = ls_json(&run(&["ls", "-o", "json"]).expect_ok("ls"));
+    assert_eq!(names(&list), ["feature-login-fix", "pr-2"]);
     for e in list.as_array().unwrap() {
         assert!(
             e["last_up_by"].as_str().is_some_and(|b| b.contains('@')),
@@ -124,15 +129,8 @@ fn previews_from_one_file_expire_and_are_collected() {
         "{}",
         gc.stdout
     );
-    let ls = run(&["ls", "-o", "json"]).expect_ok("ls after gc");
-    let list: serde_json::Value = serde_json::from_str(&ls.stdout).unwrap();
-    let names: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["pr-2"]);
+    let list = ls_json(&run(&["ls", "-o", "json"]).expect_ok("ls after gc"));
+    assert_eq!(names(&list), ["pr-2"]);
 
     // down --env: the last one, and the lab with it.
     run(&["--env", "pr-2", "down"]).expect_ok("down pr-2");

@@ -12,45 +12,12 @@ use std::collections::BTreeSet;
 
 use common::*;
 
-type Steps = BTreeSet<(String, String, String, String)>;
-
-fn key(v: &serde_json::Value) -> (String, String, String, String) {
-    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-    (s("phase"), s("host"), s("action"), s("subject"))
-}
-
-fn json_lines(out: &str) -> Vec<serde_json::Value> {
-    out.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
 fn planned(env: &LabEnv) -> Steps {
-    let r = env.run(&["plan", "-o", "json"]).expect_ok("plan -o json");
-    json_lines(&r.stdout).iter().map(key).collect()
+    env.planned(&[])
 }
 
-/// The steps `up -o json` reports done; every event is checked to be one
-/// JSON object with an `event` field.
 fn carried_out(env: &LabEnv) -> Steps {
-    let r = env.run(&["up", "-o", "json"]).expect_ok("up -o json");
-    let events = json_lines(&r.stdout);
-    assert!(
-        events.iter().all(|e| e["event"].is_string()),
-        "{}",
-        r.stdout
-    );
-    assert_eq!(events.last().unwrap()["event"], "up", "{}", r.stdout);
-    assert!(
-        !events.iter().any(|e| e["event"] == "failed"),
-        "{}",
-        r.stdout
-    );
-    events
-        .iter()
-        .filter(|e| e["event"] == "done")
-        .map(key)
-        .collect()
+    env.carried_out(&[])
 }
 
 #[test]

@@ -110,7 +110,20 @@ fn the_example_stack_keeps_its_data_and_its_secret() {
         .stdout
         .contains("first wait until redis each have a passing instance"));
 
-    run(&["up"]).expect_ok("up");
+    // `up` carries out the plan as printed, stages included.
+    let planned = env.planned(VARS);
+    let stage: Vec<&str> = planned
+        .iter()
+        .filter(|k| k.0 == "stage")
+        .map(|k| k.2.as_str())
+        .collect();
+    for action in ["wait_passing", "run_once", "create"] {
+        assert!(
+            stage.contains(&action),
+            "{action} in the stages: {planned:#?}"
+        );
+    }
+    assert_eq!(planned, env.carried_out(VARS), "plan and up differ");
     let lb = format!("{}:80", env.ip(3));
     let first = visits(&lb);
     let (_, body) = http_get(&lb, "/web/", "x").unwrap();

@@ -34,7 +34,8 @@ pub async fn run(ctx: &Ctx, keep_data: bool, output: EventFormat) -> Result<u8> 
                 .await?;
         }
         let plan = Plan::down(t, &snapshot, keep_data);
-        let executed = execute::hosts_in_parallel(&hosts, &plan.hosts, &t.name, ctx.parallel).await;
+        let executed = execute::hosts_in_parallel(&hosts, &plan.hosts, &t.name, ctx.parallel, "host")
+            .await;
         for p in plan.hosts.iter().filter(|p| p.is_noop()) {
             if let Some(line) = hosts.line(&p.host) {
                 line.ok("nothing of this environment here");

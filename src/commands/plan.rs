@@ -14,7 +14,7 @@ use crate::error::EXIT_OK;
 use crate::pipeline::events::Reporter;
 use crate::pipeline::{open, resolve_ports, Ctx, Unreachable};
 use crate::plan::desired::{desired_state, images_of, Secrets};
-use crate::plan::reconcile::{render, totals};
+use crate::plan::reconcile::{render, HostPlan, Step};
 use crate::plan::{lab_steps, Plan};
 
 pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
@@ -70,18 +70,10 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
             println!("lab {}  {}", lab.name, step.describe());
         }
     }
-    let mut hosts_and_rolling = plan.hosts.clone();
-    for (host, step) in &plan.rolling {
-        if let Some(p) = hosts_and_rolling.iter_mut().find(|p| p.host == *host) {
-            p.steps.push(step.clone());
-        }
-    }
-    print!("{}", render(&hosts_and_rolling));
-    let mut totals = totals(&hosts_and_rolling);
+    print!("{}", render(&with_rolling(&plan.hosts, &plan.rolling)));
     if !plan.members.is_empty() {
         println!("Consul membership, one change at a time:");
         for change in &plan.members {
-            totals.add(&change.steps);
             print!("{}", render(&[change.as_host_plan()]));
             let wait = change.wait_reference();
             println!("  then wait until {} (asked {})", wait.subject, wait.host);
@@ -98,19 +90,7 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
         if let Some((host, step)) = &stage.before_rollout {
             println!("  then run once on {host}: {}", step.describe());
         }
-        let mut steps = stage.hosts.clone();
-        for (host, step) in &stage.rolling {
-            if let Some(p) = steps.iter_mut().find(|p| p.host == *host) {
-                p.steps.push(step.clone());
-            }
-        }
-        totals.add(
-            &steps
-                .iter()
-                .flat_map(|p| p.steps.clone())
-                .collect::<Vec<_>>(),
-        );
-        print!("{}", render(&steps));
+        print!("{}", render(&with_rolling(&stage.hosts, &stage.rolling)));
     }
     for gone in snapshot.departed.iter().filter(|d| d.unreachable) {
         println!(
@@ -118,6 +98,17 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
             gone.host, gone.host
         );
     }
-    println!("{totals}. Nothing was changed.");
+    println!("{}. Nothing was changed.", plan.totals());
     Ok(EXIT_OK)
+}
+
+/// Host plans with the drained replacements shown under their hosts, last.
+fn with_rolling(hosts: &[HostPlan], rolling: &[(String, Step)]) -> Vec<HostPlan> {
+    let mut out = hosts.to_vec();
+    for (host, step) in rolling {
+        if let Some(p) = out.iter_mut().find(|p| p.host == *host) {
+            p.steps.push(step.clone());
+        }
+    }
+    out
 }

@@ -14,7 +14,6 @@ use crate::error::EXIT_OK;
 use crate::pipeline::events::Reporter;
 use crate::pipeline::{execute, open, resolve_ports, waits, Ctx, Hosts, Unreachable};
 use crate::plan::desired::{desired_state, images_of, Secrets};
-use crate::plan::reconcile::totals;
 use crate::plan::{lab_steps, Plan, Wait};
 
 /// `ttl`: `--ttl` in seconds (0: no expiry); none: the expiry stays as the
@@ -85,7 +84,7 @@ async fn converge<'a>(
     let mut plan = Plan::up(t, &desired, &snapshot).map_err(crate::error::input)?;
     plan.lab = lab;
 
-    execute::hosts_in_parallel(hosts, &plan.hosts, &t.name, ctx.parallel).await?;
+    execute::hosts_in_parallel(hosts, &plan.hosts, &t.name, ctx.parallel, "host").await?;
     if let Some(wait) = &plan.cluster {
         waits::cluster(hosts, t, wait, reporter).await?;
     }
@@ -97,7 +96,7 @@ async fn converge<'a>(
         let (Some(engine), Some(line)) = (engine, line) else {
             continue;
         };
-        execute::rolling_replace(engine, lb_engine, t, step, line).await?;
+        execute::rolling_replace(engine, lb_engine, t, step, line, "rolling").await?;
     }
     for stage in &plan.stages {
         execute::stage(hosts, t, stage, lb_engine, reporter, ctx.parallel).await?;
@@ -112,21 +111,7 @@ async fn converge<'a>(
         );
         routed?;
     }
-    let mut totals = totals(&plan.hosts);
-    totals.replace += plan.rolling.len();
-    for change in &plan.members {
-        totals.add(&change.steps);
-    }
-    for stage in &plan.stages {
-        totals.add(
-            &stage
-                .hosts
-                .iter()
-                .flat_map(|h| h.steps.clone())
-                .collect::<Vec<_>>(),
-        );
-        totals.replace += stage.rolling.len();
-    }
+    let totals = plan.totals();
     let lb_address = t
         .host(lb)
         .map(|h| h.advertise.to_string())

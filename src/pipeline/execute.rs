@@ -183,11 +183,12 @@ pub async fn rolling_replace(
     t: &Topology,
     step: &Step,
     line: &HostLine,
+    phase: &'static str,
 ) -> Result<()> {
     let Step::Replace { spec, old_id, .. } = step else {
         anyhow::bail!("a rolling step is a replacement");
     };
-    let reference = step.reference("rolling", &host.name);
+    let reference = step.reference(phase, &host.name);
     let label = format!("{} (rolling)", spec.component);
     let started = Instant::now();
     line.started(&reference, &format!("{label}: draining"));
@@ -401,24 +402,25 @@ pub async fn stage(
         )
         .await?;
     }
-    hosts_in_parallel(hosts, &stage.hosts, &t.name, parallel).await?;
+    hosts_in_parallel(hosts, &stage.hosts, &t.name, parallel, "stage").await?;
     for (host, step) in &stage.rolling {
         let (Some(engine), Some(line)) = (hosts.engine(host), hosts.line(host)) else {
             continue;
         };
-        rolling_replace(engine, lb, t, step, line).await?;
+        rolling_replace(engine, lb, t, step, line, "stage").await?;
     }
     Ok(())
 }
 
 /// Carry out every host's steps, hosts in parallel (at most `parallel` at
-/// once). Every host goes as far as it can; the failures are reported
-/// together.
+/// once), as part of `phase` (`host`, or a service's `stage`). Every host
+/// goes as far as it can; the failures are reported together.
 pub async fn hosts_in_parallel(
     hosts: &crate::pipeline::Hosts<'_>,
     plans: &[HostPlan],
     env: &str,
     parallel: usize,
+    phase: &'static str,
 ) -> Result<()> {
     use futures_util::StreamExt;
     let results: Vec<(String, Result<()>)> = futures_util::stream::iter(plans)
@@ -426,7 +428,7 @@ pub async fn hosts_in_parallel(
             let (Some(engine), Some(line)) = (hosts.engine(&p.host), hosts.line(&p.host)) else {
                 return (p.host.clone(), Ok(())); // not reached: nothing planned there
             };
-            let done = host_steps(engine, hosts.local.as_ref(), &p.steps, env, line, "host").await;
+            let done = host_steps(engine, hosts.local.as_ref(), &p.steps, env, line, phase).await;
             (p.host.clone(), done)
         })
         .buffer_unordered(parallel.max(1))

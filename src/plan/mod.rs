@@ -254,6 +254,24 @@ impl Plan {
         out
     }
 
+    /// What the plan creates, replaces, starts and removes, all phases.
+    pub fn totals(&self) -> reconcile::Totals {
+        let mut t = reconcile::totals(&self.hosts);
+        let rolling: Vec<Step> = self.rolling.iter().map(|(_, s)| s.clone()).collect();
+        t.add(&rolling);
+        for change in &self.members {
+            t.add(&change.steps);
+        }
+        for stage in &self.stages {
+            for h in &stage.hosts {
+                t.add(&h.steps);
+            }
+            let rolling: Vec<Step> = stage.rolling.iter().map(|(_, s)| s.clone()).collect();
+            t.add(&rolling);
+        }
+        t
+    }
+
     pub fn is_noop(&self) -> bool {
         self.lab.is_empty()
             && self.members.is_empty()

@@ -144,6 +144,56 @@ impl LabEnv {
     }
 }
 
+/// Planned or carried-out steps: (phase, host, action, subject).
+pub type Steps = std::collections::BTreeSet<(String, String, String, String)>;
+
+fn step_key(v: &serde_json::Value) -> (String, String, String, String) {
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    (s("phase"), s("host"), s("action"), s("subject"))
+}
+
+/// One JSON object per line.
+pub fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+impl LabEnv {
+    /// The steps `plan -o json` lists.
+    pub fn planned(&self, vars: &[(&str, &str)]) -> Steps {
+        let r = self
+            .run_with_env(vars, &["plan", "-o", "json"])
+            .expect_ok("plan -o json");
+        json_lines(&r.stdout).iter().map(step_key).collect()
+    }
+
+    /// The steps `up -o json` reports done; every event is checked to be
+    /// one JSON object with an `event` field, and none a failure.
+    pub fn carried_out(&self, vars: &[(&str, &str)]) -> Steps {
+        let r = self
+            .run_with_env(vars, &["up", "-o", "json"])
+            .expect_ok("up -o json");
+        let events = json_lines(&r.stdout);
+        assert!(
+            events.iter().all(|e| e["event"].is_string()),
+            "{}",
+            r.stdout
+        );
+        assert_eq!(events.last().unwrap()["event"], "up", "{}", r.stdout);
+        assert!(
+            !events.iter().any(|e| e["event"] == "failed"),
+            "{}",
+            r.stdout
+        );
+        events
+            .iter()
+            .filter(|e| e["event"] == "done")
+            .map(step_key)
+            .collect()
+    }
+}
+
 impl Drop for LabEnv {
     fn drop(&mut self) {
         let _ = self.run(&["down"]);

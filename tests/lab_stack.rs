@@ -20,6 +20,8 @@ use common::*;
 
 const PASSWORD: &str = "Stack-Secret-9f3a71";
 const VARS: &[(&str, &str)] = &[("SHOP_REDIS_PASSWORD", PASSWORD)];
+/// The web's "new release": the demo image under another reference.
+const WEB_V2: &str = "stagectl/demo:itstack-v2";
 
 /// The example's services, on this test's own lab.
 fn stack_services() -> String {
@@ -243,19 +245,28 @@ fn the_example_stack_keeps_its_data_and_its_secret() {
     );
     let _ = sh("tmux", &["kill-session", "-t", session]);
 
-    // A web replacement keeps the data (it is in Redis).
+    // A new web image (another reference, as a release would have): the
+    // instances are replaced, the data stays (it is in Redis).
+    sh("docker", &["tag", "stagectl/demo:latest", WEB_V2]).expect_ok("docker tag");
     let before = visits(&lb);
     let yaml = std::fs::read_to_string(&env.topology).unwrap();
-    let changed = yaml.replace(
-        "      REDIS_PASSWORD_FILE: /run/secrets/redis_password\n    secrets:\n      redis_password: { from_env: SHOP_REDIS_PASSWORD }\n\n  # The worker",
-        "      REDIS_PASSWORD_FILE: /run/secrets/redis_password\n      RELEASE: \"2\"\n    secrets:\n      redis_password: { from_env: SHOP_REDIS_PASSWORD }\n\n  # The worker",
+    let (head, tail) = yaml.split_once("\n  web:\n").unwrap();
+    let changed = format!(
+        "{head}\n  web:\n{}",
+        tail.replacen(
+            "image: stagectl/demo:latest",
+            &format!("image: {WEB_V2}"),
+            1
+        )
     );
-    assert_ne!(changed, yaml, "the web service's env was found");
+    assert_ne!(changed, yaml, "the web service's image was found");
     std::fs::write(&env.topology, &changed).unwrap();
     let client = Client::start_at(&lb, "/web/");
-    run(&["up"]).expect_ok("up replacing the web instances");
+    run(&["up"]).expect_ok("up replacing the web image");
     client.finish("web replaced", 10);
     assert!(visits(&lb) > before);
+    let image = env.ssh(1, "docker inspect -f '{{.Config.Image}}' itstack-web-1");
+    assert_eq!(image.stdout.trim(), WEB_V2);
 
     // A failing migration stops the rollout: the old web keeps serving,
     // no request fails, nothing of the web is replaced.
@@ -330,9 +341,13 @@ fn the_example_stack_keeps_its_data_and_its_secret() {
         &["status", "-o", "json"],
         &["plan", "-o", "json"],
         &["logs", "--all"],
+        &["logs", "host-1", "redis-1"],
+        &["logs", "host-1", "web-1"],
     ] {
         run(args);
     }
+
+    let _ = sh("docker", &["rmi", WEB_V2]);
 
     // down: the data goes with everything else.
     run(&["down"]).expect_ok("down");

@@ -110,7 +110,7 @@ fn the_example_stack_keeps_its_data_and_its_secret() {
     assert!(web_stage < migrate, "{}", plan.stdout);
     assert!(plan
         .stdout
-        .contains("first wait until redis each have a passing instance"));
+        .contains("first wait until redis has a passing instance"));
 
     // `up` carries out the plan as printed, stages included.
     let planned = env.planned(VARS);

@@ -82,10 +82,11 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
     for stage in &plan.stages {
         println!("service {}, in order:", stage.service);
         if let Some(crate::plan::Wait::Passing { services, host }) = &stage.after {
-            println!(
-                "  first wait until {} each have a passing instance (asked {host})",
-                services.join(", ")
-            );
+            let who = match &services[..] {
+                [one] => format!("{one} has"),
+                many => format!("{} each have", crate::pipeline::join_and(many)),
+            };
+            println!("  first wait until {who} a passing instance the LB routes to (asked {host})");
         }
         if let Some((host, step)) = &stage.before_rollout {
             println!("  then run once on {host}: {}", step.describe());
@@ -106,8 +107,13 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
 fn with_rolling(hosts: &[HostPlan], rolling: &[(String, Step)]) -> Vec<HostPlan> {
     let mut out = hosts.to_vec();
     for (host, step) in rolling {
-        if let Some(p) = out.iter_mut().find(|p| p.host == *host) {
-            p.steps.push(step.clone());
+        match out.iter_mut().find(|p| p.host == *host) {
+            Some(p) => p.steps.push(step.clone()),
+            None => out.push(HostPlan {
+                host: host.clone(),
+                steps: vec![step.clone()],
+                unchanged: vec![],
+            }),
         }
     }
     out

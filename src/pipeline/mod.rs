@@ -503,6 +503,15 @@ pub async fn resolve_ports(t: &Topology, hosts: &[&DockerHost]) -> Result<Topolo
     Ok(Topology { ports, ..t.clone() })
 }
 
+/// "redis, db and cache" for messages.
+pub fn join_and(names: &[String]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
 /// "host-1, host-2 or host-3" for messages.
 pub fn join_or(names: &[&str]) -> String {
     match names {

@@ -33,7 +33,8 @@ pub struct Stage {
     pub after: Option<Wait>,
     /// `(host, step)`: the `before_rollout` one-off, when it has to run.
     pub before_rollout: Option<(String, Step)>,
-    /// Its instances' volumes, creations and starts, per host.
+    /// Its instances' volumes, creations and starts, per host (only hosts
+    /// with any).
     pub hosts: Vec<HostPlan>,
     /// Its drained replacements, `(host, step)`, one at a time.
     pub rolling: Vec<(String, Step)>,
@@ -77,11 +78,13 @@ pub fn plan(
                     ) && names.contains(s.subject())
                 });
             host.steps = rest;
-            stage.hosts.push(HostPlan {
-                host: host.host.clone(),
-                steps: mine,
-                unchanged: vec![],
-            });
+            if !mine.is_empty() {
+                stage.hosts.push(HostPlan {
+                    host: host.host.clone(),
+                    steps: mine,
+                    unchanged: vec![],
+                });
+            }
         }
         let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(rolling)
             .into_iter()

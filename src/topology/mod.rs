@@ -288,7 +288,7 @@ mod tests {
         assert_eq!(normalize_env_name("--Ünïcode--x").unwrap(), "n-code-x");
         let long = normalize_env_name("feature/payments-reconciliation-service-retry").unwrap();
         assert_eq!(long.len(), 32, "{long}");
-        assert!(long.starts_with("feature-payments-reconcil"), "{long}");
+        assert!(long.starts_with("feature-payments-reconc-"), "{long}");
         assert_ne!(
             long,
             normalize_env_name("feature/payments-reconciliation-service-retries").unwrap()

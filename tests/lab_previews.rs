@@ -108,6 +108,7 @@ fn previews_from_one_file_expire_and_are_collected() {
             "{e:#}"
         );
         assert!(e["expires_at"].as_u64().is_some(), "{e:#}");
+        assert!(e["created_at"].as_u64().is_some(), "{e:#}");
     }
     let table = run(&["ls"]).expect_ok("ls");
     assert!(table.stdout.contains("expired"), "{}", table.stdout);

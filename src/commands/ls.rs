@@ -25,6 +25,8 @@ pub struct EnvSummary {
     pub running: usize,
     pub ports: Option<String>,
     pub lb: Option<String>,
+    /// Unix seconds when its oldest container was made: its age.
+    pub created_at: Option<u64>,
     /// Who ran the last `up`, and when (unix seconds); from its record in
     /// the environment's Consul.
     pub last_up_by: Option<String>,
@@ -121,6 +123,9 @@ fn count(
         e.hosts.push(host.to_string());
     }
     e.containers += 1;
+    if c.created > 0 {
+        e.created_at = Some(e.created_at.map_or(c.created, |at| at.min(c.created)));
+    }
     if c.running {
         e.running += 1;
     }
@@ -170,6 +175,7 @@ fn print_table(list: &[&EnvSummary]) {
         "CONTAINERS",
         "PORTS",
         "LOAD BALANCER",
+        "AGE",
         "LAST UP",
         "EXPIRES",
     ]);
@@ -191,6 +197,9 @@ fn print_table(list: &[&EnvSummary]) {
             format!("{}/{} running", e.running, e.containers),
             e.ports.clone().unwrap_or_else(|| "-".into()),
             e.lb.clone().unwrap_or_else(|| "-".into()),
+            e.created_at
+                .map(|at| span(now.saturating_sub(at)))
+                .unwrap_or_else(|| "-".into()),
             last_up,
             expires,
         ]);

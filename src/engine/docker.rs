@@ -38,6 +38,8 @@ pub struct LabeledContainer {
     pub name: String,
     pub running: bool,
     pub labels: HashMap<String, String>,
+    /// Unix seconds when it was created.
+    pub created: u64,
 }
 
 /// A listed container's name, without the API's leading `/`.
@@ -149,6 +151,7 @@ impl DockerHost {
                 name: container_name(c.names),
                 running: c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
                 labels: c.labels.unwrap_or_default(),
+                created: c.created.and_then(|t| u64::try_from(t).ok()).unwrap_or(0),
             })
             .collect())
     }

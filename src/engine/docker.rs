@@ -51,7 +51,6 @@ fn container_name(names: Option<Vec<String>>) -> String {
         .unwrap_or_default()
 }
 
-/// True when the engine answered "no such object" (404).
 /// How a one-off or an exec is attached to this process.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Attach {
@@ -107,6 +106,7 @@ async fn copy_stdin(mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Sen
     let _ = input.shutdown().await;
 }
 
+/// True when the engine answered "no such object" (404).
 pub fn is_not_found(err: &bollard::errors::Error) -> bool {
     matches!(
         err,
@@ -398,8 +398,8 @@ impl DockerHost {
         Ok(code)
     }
 
-    /// Write files into a (created, not necessarily started) container.
-    /// Run `cmd` in a running container, handing each piece of its output
+    /// Run `cmd` in a running container (attached to this process's stdin
+    /// and a terminal as `attach` says), handing each piece of its output
     /// to `sink` as it comes (`true` for stderr); its exit code.
     pub async fn exec_streaming(
         &self,
@@ -456,6 +456,7 @@ impl DockerHost {
             .unwrap_or(-1))
     }
 
+    /// Write files into a (created, not necessarily started) container.
     pub async fn upload_files(&self, id: &str, files: &[FileSpec]) -> Result<()> {
         let tar = tar_of(files)?;
         self.docker

@@ -6,6 +6,7 @@
 #     no-op up  `up` again on the converged environment
 #     status    one `status`
 #     down      everything removed, lab included
+#   and, for 3 hosts, where a cold and a no-op up spend their time (phases)
 #   then extra environments on the same 3 hosts (demo app, then the example
 #   stack of topologies/stack.yaml: Redis, 2 web, a worker, a migration),
 #   each one's up time and memory;
@@ -74,6 +75,19 @@ if ((${#rows[@]})); then
     printf '\nmedians of %s cycles (range)\n' "$trials"
     printf '%5s  %-22s  %-21s  %8s  %8s\n' hosts "cold up (< 30 s)" "no-op up (< 2 s)" status down
     printf '%s\n' "${rows[@]}"
+fi
+
+# Where a cold and a no-op `up` spend their time: the phases of `up -o json`.
+if part sizes; then
+    current=$work/bench3.yaml
+    topology 3 >"$current"
+    phases() { $bin -f "$current" up -o json 2>/dev/null | tail -1 |
+        python3 -c 'import json, sys; e = json.load(sys.stdin); print("  ".join(f"{k} {v:.2f}" for k, v in e["phases"].items() if v >= 0.005))'; }
+    printf '\nup by phase, 3 hosts (seconds; phases under 5 ms left out)\n'
+    printf 'cold   %s\n' "$(phases)"
+    printf 'no-op  %s\n' "$(phases)"
+    $bin -f "$current" down >/dev/null 2>&1
+    current=""
 fi
 
 # Extra environments on the same three hosts: each one's `up` time (the

@@ -73,7 +73,8 @@ pub async fn wait_for_passing(
             .any(|s| s.name == name && s.expose != crate::topology::Expose::None)
     };
     let check = || async {
-        let problem = match (service_report(lb, t).await, lb_status(lb, t).await) {
+        // Two execs on the LB host, asked at once.
+        let problem = match tokio::join!(service_report(lb, t), lb_status(lb, t)) {
             (Ok(report), Ok(status)) => {
                 let missing: Vec<String> = services
                     .iter()
@@ -141,7 +142,8 @@ pub async fn wait_for_routes(lb: &DockerHost, t: &Topology, timeout: Duration) -
         .map(|s| &s.name)
         .collect();
     let check = || async {
-        let problem = match (service_report(lb, t).await, lb_status(lb, t).await) {
+        // Two execs on the LB host, asked at once.
+        let problem = match tokio::join!(service_report(lb, t), lb_status(lb, t)) {
             (Ok(report), Ok(Some(status))) => {
                 let missing: Vec<String> = expected
                     .iter()

@@ -19,14 +19,16 @@ use crate::plan::{lab_steps, Plan, Wait};
 /// `ttl`: `--ttl` in seconds (0: no expiry); none: the expiry stays as the
 /// last `up` left it.
 pub async fn run(ctx: &Ctx, output: EventFormat, ttl: Option<u64>) -> Result<u8> {
-    let started = Instant::now();
+    let mut timings = Timings::start();
     // Before anything is touched: a missing secret changes nothing.
     let values = crate::secrets::read(&ctx.topology.services)?;
     let reporter = ctx.event_reporter(output);
     let mut hosts = open(ctx, &reporter, Unreachable::Abort).await?;
+    timings.mark("connect");
     // One run at a time per environment: taken before anything changes.
     let lock = super::lock::take(ctx, "up", &hosts, &reporter).await?;
-    let converged = converge(ctx, &mut hosts, &reporter, started, values, ttl).await;
+    timings.mark("lock");
+    let converged = converge(ctx, &mut hosts, &reporter, timings, values, ttl).await;
     super::lock::give_back(lock).await;
     converged
 }
@@ -35,7 +37,7 @@ async fn converge<'a>(
     ctx: &'a Ctx,
     hosts: &mut Hosts<'a>,
     reporter: &Reporter,
-    started: Instant,
+    mut timings: Timings,
     values: std::collections::BTreeMap<String, Vec<u8>>,
     ttl: Option<u64>,
 ) -> Result<u8> {
@@ -58,6 +60,7 @@ async fn converge<'a>(
         }
         hosts.connect_lab(ctx, reporter).await?;
     }
+    timings.mark("lab");
 
     let t = &resolve_ports(t, &hosts.reachable()).await?;
     let mut snapshot = hosts.snapshot(t, &images_of(t)).await?;
@@ -83,14 +86,18 @@ async fn converge<'a>(
     let desired = desired_state(t, &Secrets { gossip_key, values });
     let mut plan = Plan::up(t, &desired, &snapshot).map_err(crate::error::input)?;
     plan.lab = lab;
+    timings.mark("snapshot and plan");
 
     execute::hosts_in_parallel(hosts, &plan.hosts, &t.name, ctx.parallel, "host").await?;
+    timings.mark("hosts");
+    let lb = plan.routes.as_ref().map(Wait::host).context("no lb host")?;
+    let lb_engine = hosts.engine(lb).context("the lb host is connected")?;
     if let Some(wait) = &plan.cluster {
         waits::cluster(hosts, t, wait, reporter).await?;
     }
+    timings.mark("cluster");
     execute::member_changes(hosts, t, &plan.members, reporter).await?;
-    let lb = plan.routes.as_ref().map(Wait::host).context("no lb host")?;
-    let lb_engine = hosts.engine(lb).context("the lb host is connected")?;
+    timings.mark("members");
     for (host, step) in &plan.rolling {
         let (engine, line) = (hosts.engine(host), hosts.line(host));
         let (Some(engine), Some(line)) = (engine, line) else {
@@ -98,9 +105,11 @@ async fn converge<'a>(
         };
         execute::rolling_replace(engine, lb_engine, t, step, line, "rolling").await?;
     }
+    timings.mark("rolling");
     for stage in &plan.stages {
         execute::stage(hosts, t, stage, lb_engine, reporter, ctx.parallel).await?;
     }
+    timings.mark("stages");
     hosts.finish();
     // Services are registered by the agents, not by `up`: wait until the
     // load balancer routes every instance, so "up" means "answering".
@@ -111,17 +120,29 @@ async fn converge<'a>(
         );
         routed?;
     }
+    timings.mark("routes");
+    Ok(finished(t, lb, &plan, timings, reporter))
+}
+
+/// The last line of `up`: how long, what changed, where the LB answers.
+fn finished(
+    t: &crate::topology::Topology,
+    lb: &str,
+    plan: &Plan,
+    timings: Timings,
+    reporter: &Reporter,
+) -> u8 {
     let totals = plan.totals();
     let lb_address = t
         .host(lb)
         .map(|h| h.advertise.to_string())
         .unwrap_or_default();
     let url = format!("http://{lb_address}:{}/", t.ports.lb_http);
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = timings.started.elapsed().as_secs_f64();
     if reporter.is_json() {
         println!(
             "{}",
-            serde_json::json!({"event": "up", "env": t.name, "seconds": (seconds * 10.0).round() / 10.0, "totals": totals, "lb": url})
+            serde_json::json!({"event": "up", "env": t.name, "seconds": (seconds * 10.0).round() / 10.0, "totals": totals, "lb": url, "phases": timings.phases})
         );
     } else {
         println!(
@@ -129,7 +150,34 @@ async fn converge<'a>(
             t.name
         );
     }
-    Ok(EXIT_OK)
+    EXIT_OK
+}
+
+/// Where a run's time went, phase by phase (seconds, to the millisecond):
+/// in the `up` event of `-o json`, for benchmarks and slow runs.
+struct Timings {
+    started: Instant,
+    last: Instant,
+    phases: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Timings {
+    fn start() -> Timings {
+        let now = Instant::now();
+        Timings {
+            started: now,
+            last: now,
+            phases: serde_json::Map::new(),
+        }
+    }
+
+    /// The time since the last mark was spent in `phase`.
+    fn mark(&mut self, phase: &str) {
+        let now = Instant::now();
+        let ms = (now - self.last).as_millis() as f64;
+        self.phases.insert(phase.to_string(), (ms / 1000.0).into());
+        self.last = now;
+    }
 }
 
 /// Keep what this run applied in the cluster (see `consul::LastUp`). A

@@ -1,5 +1,6 @@
 //! The `services:` section: each service's name, image, port, hosts, instance
-//! count, drain time, health check, command, user and volumes.
+//! count, drain time, health check, command, user, volumes and binds, limits,
+//! how it is exposed, its secrets, and the order (`depends_on`, no cycle).
 
 use std::collections::BTreeMap;
 
@@ -8,10 +9,9 @@ use serde_saphyr::{Location, Spanned};
 use super::names::is_short_name;
 use super::Validator;
 use crate::topology::model::{
-    interpolate, service_variables, Expose, Host, Role, Secret, SecretSource, Service,
-    MAX_DEFAULT_TCP_PORTS,
+    interpolate, service_variables, Expose, Health, HealthCheck, Host, Limits, Role, Secret,
+    SecretSource, Service, MAX_DEFAULT_TCP_PORTS,
 };
-use crate::topology::model::{Health, HealthCheck, Limits};
 use crate::topology::raw::{RawHealth, RawSecret, RawService};
 
 /// Longest service name: services answer as `<service>.<env>.<domain>`, so a

@@ -46,6 +46,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "SERVICE=REF", value_parser = parse_image_override)]
     pub image: Vec<(String, String)>,
 
+    /// A service's key, instead of the file's (repeated), checked like the
+    /// file: `--set services.web.per_host=2`, `--set services.web.env.MODE=preview`
+    #[arg(long, global = true, value_name = "PATH=VALUE", value_parser = parse_set)]
+    pub set: Vec<(String, String)>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -295,6 +300,14 @@ fn parse_image_override(s: &str) -> Result<(String, String), String> {
         .split_once('=')
         .ok_or_else(|| format!("`{s}`: expected SERVICE=IMAGE, like web=team/web:3f2c1a"))?;
     Ok((service.to_string(), image.to_string()))
+}
+
+/// `PATH=VALUE` for `--set` (the value is YAML, checked later).
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    let (path, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected PATH=VALUE, like services.web.per_host=2"))?;
+    Ok((path.to_string(), value.to_string()))
 }
 
 /// A duration for `--ttl` in seconds: `90m`, `12h`, `3d`, `2w` (or `30s`);

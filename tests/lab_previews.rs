@@ -1,5 +1,6 @@
 //! Environments from the command line, as CI makes a preview per branch:
-//! one file without a name, `up --env BRANCH --image SERVICE=REF --ttl`,
+//! one file without a name, `up --env BRANCH --image SERVICE=REF --set
+//! services.S.KEY=VALUE --ttl`,
 //! `ls` with each one's last `up` and expiry, `gc` removing exactly the
 //! expired one, `down --env`. Real engines, real lab.
 //!
@@ -78,6 +79,8 @@ fn previews_from_one_file_expire_and_are_collected() {
         "pr-2",
         "--image",
         "demo=stagectl/demo:pr-2",
+        "--set",
+        "services.demo.env.PREVIEW=pr-2",
         "up",
         "--ttl",
         "3d",
@@ -87,9 +90,14 @@ fn previews_from_one_file_expire_and_are_collected() {
         &state,
         "itprev",
         "10.77.70.11",
-        "docker inspect -f '{{.Config.Image}}' pr-2-demo-1",
+        "docker inspect -f '{{.Config.Image}} {{.Config.Env}}' pr-2-demo-1",
     );
-    assert_eq!(image.stdout.trim(), "stagectl/demo:pr-2");
+    assert!(image.stdout.contains("PREVIEW=pr-2"), "{}", image.stdout);
+    assert!(
+        image.stdout.starts_with("stagectl/demo:pr-2 "),
+        "{}",
+        image.stdout
+    );
     let bad = run(&["--env", "pr-2", "--image", "api=x:1", "plan"]);
     assert_eq!(bad.code, 2);
     assert!(

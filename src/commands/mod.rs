@@ -40,6 +40,7 @@ fn load(cli: &Cli) -> Result<Ctx> {
     let overrides = topology::Overrides {
         env: cli.env.clone(),
         images: cli.image.clone(),
+        sets: cli.set.clone(),
     };
     let topology = match cli.command {
         Command::Ls { .. } | Command::Gc { .. } => topology::load_hosts(&path)?,

@@ -47,6 +47,9 @@ pub fn load(path: &Path) -> Result<Topology> {
 pub struct Overrides {
     pub env: Option<String>,
     pub images: Vec<(String, String)>,
+    /// `--set services.web.per_host=2`: (path, YAML value), checked like
+    /// the file, problems located in the flag.
+    pub sets: Vec<(String, String)>,
 }
 
 /// [`load`], with the command line's overrides: `--env` names the
@@ -58,7 +61,7 @@ pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Topology> {
         Some(e) => Some(normalize_env_name(e).map_err(input)?),
         None => None,
     };
-    let mut t = parse_as(&text, path, env.as_deref())?;
+    let mut t = parse_as(&text, path, env.as_deref(), &overrides.sets)?;
     for (service, image) in &overrides.images {
         let names: Vec<&str> = t.services.iter().map(|s| s.name.as_str()).collect();
         let known = names.join(", ");
@@ -175,11 +178,17 @@ impl Sources {
 /// resolve relative paths inside the file, including `extends`. Relative
 /// paths inside the base are resolved against the base's own folder.
 pub fn parse(text: &str, path: &Path) -> Result<Topology> {
-    parse_as(text, path, None)
+    parse_as(text, path, None, &[])
 }
 
-/// [`parse`], with the environment named `env` whatever the file says.
-fn parse_as(text: &str, path: &Path, env: Option<&str>) -> Result<Topology> {
+/// [`parse`], with the environment named `env` whatever the file says,
+/// and the `--set` values over the file's.
+fn parse_as(
+    text: &str,
+    path: &Path,
+    env: Option<&str>,
+    sets: &[(String, String)],
+) -> Result<Topology> {
     let shown = path.display().to_string();
     let only_comments = text
         .lines()
@@ -240,6 +249,21 @@ fn parse_as(text: &str, path: &Path, env: Option<&str>) -> Result<Topology> {
                 .unwrap_or_default(),
         });
     }
+    for (key, value) in sets {
+        // Parsed after as many blank lines as the files before it have, so
+        // a problem in it is reported in the flag (see `Sources`).
+        let first = sources
+            .files
+            .iter()
+            .map(|(_, text, first)| first + text.lines().count() as u64 + 1)
+            .max()
+            .unwrap_or(1);
+        sources
+            .files
+            .push((format!("--set {key}"), value.clone(), first));
+        let padded = format!("{}{value}", "\n".repeat(first as usize - 1));
+        set_value(&mut raw, key, &padded, &sources)?;
+    }
     if let Some(env) = env {
         let here = serde_saphyr::Location::UNKNOWN;
         raw.name = Some(serde_saphyr::Spanned::new(env.to_string(), here, here));
@@ -253,8 +277,76 @@ fn parse_as(text: &str, path: &Path, env: Option<&str>) -> Result<Topology> {
     })
 }
 
+/// `--set PATH=VALUE` into the raw topology, `padded` being the value at
+/// its place in `sources`. Only a service's keys can be set: the rest of a
+/// topology (hosts, ports) is the shape the file gives every environment.
+fn set_value(raw: &mut raw::RawTopology, key: &str, padded: &str, sources: &Sources) -> Result<()> {
+    let flag = format!("--set {key}");
+    let ["services", name, field] = key.splitn(3, '.').collect::<Vec<_>>()[..] else {
+        return Err(input(format!(
+            "{flag}: only a service's keys can be set, as services.<name>.<key> (services.web.per_host=2); --env names the environment, --image sets an image"
+        )));
+    };
+    let services = raw.services.get_or_insert_with(Default::default);
+    let known: Vec<String> = services.keys().cloned().collect();
+    let Some(service) = services.get_mut(name) else {
+        return Err(input(format!(
+            "{flag}: no service `{name}` in the file; services: {}",
+            known.join(", ")
+        )));
+    };
+    let s = &mut service.value;
+    macro_rules! set {
+        ($($field:ident),* $(,)?) => {
+            match field {
+                $( stringify!($field) => s.$field = parse_yaml(padded, sources)?, )*
+                f if f.starts_with("env.") => {
+                    let value = parse_yaml(padded, sources)?;
+                    s.env.get_or_insert_with(Default::default).insert(f[4..].to_string(), value);
+                }
+                f if f.starts_with("labels.") => {
+                    let value = parse_yaml(padded, sources)?;
+                    s.labels.get_or_insert_with(Default::default).insert(f[7..].to_string(), value);
+                }
+                _ => return Err(input(format!("{flag}: a service has no key `{field}`"))),
+            }
+        };
+    }
+    set!(
+        image,
+        port,
+        hosts,
+        per_host,
+        env,
+        labels,
+        check_http,
+        health,
+        drain_seconds,
+        reserved,
+        command,
+        entrypoint,
+        user,
+        binds,
+        memory,
+        cpus,
+        restart,
+        volumes,
+        expose,
+        lb_port,
+        depends_on,
+        before_rollout,
+        secrets,
+    );
+    Ok(())
+}
+
 /// One file's YAML into the raw structure, errors located and rendered.
 fn parse_raw(text: &str, sources: &Sources) -> Result<raw::RawTopology> {
+    parse_yaml(text, sources)
+}
+
+/// YAML into `T`, errors located and rendered.
+fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, sources: &Sources) -> Result<T> {
     serde_saphyr::from_str(text).map_err(|e| {
         // Rendered like our own checks' diagnostics: one style for all.
         use serde_saphyr::MessageFormatter as _;
@@ -309,16 +401,54 @@ mod tests {
         let o = Overrides {
             env: Some("PR/42".into()),
             images: vec![("web".into(), "team/web:3f2c1a".into())],
+            sets: vec![
+                ("services.web.per_host".into(), "2".into()),
+                ("services.web.env.MODE".into(), "preview".into()),
+                ("services.web.hosts".into(), "[h]".into()),
+            ],
         };
         let t = load_with(&file, &o).unwrap();
         assert_eq!(t.name, "pr-42");
         assert_eq!(t.lab.as_ref().unwrap().name, "previews");
         assert_eq!(t.services[0].image, "team/web:3f2c1a");
+        assert_eq!(t.services[0].per_host, 2);
+        assert_eq!(t.services[0].env["MODE"], "preview");
+        // A bad value is reported in the flag, checked like the file.
+        let set = |k: &str, v: &str| Overrides {
+            env: Some("pr-42".into()),
+            sets: vec![(k.into(), v.into())],
+            ..Default::default()
+        };
+        let err = load_with(&file, &set("services.web.per_host", "500"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "--set services.web.per_host:1:1: service web: per_host 500 is out of range"
+            ),
+            "{err}"
+        );
+        let err = load_with(&file, &set("services.web.per_host", "[x]"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--set services.web.per_host:1:1"), "{err}");
+        let err = load_with(&file, &set("services.web.colour", "red"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--set services.web.colour: a service has no key `colour`"),
+            "{err}"
+        );
+        let err = load_with(&file, &set("hosts.h.address", "x"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only a service's keys can be set"), "{err}");
         // Without --env the file must name the environment.
         assert!(load(&file).unwrap_err().to_string().contains("no `name`"));
         let bad = Overrides {
             env: Some("pr-42".into()),
             images: vec![("api".into(), "x:1".into())],
+            ..Default::default()
         };
         let err = load_with(&file, &bad).unwrap_err().to_string();
         assert!(err.contains("--image api=x:1: no service `api`"), "{err}");

@@ -10,12 +10,14 @@
 #   then extra environments on the same 3 hosts (demo app, then the example
 #   stack of topologies/stack.yaml: Redis, 2 web, a worker, a migration),
 #   each one's up time and memory;
+#   then N preview environments (`--env pr-i`) from one file on 3 hosts: up
+#   of the 1st, 2nd and Nth, memory each, `ls` with N, down of all;
 #   then route-in / route-out latency through the load balancer and the
 #   agents' memory and idle CPU (cargo bench --bench discovery).
 # Targets: cold up < 30 s and no-op up < 2 s (3 hosts); route p50 < 150 ms,
 # p99 < 500 ms; agents < 15 MB.
 # Usage: scripts/bench.sh [TRIALS]   (default 3 cycles per size; ROUTE_TRIALS=50;
-#        ONLY=sizes|shared|stack|route runs one part)
+#        ONLY=sizes|shared|stack|previews|route runs one part; PREVIEWS=20)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 trials=${1:-3}
@@ -29,7 +31,15 @@ bin=target/release/stagectl
 work=$(mktemp -d)
 export STAGECTL_STATE_DIR=$work/state
 current=""
-trap '[[ -n $current ]] && $bin -f "$current" down >/dev/null 2>&1; rm -rf "$work"' EXIT
+previews_up=0  # preview environments pr-1..pr-N made so far (see below)
+cleanup() {
+    [[ -n $current ]] && $bin -f "$current" down >/dev/null 2>&1
+    for ((i = 1; i <= previews_up; i++)); do
+        $bin -f "$work/preview.yaml" --env "pr-$i" down >/dev/null 2>&1
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
 
 now() { date +%s.%N; }
 timed() { local t0; t0=$(now); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
@@ -151,6 +161,39 @@ if part stack; then
     printf '%5s  %10s  %11s\n' env "cold up" "memory"
     shared_envs benchstack 69 benchshop "$work/stack-services.yaml"
     echo "(env 1's up includes creating the lab; envs 2 and 3 are the cost of one more stack)"
+fi
+
+if part previews; then
+    # Preview environments: one file without a name, N environments from
+    # the command line (`--env pr-i --ttl 1d`) on the same 3 lab hosts.
+    n=${PREVIEWS:-20}
+    f=$work/preview.yaml
+    cat >"$f" <<YAML
+lab: { name: benchprev, subnet: 10.77.71.0/24 }
+hosts:
+  host-1: { driver: local, address: 10.77.71.11, roles: [app] }
+  host-2: { driver: local, address: 10.77.71.12, roles: [app] }
+  host-3: { driver: local, address: 10.77.71.13, roles: [lb] }
+services:
+  demo: { image: stagectl/demo:latest, port: 8080 }
+YAML
+    printf '\n%s preview environments of the demo from one file on 3 shared hosts\n' "$n"
+    printf '%7s  %8s  %11s\n' preview "up" "memory"
+    ups=()
+    for i in $(seq 1 "$n"); do
+        previews_up=$i
+        secs=$(timed $bin -f "$f" --env "pr-$i" up --ttl 1d)
+        ups+=("$secs")
+        if ((i <= 2 || i == n)); then
+            printf '%7s  %6s s  %8s MB\n' "pr-$i" "$secs" "$(env_memory_mb benchprev 71 "pr-$i")"
+        fi
+    done
+    printf '%7s  %6s s  (median of previews 2..%s)\n' "" "$(median "${ups[@]:1}")" "$n"
+    printf 'ls with %s environments: %s s\n' "$n" "$(timed $bin -f "$f" ls)"
+    t0=$(now)
+    for i in $(seq 1 "$n"); do $bin -f "$f" --env "pr-$i" down >/dev/null 2>&1 || true; done
+    printf 'down of all %s: %s s\n' "$n" "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')"
+    previews_up=0
 fi
 
 part route || exit 0

@@ -187,6 +187,8 @@ fn validate_speaks_json_and_colour_is_asked_for() {
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["valid"], true);
     assert!(v["hosts"].as_array().is_some_and(|h| !h.is_empty()), "{v}");
+    assert_eq!(v["services"][0]["expose"], "http", "{v}");
+    assert_eq!(v["services"][0]["health"], "tcp", "{v}");
 
     // Not a terminal: no colour unless asked for.
     let missing = ["-f", "/nonexistent/stagectl.yaml", "validate"];

@@ -2,7 +2,9 @@
 //! every field a registration has: service name, ID, node, address, tags,
 //! meta, and any port), is checked by the real `nginx -t` of the nginx image
 //! stagectl runs, and declares no `listen` or `server` beyond the ones
-//! stagectl writes: one default server and one per route.
+//! stagectl writes: one default server and one per route. Every third
+//! service is a TCP one (`expose: tcp`): its listener, in the `stream`
+//! part, is checked the same way.
 //!
 //! The cases come from proptest's generator; nginx checks them all in one
 //! container, so a few hundred cases take seconds. Needs a Docker engine and
@@ -15,7 +17,7 @@ use std::process::Command;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
-use stagectl::agent::render::{render, RenderContext, BUILTIN_TEMPLATE};
+use stagectl::agent::render::{render, RenderContext, BUILTIN_TEMPLATE, STREAM_TEMPLATE};
 use stagectl::agent::routes::RouteTable;
 use stagectl::cluster::http::Instance;
 
@@ -103,25 +105,29 @@ fn nginx_accepts_every_rendered_config_and_nothing_adds_a_server() {
         let domain = "stagectl.test";
         let env = "an-environment-name-of-32-chars-x";
         let table = RouteTable::build(env, domain, &registrations);
-        let config = render(
-            BUILTIN_TEMPLATE,
-            &RenderContext::new(env, domain, 80, &table.services),
-        )
-        .unwrap();
-        let routes = table.services.len();
+        // Which services have a TCP listener comes from the topology: here,
+        // every third route.
+        let tcp: BTreeMap<String, u16> = table
+            .services
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 == 2)
+            .map(|(i, s)| (s.name.clone(), 30000 + i as u16))
+            .collect();
+        let table = table.with_tcp(&tcp);
+        let ctx = RenderContext::new(env, domain, 80, &table.services);
+        let config = render(BUILTIN_TEMPLATE, &ctx).unwrap();
+        let stream = render(STREAM_TEMPLATE, &ctx).unwrap();
+        let (tcp_routes, http_routes): (Vec<_>, Vec<_>) =
+            table.services.iter().partition(|s| s.tcp_port.is_some());
         assert_eq!(
             count_directives(&config, "listen"),
-            1 + routes,
+            1 + http_routes.len(),
             "case {case}: only stagectl's listens\n{config}"
         );
         assert_eq!(
             count_directives(&config, "server"),
-            1 + routes
-                + table
-                    .services
-                    .iter()
-                    .map(|s| s.instances.len())
-                    .sum::<usize>(),
+            1 + http_routes.len() + http_routes.iter().map(|s| s.instances.len()).sum::<usize>(),
             "case {case}: only stagectl's server blocks and upstream servers\n{config}"
         );
         assert_eq!(
@@ -129,13 +135,28 @@ fn nginx_accepts_every_rendered_config_and_nothing_adds_a_server() {
             1,
             "case {case}"
         );
+        assert_eq!(
+            count_directives(&stream, "listen"),
+            tcp_routes.len(),
+            "case {case}: one listener per TCP service\n{stream}"
+        );
+        assert_eq!(
+            count_directives(&stream, "server"),
+            tcp_routes.len()
+                + tcp_routes
+                    .iter()
+                    .map(|s| s.instances.len().max(1))
+                    .sum::<usize>(),
+            "case {case}: only stagectl's servers\n{stream}"
+        );
         let case_dir = dir.path().join(format!("{case:03}"));
         std::fs::create_dir(&case_dir).unwrap();
         std::fs::write(case_dir.join("stagectl.conf"), &config).unwrap();
+        std::fs::write(case_dir.join("stagectl.stream"), &stream).unwrap();
         std::fs::write(
             case_dir.join("nginx.conf"),
             format!(
-                "worker_processes 1;\npid /tmp/{case}.pid;\nevents {{}}\nhttp {{\n    include /cases/{case:03}/stagectl.conf;\n}}\n"
+                "include /etc/nginx/modules-enabled/*.conf;\nworker_processes 1;\npid /tmp/{case}.pid;\nevents {{}}\nhttp {{\n    include /cases/{case:03}/stagectl.conf;\n}}\nstream {{\n    include /cases/{case:03}/stagectl.stream;\n}}\n"
             ),
         )
         .unwrap();

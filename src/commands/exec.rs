@@ -43,19 +43,7 @@ pub async fn run(
             }
         )));
     };
-    let candidates: Vec<&String> = match host {
-        None => service.hosts.iter().collect(),
-        Some(h) => match service.hosts.iter().find(|s| *s == h) {
-            Some(h) => vec![h],
-            None => {
-                return Err(input(format!(
-                    "--host {h}: service {} does not run there; it runs on {}",
-                    service.name,
-                    service.hosts.join(", ")
-                )))
-            }
-        },
-    };
+    let candidates = service.hosts_for(host).map_err(input)?;
     let container = object_name(&t.name, instance);
     let connector = ctx.connector().await?;
     let mut tried = Vec::new();

@@ -8,6 +8,7 @@ use anyhow::Result;
 use super::ls::gather;
 use super::Ctx;
 use crate::cli::EventFormat;
+use crate::clock::span;
 use crate::error::{EXIT_FAILED, EXIT_OK};
 use crate::topology::Topology;
 
@@ -29,7 +30,7 @@ pub async fn run(ctx: &Ctx, dry_run: bool) -> Result<u8> {
     for e in expired {
         let ago = now - e.expires_at.unwrap_or(now);
         if dry_run {
-            println!("{}: expired {ago} s ago; would be removed", e.name);
+            println!("{}: expired {} ago; would be removed", e.name, span(ago));
             continue;
         }
         // The file's hosts, under this environment's name: what `down`
@@ -45,7 +46,7 @@ pub async fn run(ctx: &Ctx, dry_run: bool) -> Result<u8> {
             parallel: ctx.parallel,
         };
         match super::down::run(&this, false, EventFormat::Text).await {
-            Ok(EXIT_OK) => println!("{}: expired {ago} s ago; removed", e.name),
+            Ok(EXIT_OK) => println!("{}: expired {} ago; removed", e.name, span(ago)),
             Ok(_) => failed.push(e.name.clone()),
             Err(err) => {
                 eprintln!("error: {}: {err:#}", e.name);

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::agent::labels::{self, Component};
 use crate::cli::OutputFormat;
+use crate::clock::span;
 use crate::cluster::consul;
 use crate::error::{EXIT_FAILED, EXIT_OK};
 use crate::pipeline::events::Reporter;
@@ -148,16 +149,6 @@ fn count(
         if let Some(p) = ports {
             e.lb = Some(format!("http://{advertise}:{}/", p.lb_http));
         }
-    }
-}
-
-/// `42s`, `5m`, `3h`, `2d`: a duration at a glance.
-fn span(seconds: u64) -> String {
-    match seconds {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 2 * 86400 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
     }
 }
 

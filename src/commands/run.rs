@@ -27,28 +27,14 @@ pub async fn run(
 ) -> Result<u8> {
     let t = &ctx.topology;
     let Some(s) = t.services.iter().find(|s| s.name == service) else {
-        let names: Vec<&str> = t.services.iter().map(|s| s.name.as_str()).collect();
-        return Err(input(format!(
-            "no service `{service}` in {}; services: {}",
-            t.source.display(),
-            if names.is_empty() {
-                "none".into()
-            } else {
-                names.join(", ")
-            }
-        )));
+        return Err(input(t.unknown_service(service)));
     };
-    let host_name = match host {
-        None => s.hosts.first().map(String::as_str).unwrap_or_default(),
-        Some(h) if s.hosts.iter().any(|x| x == h) => h,
-        Some(h) => {
-            return Err(input(format!(
-                "--host {h}: service {} does not run there; it runs on {}",
-                s.name,
-                s.hosts.join(", ")
-            )))
-        }
-    };
+    let host_name = s
+        .hosts_for(host)
+        .map_err(input)?
+        .first()
+        .copied()
+        .unwrap_or_default();
     let h = t
         .host(host_name)
         .ok_or_else(|| input(format!("no host {host_name} in {}", t.source.display())))?;

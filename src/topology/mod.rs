@@ -63,13 +63,9 @@ pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Topology> {
     };
     let mut t = parse_as(&text, path, env.as_deref(), &overrides.sets)?;
     for (service, image) in &overrides.images {
-        let names: Vec<&str> = t.services.iter().map(|s| s.name.as_str()).collect();
-        let known = names.join(", ");
+        let unknown = t.unknown_service(service);
         let Some(s) = t.services.iter_mut().find(|s| s.name == *service) else {
-            return Err(input(format!(
-                "--image {service}={image}: no service `{service}` in {}; services: {known}",
-                path.display()
-            )));
+            return Err(input(format!("--image {service}={image}: {unknown}")));
         };
         if image.is_empty() || image.contains(char::is_whitespace) {
             return Err(input(format!(

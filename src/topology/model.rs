@@ -50,6 +50,21 @@ impl Topology {
         self.hosts.iter().filter(|h| h.is_lab())
     }
 
+    /// "no service `x` in FILE; services: a, b": for a name given on the
+    /// command line that names no service here.
+    pub fn unknown_service(&self, name: &str) -> String {
+        let names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+        format!(
+            "no service `{name}` in {}; services: {}",
+            self.source.display(),
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        )
+    }
+
     pub fn lb_hosts(&self) -> impl Iterator<Item = &Host> {
         self.hosts.iter().filter(|h| h.has_role(Role::Lb))
     }
@@ -217,6 +232,22 @@ pub enum SecretSource {
 }
 
 impl Service {
+    /// The hosts a command about this service may use: all of them, or the
+    /// one `--host` names, which must be one of them.
+    pub fn hosts_for(&self, host: Option<&str>) -> Result<Vec<&str>, String> {
+        match host {
+            None => Ok(self.hosts.iter().map(String::as_str).collect()),
+            Some(h) => match self.hosts.iter().find(|x| *x == h) {
+                Some(x) => Ok(vec![x.as_str()]),
+                None => Err(format!(
+                    "--host {h}: service {} does not run there; it runs on {}",
+                    self.name,
+                    self.hosts.join(", ")
+                )),
+            },
+        }
+    }
+
     /// Whether `up` brings its instances up in a stage of their own (see
     /// `plan::Stage`), after its dependencies and its `before_rollout`.
     pub fn is_staged(&self) -> bool {

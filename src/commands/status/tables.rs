@@ -225,13 +225,7 @@ pub fn instance_cell(i: &InstanceHealth) -> String {
 
 /// `42 s`, `7 min`, `3 h`, `2 d` since a Unix time.
 fn age(unix: u64) -> String {
-    let s = crate::clock::unix_now().saturating_sub(unix);
-    match s {
-        0..=119 => format!("{s} s"),
-        120..=7199 => format!("{} min", s / 60),
-        7200..=172_799 => format!("{} h", s / 3600),
-        _ => format!("{} d", s / 86_400),
-    }
+    crate::clock::span(crate::clock::unix_now().saturating_sub(unix))
 }
 
 /// `HH:MM:SS UTC` of a Unix time.

@@ -460,6 +460,20 @@ fn health_labels(h: &Health) -> BTreeMap<String, String> {
     labels
 }
 
+/// Instance `i`'s volumes, mounted where the service wants them.
+fn volume_mounts<'a>(
+    topology: &'a Topology,
+    service: &'a Service,
+    i: u16,
+) -> impl Iterator<Item = Mount> + 'a {
+    service.volumes.iter().map(move |(volume, path)| Mount {
+        source: service_volume(topology, service, i, volume),
+        target: path.clone(),
+        read_only: false,
+        bind: false,
+    })
+}
+
 /// The service's bind mounts of host paths.
 fn binds(service: &Service) -> impl Iterator<Item = Mount> + '_ {
     service.binds.iter().map(|(host, target, read_only)| Mount {
@@ -598,15 +612,7 @@ fn service_instances(
                 env,
                 labels,
                 network_mode: None,
-                mounts: service
-                    .volumes
-                    .iter()
-                    .map(|(volume, path)| Mount {
-                        source: service_volume(topology, service, i, volume),
-                        target: path.clone(),
-                        read_only: false,
-                        bind: false,
-                    })
+                mounts: volume_mounts(topology, service, i)
                     .chain(binds(service))
                     .collect(),
                 ports: vec![service.port],
@@ -681,16 +687,7 @@ pub fn one_off(
     let mut labels = base_labels(topology, host, Component::Run);
     labels.insert(labels::SERVICE.into(), service.name.clone());
     let mounts = if with_volumes {
-        service
-            .volumes
-            .iter()
-            .map(|(volume, path)| Mount {
-                source: service_volume(topology, service, 1, volume),
-                target: path.clone(),
-                read_only: false,
-                bind: false,
-            })
-            .collect()
+        volume_mounts(topology, service, 1).collect()
     } else {
         vec![]
     };

@@ -63,6 +63,9 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// Print the certificate of the hosts' CA, which signs the edge proxy's HTTPS
+    /// certificates (`lb.edge`), to trust it (`curl --cacert`, a browser); never its key
+    Ca,
     /// Remove the environments whose `--ttl` has passed, on the hosts of the file
     Gc {
         /// Only say which would be removed

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod commands;
+pub mod edge;
 pub mod engine;
 pub mod error;
 pub mod lock;

@@ -36,6 +36,10 @@ pub async fn run(ctx: &Ctx, keep_data: bool, output: EventFormat) -> Result<u8> 
         let plan = Plan::down(t, &snapshot, keep_data);
         let executed = execute::hosts_in_parallel(&hosts, &plan.hosts, &t.name, ctx.parallel, "host")
             .await;
+        let executed = match executed {
+            Ok(()) => crate::pipeline::edge::execute(&hosts, t, &plan.edge, &reporter).await,
+            failed => failed,
+        };
         for p in plan.hosts.iter().filter(|p| p.is_noop()) {
             if let Some(line) = hosts.line(&p.host) {
                 line.ok("nothing of this environment here");

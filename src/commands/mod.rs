@@ -5,6 +5,7 @@
 //! progress line each, and the options every command takes.
 
 mod agent;
+mod ca;
 mod demo;
 mod down;
 mod exec;
@@ -43,7 +44,7 @@ fn load(cli: &Cli) -> Result<Ctx> {
         sets: cli.set.clone(),
     };
     let topology = match cli.command {
-        Command::Ls { .. } | Command::Gc { .. } => topology::load_hosts(&path)?,
+        Command::Ls { .. } | Command::Gc { .. } | Command::Ca => topology::load_hosts(&path)?,
         _ => topology::load_with(&path, &overrides)?,
     };
     Ok(Ctx {
@@ -96,6 +97,7 @@ async fn run_command(ctx: &Ctx, command: Command) -> Result<u8> {
         Command::Plan { output } => plan::run(ctx, output).await,
         Command::Up { output, ttl } => up::run(ctx, output, ttl).await,
         Command::Gc { dry_run } => gc::run(ctx, dry_run).await,
+        Command::Ca => ca::run(ctx).await,
         Command::Down {
             keep_data,
             host: Some(host),

@@ -93,6 +93,10 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
         }
         print!("{}", render(&with_rolling(&stage.hosts, &stage.rolling)));
     }
+    for step in &plan.edge {
+        let r = step.reference();
+        println!("edge on {}: {} {}", r.host, step.verb(), r.subject);
+    }
     for gone in snapshot.departed.iter().filter(|d| d.unreachable) {
         println!(
             "{}: out of the topology and not reached; what runs there stays until `stagectl down --host {}` clears it",

@@ -121,6 +121,8 @@ async fn converge<'a>(
         routed?;
     }
     timings.mark("routes");
+    crate::pipeline::edge::execute(hosts, t, &plan.edge, reporter).await?;
+    timings.mark("edge");
     Ok(finished(t, lb, &plan, timings, reporter))
 }
 
@@ -138,16 +140,22 @@ fn finished(
         .map(|h| h.advertise.to_string())
         .unwrap_or_default();
     let url = format!("http://{lb_address}:{}/", t.ports.lb_http);
+    // With the edge, the names answer on 80 and 443 too.
+    let edge =
+        t.lb.edge
+            .then(|| format!("https://<service>.{}.{}/", t.name, t.lb.domain));
     let seconds = timings.started.elapsed().as_secs_f64();
     if reporter.is_json() {
         println!(
             "{}",
-            serde_json::json!({"event": "up", "env": t.name, "seconds": (seconds * 10.0).round() / 10.0, "totals": totals, "lb": url, "phases": timings.phases})
+            serde_json::json!({"event": "up", "env": t.name, "seconds": (seconds * 10.0).round() / 10.0, "totals": totals, "lb": url, "edge": edge, "phases": timings.phases})
         );
     } else {
+        let edge = edge.map(|e| format!(", and {e} on ports 80 and 443 (trust `stagectl ca`)"));
         println!(
-            "{} is up in {seconds:.1} s ({totals}); load balancer {url}",
-            t.name
+            "{} is up in {seconds:.1} s ({totals}); load balancer {url}{}",
+            t.name,
+            edge.unwrap_or_default()
         );
     }
     EXIT_OK

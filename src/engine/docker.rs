@@ -117,6 +117,16 @@ pub fn is_not_found(err: &bollard::errors::Error) -> bool {
     )
 }
 
+/// True when the error (through its context) is the engine answering
+/// `status`: 409 for a name already taken, 304 for a container already
+/// started.
+pub fn is_status(err: &anyhow::Error, status: u16) -> bool {
+    matches!(
+        err.downcast_ref::<bollard::errors::Error>(),
+        Some(bollard::errors::Error::DockerResponseServerError { status_code, .. }) if *status_code == status
+    )
+}
+
 impl DockerHost {
     pub fn new(name: impl Into<String>, docker: Docker) -> Self {
         DockerHost {
@@ -166,7 +176,7 @@ impl DockerHost {
                 let label = c.labels.get(crate::agent::labels::PORTS)?;
                 Some(crate::plan::ports::Claim {
                     env: c.labels.get(labels::ENV)?.clone(),
-                    ports: crate::plan::ports::from_label(label)?,
+                    ports: Some(crate::plan::ports::from_label(label)?),
                     tcp: crate::plan::ports::tcp_from_label(label),
                 })
             })
@@ -221,6 +231,106 @@ impl DockerHost {
             }
         }
         Ok(None)
+    }
+
+    /// Make a volume that belongs to no environment (labelled with its
+    /// component only), unless it exists.
+    pub async fn ensure_volume(&self, name: &str, component: &str) -> Result<()> {
+        if self.docker.inspect_volume(name).await.is_ok() {
+            return Ok(());
+        }
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(name.to_string()),
+                labels: Some(HashMap::from([(
+                    labels::COMPONENT.to_string(),
+                    component.to_string(),
+                )])),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("{}: cannot create volume {name}", self.name))?;
+        Ok(())
+    }
+
+    /// Every file directly in a folder of a container (running or not),
+    /// by name, or `None` when it has no such folder.
+    pub async fn read_dir(
+        &self,
+        container: &str,
+        path: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, Vec<u8>>>> {
+        let mut stream = self.docker.download_from_container(
+            container,
+            Some(bollard::query_parameters::DownloadFromContainerOptions {
+                path: path.to_string(),
+            }),
+        );
+        let mut tar_bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => tar_bytes.extend_from_slice(&c),
+                Err(e) if is_not_found(&e) => return Ok(None),
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("{}: cannot read {path} in {container}", self.name)
+                    })
+                }
+            }
+        }
+        let mut files = std::collections::BTreeMap::new();
+        let mut archive = tar::Archive::new(tar_bytes.as_slice());
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let entry_path = entry.path()?.into_owned();
+            // `conf.d/x.conf`: the folder itself is the first component.
+            let mut parts = entry_path.components().skip(1);
+            let (Some(name), None) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            if entry.header().entry_type().is_file() {
+                let mut content = Vec::new();
+                io::Read::read_to_end(&mut entry, &mut content)?;
+                files.insert(name.as_os_str().to_string_lossy().into_owned(), content);
+            }
+        }
+        Ok(Some(files))
+    }
+
+    /// The host's edge proxy and the routes in it, if it has one (see
+    /// `crate::edge`).
+    pub async fn edge_seen(&self) -> Result<Option<crate::plan::edge::EdgeSeen>> {
+        use crate::edge;
+        let found = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(labels::filter(labels::COMPONENT, edge::COMPONENT)),
+                ..Default::default()
+            }))
+            .await
+            .with_context(|| format!("{}: cannot list containers", self.name))?;
+        let Some(c) = found
+            .into_iter()
+            .find(|c| container_name(c.names.clone()) == edge::CONTAINER)
+        else {
+            return Ok(None);
+        };
+        let files = self
+            .read_dir(edge::CONTAINER, edge::conf::CONF_DIR)
+            .await?
+            .unwrap_or_default();
+        let routes = files
+            .into_iter()
+            .filter_map(|(name, text)| {
+                let env = edge::conf::env_of_route_file(&name)?.to_string();
+                Some((env, String::from_utf8_lossy(&text).into_owned()))
+            })
+            .collect();
+        Ok(Some(crate::plan::edge::EdgeSeen {
+            running: c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+            routes,
+        }))
     }
 
     /// Create `spec`'s container and write its files in (not started).

@@ -13,6 +13,7 @@
 //! The local lab is the one thing made before the snapshot: its hosts can
 //! only be looked into once they run (`up` creates them, then connects).
 
+pub mod edge;
 pub mod events;
 pub mod execute;
 pub mod waits;
@@ -350,6 +351,7 @@ impl<'a> Hosts<'a> {
             };
             if let Ok(c) = &d.result {
                 seen.observed = Some(c.host.observe(&t.name, &[]).await?);
+                seen.edge = c.host.edge_seen().await?;
             }
             snapshot.departed.push(seen);
         }
@@ -381,7 +383,10 @@ impl<'a> Hosts<'a> {
                     ..Default::default()
                 };
                 if let Some(engine) = self.engine(&h.name) {
-                    seen.observed = Some(engine.observe(&t.name, images).await?);
+                    let (observed, edge) =
+                        tokio::join!(engine.observe(&t.name, images), engine.edge_seen());
+                    seen.observed = Some(observed?);
+                    seen.edge = edge?;
                     if others {
                         seen.environments = engine.environments().await?;
                     }
@@ -484,8 +489,28 @@ impl<'a> Hosts<'a> {
 /// `plan::ports`).
 pub async fn resolve_ports(t: &Topology, hosts: &[&DockerHost]) -> Result<Topology> {
     let mut claims = Vec::new();
-    for found in futures_util::future::join_all(hosts.iter().map(|h| h.port_claims())).await {
-        claims.extend(found?);
+    let looks = hosts
+        .iter()
+        .map(|h| async move { tokio::try_join!(h.port_claims(), h.edge_seen()) });
+    let mut edge = t.lb.edge;
+    for found in futures_util::future::join_all(looks).await {
+        let (found, edge_seen) = found?;
+        claims.extend(found);
+        edge |= edge_seen.is_some();
+    }
+    let in_file = |why: String| {
+        crate::error::input(format!(
+            "{}: {why}; nothing was changed",
+            t.source.display()
+        ))
+    };
+    if t.lb.edge {
+        if let Some(why) = crate::plan::ports::edge_blocked(&t.name, &claims) {
+            return Err(in_file(why));
+        }
+    }
+    if edge {
+        claims.push(crate::plan::ports::Claim::edge());
     }
     let declared = t.ports_declared.then_some(t.ports);
     let tcp = |p: &crate::topology::Ports| -> Vec<u16> {
@@ -494,12 +519,7 @@ pub async fn resolve_ports(t: &Topology, hosts: &[&DockerHost]) -> Result<Topolo
             .map(|(_, port)| port)
             .collect()
     };
-    let ports = crate::plan::ports::resolve(&t.name, declared, &claims, tcp).map_err(|why| {
-        crate::error::input(format!(
-            "{}: {why}; nothing was changed",
-            t.source.display()
-        ))
-    })?;
+    let ports = crate::plan::ports::resolve(&t.name, declared, &claims, tcp).map_err(in_file)?;
     Ok(Topology { ports, ..t.clone() })
 }
 

@@ -16,6 +16,7 @@
 //! wait until the load balancer routes every instance.
 
 pub mod desired;
+pub mod edge;
 pub mod images;
 pub mod lab;
 pub mod members;
@@ -63,6 +64,8 @@ pub struct HostSnapshot {
     pub environments: Vec<String>,
     /// Tried and not reached (`down` and `status` go on without it).
     pub unreachable: bool,
+    /// The host's edge proxy, if it has one (see `crate::edge`).
+    pub edge: Option<edge::EdgeSeen>,
 }
 
 /// Something `up` waits for once the hosts' steps are done.
@@ -113,6 +116,8 @@ pub struct Plan {
     pub stages: Vec<Stage>,
     /// Waited for last.
     pub routes: Option<Wait>,
+    /// Then the environment's entries on the hosts' edge proxies.
+    pub edge: Vec<edge::EdgeStep>,
 }
 
 impl Plan {
@@ -165,6 +170,7 @@ impl Plan {
                     .sum(),
             });
         }
+        plan.edge = edge::up(t, snapshot)?;
         Ok(plan)
     }
 
@@ -198,6 +204,7 @@ impl Plan {
         Plan {
             lab,
             hosts,
+            edge: edge::down(&t.name, snapshot),
             ..Default::default()
         }
     }
@@ -251,6 +258,7 @@ impl Plan {
             );
         }
         out.extend(self.routes.iter().map(|w| w.reference("routes")));
+        out.extend(self.edge.iter().map(edge::EdgeStep::reference));
         out
     }
 
@@ -277,6 +285,7 @@ impl Plan {
             && self.members.is_empty()
             && self.rolling.is_empty()
             && self.stages.is_empty()
+            && self.edge.is_empty()
             && self.hosts.iter().all(HostPlan::is_noop)
     }
 }

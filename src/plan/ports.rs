@@ -19,19 +19,44 @@ use std::collections::BTreeMap;
 
 use crate::topology::Ports;
 
-/// Ports some environment recorded on the hosts.
+/// Ports some environment recorded on the hosts, or the ports of the
+/// hosts' edge proxy (see [`Claim::edge`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
+    /// Empty for the edge proxy, which belongs to no environment.
     pub env: String,
-    pub ports: Ports,
-    /// Its load balancer's TCP listeners.
+    /// `None` for the edge proxy.
+    pub ports: Option<Ports>,
+    /// Its load balancer's TCP listeners (the edge's 80 and 443).
     pub tcp: Vec<u16>,
 }
 
 impl Claim {
+    /// The edge proxy's ports, 80 and 443: held while it runs on one of
+    /// the hosts, or when the environment being planned wants it.
+    pub fn edge() -> Claim {
+        Claim {
+            env: String::new(),
+            ports: None,
+            tcp: crate::edge::PORTS.to_vec(),
+        }
+    }
+
     /// Every port it holds, named for messages.
     fn all(&self) -> Vec<(String, u16)> {
-        all_named(&self.ports, &self.tcp)
+        match &self.ports {
+            Some(p) => all_named(p, &self.tcp),
+            None => self.tcp.iter().map(|v| ("port".to_string(), *v)).collect(),
+        }
+    }
+
+    /// Who holds the ports, for messages.
+    fn holder(&self) -> String {
+        if self.env.is_empty() {
+            "the edge proxy on these hosts (lb.edge answers on ports 80 and 443)".to_string()
+        } else {
+            format!("environment {} on these hosts", self.env)
+        }
     }
 }
 
@@ -89,6 +114,24 @@ pub fn from_label(s: &str) -> Option<Ports> {
     })
 }
 
+/// Why the edge proxy cannot have ports 80 and 443 on these hosts: another
+/// environment holds one of them.
+pub fn edge_blocked(env: &str, claims: &[Claim]) -> Option<String> {
+    claims
+        .iter()
+        .filter(|c| c.env != env && !c.env.is_empty())
+        .find_map(|c| {
+            let (name, port) = c
+                .all()
+                .into_iter()
+                .find(|(_, p)| crate::edge::PORTS.contains(p))?;
+            Some(format!(
+                "lb.edge needs ports 80 and 443 of the load balancer hosts, and {} holds port {port} (its {name}); give that environment other `ports:`, or leave lb.edge out",
+                c.holder()
+            ))
+        })
+}
+
 /// Port block `k`: 0 is the usual ports.
 pub fn block(k: u16) -> Ports {
     if k == 0 {
@@ -124,8 +167,8 @@ pub fn resolve(
             for other in &others {
                 if let Some((other_name, _)) = other.all().into_iter().find(|(_, q)| q == port) {
                     return Some(format!(
-                        "port {port} ({name}) is already used by environment {} on these hosts (its {other_name})",
-                        other.env
+                        "port {port} ({name}) is already used by {} (its {other_name})",
+                        other.holder()
                     ));
                 }
             }
@@ -140,9 +183,9 @@ pub fn resolve(
             None => Ok(p),
         };
     }
-    if let Some(own) = claims.iter().find(|c| c.env == env) {
-        if clash(&own.ports).is_none() {
-            return Ok(own.ports);
+    if let Some(own) = claims.iter().find(|c| c.env == env).and_then(|c| c.ports) {
+        if clash(&own).is_none() {
+            return Ok(own);
         }
     }
     (0..1000)
@@ -162,7 +205,7 @@ mod tests {
     fn claim(env: &str, p: Ports) -> Claim {
         Claim {
             env: env.into(),
-            ports: p,
+            ports: Some(p),
             tcp: vec![],
         }
     }
@@ -181,7 +224,7 @@ mod tests {
         // take it is refused, whichever block.
         let claims = vec![Claim {
             env: "a".into(),
-            ports: Ports::default(),
+            ports: Some(Ports::default()),
             tcp: vec![6379],
         }];
         let err = super::resolve("b", None, &claims, |_| vec![6379]).unwrap_err();
@@ -242,5 +285,27 @@ mod tests {
         );
         // Its own recorded ports never clash with themselves.
         assert!(resolve("qa", Some(Ports::default()), &claims).is_ok());
+    }
+
+    #[test]
+    fn the_edge_proxy_keeps_environments_off_80_and_443() {
+        // With the edge on the hosts, the first environment skips block 0.
+        assert_eq!(resolve("a", None, &[Claim::edge()]).unwrap(), block(1));
+        let taken = Ports::default();
+        let err = resolve("b", Some(taken), &[Claim::edge()]).unwrap_err();
+        assert!(
+            err.contains("port 80 (ports.lb_http) is already used by the edge proxy"),
+            "{err}"
+        );
+        let blocked = edge_blocked("pr-1", &[claim("staging", Ports::default())]).unwrap();
+        assert!(
+            blocked
+                .contains("environment staging on these hosts holds port 80 (its ports.lb_http)"),
+            "{blocked}"
+        );
+        assert_eq!(edge_blocked("pr-1", &[claim("qa", block(1))]), None);
+        // A TCP listener on 443 clashes too.
+        let err = super::resolve("c", None, &[Claim::edge()], |_| vec![443]).unwrap_err();
+        assert!(err.contains("port 443 (a TCP listener)"), "{err}");
     }
 }

@@ -107,6 +107,9 @@ pub struct LbSettings {
     pub template: Option<(PathBuf, String)>,
     pub quiet_ms: u64,
     pub max_wait_ms: u64,
+    /// Answer as `http(s)://<service>.<env>.<domain>/` on ports 80 and
+    /// 443 too, through the hosts' edge proxy (see `crate::edge`).
+    pub edge: bool,
 }
 
 impl Default for LbSettings {
@@ -116,6 +119,7 @@ impl Default for LbSettings {
             template: None,
             quiet_ms: 10,
             max_wait_ms: 250,
+            edge: false,
         }
     }
 }

@@ -79,6 +79,10 @@ pub struct RawLb {
     /// Longest a change waits while changes keep coming.
     #[serde(default)]
     pub max_wait_ms: Option<Spanned<i64>>,
+    /// Also answer on ports 80 and 443 of the load balancer hosts, by
+    /// name, through the hosts' shared edge proxy.
+    #[serde(default)]
+    pub edge: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

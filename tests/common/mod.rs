@@ -280,14 +280,24 @@ impl Client {
     }
 
     pub fn start_at(lb: &str, path: &str) -> Self {
+        Self::start_by_name(lb, path, "x")
+    }
+
+    /// Requests with `host` as the Host (a name the LB or edge routes by).
+    pub fn start_by_name(lb: &str, path: &str, host: &str) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handle = {
-            let (stop, lb, path) = (stop.clone(), lb.to_string(), path.to_string());
+            let (stop, lb, path, host) = (
+                stop.clone(),
+                lb.to_string(),
+                path.to_string(),
+                host.to_string(),
+            );
             std::thread::spawn(move || {
                 let (mut total, mut failed, mut answers) = (0, Vec::new(), Vec::new());
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     total += 1;
-                    match http_get(&lb, &path, "x") {
+                    match http_get(&lb, &path, &host) {
                         Ok((200, body)) => {
                             if let Some(who) = identity(&body) {
                                 answers.push((std::time::Instant::now(), who));

@@ -74,6 +74,7 @@ impl Validator {
             template,
             quiet_ms,
             max_wait_ms,
+            edge: raw.edge.unwrap_or(false),
         }
     }
 }

@@ -1,0 +1,288 @@
+//! Carry out the edge steps of a plan (`plan::edge`), host by host in
+//! parallel, and nothing else: which routes to write or take away was
+//! decided by the plan.
+//!
+//! The one thing read here is the hosts' CA, because it lives on the hosts:
+//! a host that has one keeps it, a host that has none gets the one another
+//! host of the run has, or a new one.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bollard::models::RestartPolicyNameEnum;
+
+use crate::edge::ca::{self, Ca};
+use crate::edge::{self, conf};
+use crate::engine::docker::{is_status, Attach, DockerHost};
+use crate::engine::Engine;
+use crate::pipeline::events::Reporter;
+use crate::pipeline::Hosts;
+use crate::plan::desired::FileSpec;
+use crate::plan::edge::EdgeStep;
+use crate::topology::Topology;
+
+pub async fn execute(
+    hosts: &Hosts<'_>,
+    t: &Topology,
+    steps: &[EdgeStep],
+    reporter: &Reporter,
+) -> Result<()> {
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let mut by_host: BTreeMap<&str, Vec<&EdgeStep>> = BTreeMap::new();
+    for s in steps {
+        by_host.entry(s.host()).or_default().push(s);
+    }
+    let engine = |host: &str| {
+        hosts
+            .engine(host)
+            .ok_or_else(|| anyhow!("{host}: not connected, for the edge proxy"))
+    };
+    // Made first, so a CA kept on a host from an earlier edge is found.
+    let creates = by_host.iter().filter_map(|(host, steps)| {
+        let step = steps
+            .iter()
+            .find(|s| matches!(s, EdgeStep::EdgeCreate { .. }))?;
+        Some(async move {
+            let started = Instant::now();
+            create(engine(host)?, &t.images.nginx).await?;
+            reporter.done(
+                &step.reference(),
+                started,
+                &format!("{host}: edge proxy on ports 80 and 443"),
+            );
+            anyhow::Ok(())
+        })
+    });
+    futures_util::future::try_join_all(creates).await?;
+    let routed: Vec<&str> = by_host
+        .iter()
+        .filter(|(_, s)| s.iter().any(|s| matches!(s, EdgeStep::EdgeRoute { .. })))
+        .map(|(h, _)| *h)
+        .collect();
+    let cas = hosts_cas(&routed, &engine).await?;
+    let runs = by_host.iter().map(|(host, steps)| {
+        let cas = &cas;
+        async move {
+            let engine = engine(host)?;
+            for step in steps {
+                let started = Instant::now();
+                let note = match step {
+                    EdgeStep::EdgeCreate { .. } => continue,
+                    EdgeStep::EdgeRoute {
+                        names, to, text, ..
+                    } => {
+                        let ca = cas.get(host).context("the host's CA")?;
+                        route(engine, &t.name, names, text, ca).await?;
+                        format!("{host}: https://{} → {to} on ports 80 and 443", names[1])
+                    }
+                    EdgeStep::EdgeUnroute { .. } => {
+                        unroute(engine, &t.name).await?;
+                        format!("{host}: {}'s names taken off the edge proxy", t.name)
+                    }
+                    EdgeStep::EdgeRemove { .. } => match remove_if_unused(engine).await? {
+                        true => format!("{host}: edge proxy removed, no environment left on it"),
+                        false => {
+                            format!("{host}: edge proxy kept, another environment is on it now")
+                        }
+                    },
+                };
+                reporter.done(&step.reference(), started, &note);
+            }
+            anyhow::Ok(())
+        }
+    });
+    futures_util::future::try_join_all(runs).await?;
+    Ok(())
+}
+
+/// Make and start the host's edge container (another run may have just
+/// made it: then it is only started). Its CA volume is made first, with
+/// the edge's label.
+async fn create(engine: &DockerHost, nginx_image: &str) -> Result<()> {
+    engine
+        .ensure_volume(edge::CA_VOLUME, edge::COMPONENT)
+        .await?;
+    let spec = edge::container(nginx_image);
+    match engine
+        .create(
+            &spec,
+            RestartPolicyNameEnum::UNLESS_STOPPED,
+            Attach::default(),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if is_status(&e, 409) => {}
+        Err(e) => return Err(e),
+    }
+    match engine.start(edge::CONTAINER).await {
+        Err(e) if !is_status(&e, 304) => Err(e).with_context(|| {
+            format!(
+                "{}: cannot start the edge proxy (are ports 80 and 443 free?)",
+                engine.name()
+            )
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Each host's CA: its own if it has one, else the first one another host
+/// of the run has, else a new one, written to the hosts that had none.
+async fn hosts_cas<'a>(
+    routed: &[&'a str],
+    engine: &impl Fn(&str) -> Result<&'a DockerHost>,
+) -> Result<BTreeMap<&'a str, Ca>> {
+    let mut found = BTreeMap::new();
+    for host in routed {
+        if let Some(ca) = read_ca(engine(host)?).await? {
+            found.insert(*host, ca);
+        }
+    }
+    let missing: Vec<&str> = routed
+        .iter()
+        .filter(|h| !found.contains_key(*h))
+        .copied()
+        .collect();
+    if missing.is_empty() {
+        return Ok(found);
+    }
+    let shared = match found.values().next() {
+        Some(ca) => Ca::from_pem(&ca.cert_pem, ca.key_pem())?,
+        None => Ca::generate(&routed.join(", "))?,
+    };
+    for host in missing {
+        engine(host)?
+            .upload_files(
+                edge::CONTAINER,
+                &[
+                    FileSpec::new(
+                        &ca_path(ca::CERT_FILE),
+                        0o644,
+                        shared.cert_pem.clone().into_bytes(),
+                    ),
+                    FileSpec::new(
+                        &ca_path(ca::KEY_FILE),
+                        0o600,
+                        shared.key_pem().as_bytes().to_vec(),
+                    ),
+                ],
+            )
+            .await
+            .with_context(|| format!("{host}: cannot write the CA"))?;
+        found.insert(host, Ca::from_pem(&shared.cert_pem, shared.key_pem())?);
+    }
+    Ok(found)
+}
+
+fn ca_path(file: &str) -> String {
+    format!("{}/{file}", edge::CA_DIR)
+}
+
+/// The host's CA, if its edge has one.
+pub async fn read_ca(engine: &DockerHost) -> Result<Option<Ca>> {
+    let (cert_path, key_path) = (ca_path(ca::CERT_FILE), ca_path(ca::KEY_FILE));
+    let (cert, key) = tokio::try_join!(
+        engine.read_file(edge::CONTAINER, &cert_path),
+        engine.read_file(edge::CONTAINER, &key_path),
+    )?;
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap_or_default();
+    Ca::from_pem(&text(cert), &text(key))
+        .map(Some)
+        .with_context(|| {
+            format!(
+                "{}: the edge's CA in volume {}",
+                engine.name(),
+                edge::CA_VOLUME
+            )
+        })
+}
+
+/// Write the environment's route and certificate, check the whole config,
+/// reload. A config nginx refuses is taken out again, so the edge keeps
+/// serving the other environments as it was.
+async fn route(
+    engine: &DockerHost,
+    env: &str,
+    names: &[String],
+    text: &str,
+    ca: &Ca,
+) -> Result<()> {
+    let issued = ca.issue(names)?;
+    let (cert, key) = conf::tls_paths(env).map_err(|e| anyhow!(e))?;
+    let path = conf::route_path(env).map_err(|e| anyhow!(e))?;
+    engine
+        .upload_files(
+            edge::CONTAINER,
+            &[
+                FileSpec::new(&cert, 0o644, issued.cert_pem.into_bytes()),
+                FileSpec::new(&key, 0o600, issued.key_pem.into_bytes()),
+                FileSpec::new(&path, 0o644, text.as_bytes().to_vec()),
+            ],
+        )
+        .await
+        .with_context(|| format!("{}: cannot write the edge route", engine.name()))?;
+    let checked = engine
+        .exec(edge::CONTAINER, &["nginx", "-t", "-q"], &[])
+        .await?;
+    if checked.code != 0 {
+        engine
+            .exec(edge::CONTAINER, &["rm", "-f", &path, &cert, &key], &[])
+            .await?;
+        bail!(
+            "{}: the edge proxy refused the route of {env}, which was taken out again: {}",
+            engine.name(),
+            checked.stderr.trim()
+        );
+    }
+    reload(engine).await
+}
+
+/// Take the environment's route and certificate away, reload.
+async fn unroute(engine: &DockerHost, env: &str) -> Result<()> {
+    let (cert, key) = conf::tls_paths(env).map_err(|e| anyhow!(e))?;
+    let path = conf::route_path(env).map_err(|e| anyhow!(e))?;
+    engine
+        .exec(edge::CONTAINER, &["rm", "-f", &path, &cert, &key], &[])
+        .await?
+        .ok_or_stderr("removing the edge route")?;
+    reload(engine).await
+}
+
+/// A graceful reload: new connections get the new config, the ones in
+/// flight finish on the old. Right after the container starts nginx may
+/// not have written its pid yet, so a failure is retried briefly.
+async fn reload(engine: &DockerHost) -> Result<()> {
+    let mut last = String::new();
+    for _ in 0..20 {
+        let out = engine
+            .exec(edge::CONTAINER, &["nginx", "-s", "reload"], &[])
+            .await?;
+        if out.code == 0 {
+            return Ok(());
+        }
+        last = out.stderr;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "{}: the edge proxy did not reload: {}",
+        engine.name(),
+        last.trim()
+    )
+}
+
+/// Remove the edge container if no route is left in it (another run may
+/// have added one since the snapshot). The CA volume stays.
+async fn remove_if_unused(engine: &DockerHost) -> Result<bool> {
+    let seen = engine.edge_seen().await?;
+    if seen.is_some_and(|e| !e.routes.is_empty()) {
+        return Ok(false);
+    }
+    engine.remove_container(edge::CONTAINER).await?;
+    Ok(true)
+}

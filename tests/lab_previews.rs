@@ -200,7 +200,16 @@ fn previews_from_one_file_answer_by_name_expire_and_are_collected() {
     let (code, body) = http_get("10.77.70.13:21014", "/demo/", "x").unwrap();
     assert_eq!((code, identity(&body).as_deref()), (200, Some("pr-2")));
     // The edge is nobody's container: no environment's plan touches it.
-    let plan = run(&["--env", "pr-3", "plan"]).expect_ok("plan pr-3");
+    let plan = run(&[
+        "--env",
+        "pr-3",
+        "--image",
+        "demo=stagectl/demo:pr-3",
+        "--set",
+        "services.demo.env.INSTANCE=pr-3",
+        "plan",
+    ])
+    .expect_ok("plan pr-3");
     assert!(
         plan.stdout
             .contains("0 to create, 0 to replace, 0 to start, 0 to remove")

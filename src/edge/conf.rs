@@ -109,7 +109,7 @@ pub fn route(r: &Route) -> Result<String, String> {
 server {{
     listen 80;
     listen 443 ssl http2;
-    server_name {env}.{domain} .{env}.{domain};
+    server_name .{env}.{domain};
     ssl_certificate {cert};
     ssl_certificate_key {key};
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -145,7 +145,7 @@ mod tests {
     #[test]
     fn a_route_sends_the_environments_names_to_its_load_balancer() {
         let text = route(&route_of("pr-1234", "preview.test")).unwrap();
-        assert!(text.contains("server_name pr-1234.preview.test .pr-1234.preview.test;"));
+        assert!(text.contains("server_name .pr-1234.preview.test;"));
         assert!(text.contains("proxy_pass http://10.0.70.3:21004;"));
         assert!(text.contains("ssl_certificate /etc/nginx/edge-tls/env-pr-1234.crt;"));
         assert_eq!(

@@ -254,14 +254,16 @@ async fn unroute(engine: &DockerHost, env: &str) -> Result<()> {
     reload(engine).await
 }
 
-/// A graceful reload: new connections get the new config, the ones in
-/// flight finish on the old. Right after the container starts nginx may
-/// not have written its pid yet, so a failure is retried briefly.
+/// A graceful reload, waited for: new connections get the new config once
+/// the old worker has stopped accepting (it finishes what is in flight),
+/// so a route just added answers, and one just taken away no longer does,
+/// when `up` or `down` says so. Right after the container starts nginx
+/// may not have written its pid yet, so a refused signal is retried.
 async fn reload(engine: &DockerHost) -> Result<()> {
     let mut last = String::new();
     for _ in 0..20 {
         let out = engine
-            .exec(edge::CONTAINER, &["nginx", "-s", "reload"], &[])
+            .exec(edge::CONTAINER, &["sh", "-c", RELOAD_AND_WAIT], &[])
             .await?;
         if out.code == 0 {
             return Ok(());
@@ -269,12 +271,32 @@ async fn reload(engine: &DockerHost) -> Result<()> {
         last = out.stderr;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!(
-        "{}: the edge proxy did not reload: {}",
-        engine.name(),
-        last.trim()
-    )
+    bail!("{}: the edge proxy did not reload: {}", engine.name(), last.trim())
 }
+
+/// Signal nginx, then wait (up to 3 s) until none of the workers that ran
+/// before is left: they are the ones still serving the old config.
+const RELOAD_AND_WAIT: &str = r#"
+workers() {
+    for p in /proc/[0-9]*; do
+        case "$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)" in
+            "nginx: worker process"*) echo "${p#/proc/}" ;;
+        esac
+    done
+}
+before=" $(workers | tr '\n' ' ') "
+nginx -s reload 2>&1 || exit 1
+i=0
+while [ $i -lt 60 ]; do
+    left=0
+    for w in $(workers); do
+        case "$before" in *" $w "*) left=1 ;; esac
+    done
+    [ $left = 0 ] && exit 0
+    sleep 0.05
+    i=$((i + 1))
+done
+"#;
 
 /// Remove the edge container if no route is left in it (another run may
 /// have added one since the snapshot). The CA volume stays.

@@ -134,7 +134,28 @@ fn previews_from_one_file_answer_by_name_expire_and_are_collected() {
         "{}",
         first.stdout
     );
+    // pr-3 from a file that gives the edge its own certificate.
+    let (own_cert, own_key) = self_signed(
+        dir.path(),
+        "own",
+        Some("DNS:pr-3.preview.test,DNS:*.pr-3.preview.test"),
+    );
+    let own_file = dir.path().join("preview-own-cert.yaml");
+    std::fs::write(
+        &own_file,
+        PREVIEW.replace(
+            "edge: true }",
+            &format!("edge: true, edge_tls: {{ cert: {own_cert}, key: {own_key} }} }}"),
+        ),
+    )
+    .unwrap();
+    let run_own = |args: &[&str]| {
+        let mut full = vec!["-f", own_file.to_str().unwrap()];
+        full.extend_from_slice(args);
+        stagectl(&state, &full)
+    };
     for env in ["pr-2", "pr-3"] {
+        let run: &dyn Fn(&[&str]) -> Run = if env == "pr-3" { &run_own } else { &run };
         run(&[
             "--env",
             env,
@@ -184,7 +205,11 @@ fn previews_from_one_file_answer_by_name_expire_and_are_collected() {
             (200, Some(env.to_string())),
             "{env} on port 80"
         );
-        let https = over_https(env, &ca_file).expect_ok(&format!("{env} over HTTPS"));
+        let trusted = match env {
+            "pr-3" => std::path::PathBuf::from(&own_cert),
+            _ => ca_file.clone(),
+        };
+        let https = over_https(env, &trusted).expect_ok(&format!("{env} over HTTPS"));
         assert!(
             https.stdout.contains(&format!("instance={env}")) && https.stdout.ends_with("200 2"),
             "{env}: {}",
@@ -193,14 +218,20 @@ fn previews_from_one_file_answer_by_name_expire_and_are_collected() {
     }
     assert_eq!(by_name("pr-404").0, 404, "a name no environment has");
     // A CA that is not the hosts' is not trusted.
-    let other = dir.path().join("other.pem");
-    std::fs::write(&other, foreign_ca()).unwrap();
-    assert_ne!(over_https("pr-2", &other).code, 0, "trusted without the CA");
+    let (other, _) = self_signed(dir.path(), "other", None);
+    assert_ne!(
+        over_https("pr-2", std::path::Path::new(&other)).code,
+        0,
+        "trusted without the CA"
+    );
+    // pr-3 serves the certificate it was given (lb.edge_tls) instead.
+    assert_ne!(over_https("pr-3", &ca_file).code, 0, "pr-3 with the CA's");
+
     // Per-environment ports keep working.
     let (code, body) = http_get("10.77.70.13:21014", "/demo/", "x").unwrap();
     assert_eq!((code, identity(&body).as_deref()), (200, Some("pr-2")));
     // The edge is nobody's container: no environment's plan touches it.
-    let plan = run(&[
+    let plan = run_own(&[
         "--env",
         "pr-3",
         "--image",
@@ -272,31 +303,41 @@ fn previews_from_one_file_answer_by_name_expire_and_are_collected() {
     assert!(local_objects("container", "label=io.stagectl.lab=itprev").is_empty());
 }
 
-/// A CA certificate the hosts never saw (made with openssl).
-fn foreign_ca() -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("k.pem");
-    let cert = dir.path().join("c.pem");
-    sh(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=not the hosts' CA",
-        ],
-    )
-    .expect_ok("openssl req");
-    std::fs::read_to_string(cert).unwrap()
+/// A self-signed certificate (made with openssl) for `names` (`DNS:...`,
+/// or none): its certificate and key files in `dir`.
+fn self_signed(dir: &std::path::Path, stem: &str, names: Option<&str>) -> (String, String) {
+    let key = dir
+        .join(format!("{stem}.key"))
+        .to_str()
+        .unwrap()
+        .to_string();
+    let cert = dir
+        .join(format!("{stem}.crt"))
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &cert,
+        "-days",
+        "1",
+        "-subj",
+        "/CN=not the hosts' CA",
+    ];
+    let san;
+    if let Some(n) = names {
+        san = format!("subjectAltName={n}");
+        args.extend(["-addext", &san]);
+    }
+    sh("openssl", &args).expect_ok("openssl req");
+    (cert, key)
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use bollard::models::RestartPolicyNameEnum;
 
-use crate::edge::ca::{self, Ca};
+use crate::edge::ca::{self, Ca, Issued};
 use crate::edge::{self, conf};
 use crate::engine::docker::{is_status, Attach, DockerHost};
 use crate::engine::Engine;
@@ -57,9 +57,11 @@ pub async fn execute(
         })
     });
     futures_util::future::try_join_all(creates).await?;
+    // Certificates to issue: unless the user gave one.
     let routed: Vec<&str> = by_host
         .iter()
         .filter(|(_, s)| s.iter().any(|s| matches!(s, EdgeStep::EdgeRoute { .. })))
+        .filter(|_| t.lb.edge_tls.is_none())
         .map(|(h, _)| *h)
         .collect();
     let cas = hosts_cas(&routed, &engine).await?;
@@ -74,8 +76,14 @@ pub async fn execute(
                     EdgeStep::EdgeRoute {
                         names, to, text, ..
                     } => {
-                        let ca = cas.get(host).context("the host's CA")?;
-                        route(engine, &t.name, names, text, ca).await?;
+                        let certificate = match &t.lb.edge_tls {
+                            Some(tls) => Issued {
+                                cert_pem: tls.cert_pem.clone(),
+                                key_pem: tls.key_pem.clone(),
+                            },
+                            None => cas.get(host).context("the host's CA")?.issue(names)?,
+                        };
+                        route(engine, &t.name, text, certificate).await?;
                         format!("{host}: https://{} → {to} on ports 80 and 443", names[1])
                     }
                     EdgeStep::EdgeUnroute { .. } => {
@@ -206,14 +214,7 @@ pub async fn read_ca(engine: &DockerHost) -> Result<Option<Ca>> {
 /// Write the environment's route and certificate, check the whole config,
 /// reload. A config nginx refuses is taken out again, so the edge keeps
 /// serving the other environments as it was.
-async fn route(
-    engine: &DockerHost,
-    env: &str,
-    names: &[String],
-    text: &str,
-    ca: &Ca,
-) -> Result<()> {
-    let issued = ca.issue(names)?;
+async fn route(engine: &DockerHost, env: &str, text: &str, issued: Issued) -> Result<()> {
     let (cert, key) = conf::tls_paths(env).map_err(|e| anyhow!(e))?;
     let path = conf::route_path(env).map_err(|e| anyhow!(e))?;
     engine
@@ -271,7 +272,11 @@ async fn reload(engine: &DockerHost) -> Result<()> {
         last = out.stderr;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("{}: the edge proxy did not reload: {}", engine.name(), last.trim())
+    bail!(
+        "{}: the edge proxy did not reload: {}",
+        engine.name(),
+        last.trim()
+    )
 }
 
 /// Signal nginx, then wait (up to 3 s) until none of the workers that ran

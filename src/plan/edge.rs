@@ -102,6 +102,10 @@ pub fn up(t: &Topology, snapshot: &Snapshot) -> Result<Vec<EdgeStep>, String> {
                 domain: t.lb.domain.clone(),
                 lb: h.advertise,
                 lb_port: t.ports.lb_http,
+                given_cert_sha256: t.lb.edge_tls.as_ref().map(|tls| {
+                    use sha2::{Digest, Sha256};
+                    format!("{:x}", Sha256::digest(tls.cert_pem.as_bytes()))
+                }),
             };
             wanted.insert(h.name.clone(), (route.clone(), conf::route(&route)?));
         }

@@ -110,6 +110,29 @@ pub struct LbSettings {
     /// Answer as `http(s)://<service>.<env>.<domain>/` on ports 80 and
     /// 443 too, through the hosts' edge proxy (see `crate::edge`).
     pub edge: bool,
+    /// A certificate of the user's for the edge, instead of the hosts' CA's.
+    pub edge_tls: Option<EdgeTls>,
+}
+
+/// A certificate and key the user gives for an environment's names on the
+/// edge, read at validation. Shown by path; the key never.
+#[derive(Clone, Serialize)]
+pub struct EdgeTls {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    #[serde(skip)]
+    pub cert_pem: String,
+    #[serde(skip)]
+    pub key_pem: String,
+}
+
+impl fmt::Debug for EdgeTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EdgeTls")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for LbSettings {
@@ -120,6 +143,7 @@ impl Default for LbSettings {
             quiet_ms: 10,
             max_wait_ms: 250,
             edge: false,
+            edge_tls: None,
         }
     }
 }

@@ -83,6 +83,17 @@ pub struct RawLb {
     /// name, through the hosts' shared edge proxy.
     #[serde(default)]
     pub edge: Option<bool>,
+    /// The certificate the edge serves for this environment, instead of
+    /// one issued by the hosts' CA: PEM files, relative to the file.
+    #[serde(default)]
+    pub edge_tls: Option<Spanned<RawEdgeTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEdgeTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

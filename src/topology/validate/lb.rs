@@ -5,8 +5,8 @@
 use serde_saphyr::Spanned;
 
 use super::Validator;
-use crate::topology::model::LbSettings;
-use crate::topology::raw::RawLb;
+use crate::topology::model::{EdgeTls, LbSettings};
+use crate::topology::raw::{RawEdgeTls, RawLb};
 
 impl Validator {
     pub(super) fn lb(&mut self, raw: RawLb) -> LbSettings {
@@ -48,6 +48,16 @@ impl Validator {
                 }
             }
         });
+        let edge = raw.edge.unwrap_or(false);
+        let edge_tls = raw.edge_tls.and_then(|tls| {
+            if !edge {
+                self.error(
+                    &tls.referenced,
+                    "lb.edge_tls is the certificate of the edge proxy; it needs lb.edge: true",
+                );
+            }
+            self.edge_tls(tls.value)
+        });
         let mut ms = |v: Option<Spanned<i64>>,
                       what: &str,
                       default: u64,
@@ -74,7 +84,42 @@ impl Validator {
             template,
             quiet_ms,
             max_wait_ms,
-            edge: raw.edge.unwrap_or(false),
+            edge,
+            edge_tls,
         }
+    }
+
+    /// The user's certificate and key: both readable PEM, the key a
+    /// private key, the certificate a certificate.
+    fn edge_tls(&mut self, raw: RawEdgeTls) -> Option<EdgeTls> {
+        let mut read = |p: &Spanned<String>, marker: &str, what: &str| {
+            let path = self.resolve(p);
+            match std::fs::read_to_string(&path) {
+                Ok(text) if text.contains(marker) => Some((path, text)),
+                Ok(_) => {
+                    self.error(
+                        &p.referenced,
+                        format!("{}: not a PEM {what}", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.error(
+                        &p.referenced,
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        };
+        let cert = read(&raw.cert, "-----BEGIN CERTIFICATE-----", "certificate");
+        let key = read(&raw.key, "PRIVATE KEY-----", "private key");
+        let ((cert_path, cert_pem), (key_path, key_pem)) = (cert?, key?);
+        Some(EdgeTls {
+            cert_path,
+            key_path,
+            cert_pem,
+            key_pem,
+        })
     }
 }

@@ -165,11 +165,13 @@ fi
 
 if part previews; then
     # Preview environments: one file without a name, N environments from
-    # the command line (`--env pr-i --ttl 1d`) on the same 3 lab hosts.
+    # the command line (`--env pr-i --ttl 1d`) on the same 3 lab hosts, each
+    # also answering by name on ports 80 and 443 of host-3 (`lb.edge`).
     n=${PREVIEWS:-20}
     f=$work/preview.yaml
     cat >"$f" <<YAML
 lab: { name: benchprev, subnet: 10.77.71.0/24 }
+lb: { domain: preview.test, edge: true }
 hosts:
   host-1: { driver: local, address: 10.77.71.11, roles: [app] }
   host-2: { driver: local, address: 10.77.71.12, roles: [app] }
@@ -178,17 +180,26 @@ services:
   demo: { image: stagectl/demo:latest, port: 8080 }
 YAML
     printf '\n%s preview environments of the demo from one file on 3 shared hosts\n' "$n"
-    printf '%7s  %8s  %11s\n' preview "up" "memory"
-    ups=()
+    printf '%7s  %8s  %11s  %s\n' preview "up" "memory" "edge (route written, checked, reloaded, old worker gone)"
+    ups=() edges=()
     for i in $(seq 1 "$n"); do
         previews_up=$i
-        secs=$(timed $bin -f "$f" --env "pr-$i" up --ttl 1d)
-        ups+=("$secs")
+        t0=$(now)
+        last=$($bin -f "$f" --env "pr-$i" up --ttl 1d -o json 2>/dev/null | tail -1) ||
+            { echo "failed: up pr-$i" >&2; exit 1; }
+        secs=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
+        edge_ms=$(python3 -c 'import json, sys; print(round(json.load(sys.stdin)["phases"]["edge"] * 1000))' <<<"$last")
+        ups+=("$secs") edges+=("$edge_ms")
         if ((i <= 2 || i == n)); then
-            printf '%7s  %6s s  %8s MB\n' "pr-$i" "$secs" "$(env_memory_mb benchprev 71 "pr-$i")"
+            printf '%7s  %6s s  %8s MB  %s ms\n' "pr-$i" "$secs" "$(env_memory_mb benchprev 71 "pr-$i")" "$edge_ms"
         fi
     done
-    printf '%7s  %6s s  (median of previews 2..%s)\n' "" "$(median "${ups[@]:1}")" "$n"
+    printf '%7s  %6s s  %11s  %s ms  (medians of previews 2..%s)\n' "" "$(median "${ups[@]:1}")" "" "$(median "${edges[@]:1}")" "$n"
+    answering=0
+    for i in $(seq 1 "$n"); do
+        curl -fs --max-time 2 -H "Host: demo.pr-$i.preview.test" http://10.77.71.13/ >/dev/null && answering=$((answering + 1))
+    done
+    printf 'answering by name on port 80 of host-3: %s of %s\n' "$answering" "$n"
     printf 'ls with %s environments: %s s\n' "$n" "$(timed $bin -f "$f" ls)"
     t0=$(now)
     for i in $(seq 1 "$n"); do $bin -f "$f" --env "pr-$i" down >/dev/null 2>&1 || true; done

@@ -228,20 +228,17 @@ async fn route(engine: &DockerHost, env: &str, text: &str, issued: Issued) -> Re
         )
         .await
         .with_context(|| format!("{}: cannot write the edge route", engine.name()))?;
-    let checked = engine
-        .exec(edge::CONTAINER, &["nginx", "-t", "-q"], &[])
-        .await?;
-    if checked.code != 0 {
+    if let Err(refused) = reload(engine, true).await? {
         engine
             .exec(edge::CONTAINER, &["rm", "-f", &path, &cert, &key], &[])
             .await?;
         bail!(
             "{}: the edge proxy refused the route of {env}, which was taken out again: {}",
             engine.name(),
-            checked.stderr.trim()
+            refused.trim()
         );
     }
-    reload(engine).await
+    Ok(())
 }
 
 /// Take the environment's route and certificate away, reload.
@@ -252,24 +249,31 @@ async fn unroute(engine: &DockerHost, env: &str) -> Result<()> {
         .exec(edge::CONTAINER, &["rm", "-f", &path, &cert, &key], &[])
         .await?
         .ok_or_stderr("removing the edge route")?;
-    reload(engine).await
+    reload(engine, false).await?.map_err(|e| anyhow!(e))
 }
 
 /// A graceful reload, waited for: new connections get the new config once
 /// the old worker has stopped accepting (it finishes what is in flight),
 /// so a route just added answers, and one just taken away no longer does,
-/// when `up` or `down` says so. Right after the container starts nginx
-/// may not have written its pid yet, so a refused signal is retried.
-async fn reload(engine: &DockerHost) -> Result<()> {
+/// when `up` or `down` says so. With `check`, `nginx -t` first, in the
+/// same exec: `Err` with its complaint when it refuses the config. Right
+/// after the container starts nginx may not have written its pid yet, so a
+/// refused signal is retried.
+async fn reload(engine: &DockerHost, check: bool) -> Result<Result<(), String>> {
+    let script = match check {
+        true => format!("nginx -t -q || exit 2\n{RELOAD_AND_WAIT}"),
+        false => RELOAD_AND_WAIT.to_string(),
+    };
     let mut last = String::new();
     for _ in 0..20 {
         let out = engine
-            .exec(edge::CONTAINER, &["sh", "-c", RELOAD_AND_WAIT], &[])
+            .exec(edge::CONTAINER, &["sh", "-c", &script], &[])
             .await?;
-        if out.code == 0 {
-            return Ok(());
+        match out.code {
+            0 => return Ok(Ok(())),
+            2 if check => return Ok(Err(out.stderr)),
+            _ => last = out.stderr,
         }
-        last = out.stderr;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!(
@@ -290,7 +294,7 @@ workers() {
     done
 }
 before=" $(workers | tr '\n' ' ') "
-nginx -s reload 2>&1 || exit 1
+nginx -s reload || exit 1
 i=0
 while [ $i -lt 60 ]; do
     left=0

@@ -12,12 +12,14 @@
 #   each one's up time and memory;
 #   then N preview environments (`--env pr-i`) from one file on 3 hosts: up
 #   of the 1st, 2nd and Nth, memory each, `ls` with N, down of all;
+#   then image delivery: a ~230 MB app image to 2 app hosts, first whole,
+#   then rebuilt with a 1 KB change (only the missing layers travel);
 #   then route-in / route-out latency through the load balancer and the
 #   agents' memory and idle CPU (cargo bench --bench discovery).
 # Targets: cold up < 30 s and no-op up < 2 s (3 hosts); route p50 < 150 ms,
 # p99 < 500 ms; agents < 15 MB.
 # Usage: scripts/bench.sh [TRIALS]   (default 3 cycles per size; ROUTE_TRIALS=50;
-#        ONLY=sizes|shared|stack|previews|route runs one part; PREVIEWS=20)
+#        ONLY=sizes|shared|stack|previews|delivery|route runs one part; PREVIEWS=20)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 trials=${1:-3}
@@ -205,6 +207,49 @@ YAML
     for i in $(seq 1 "$n"); do $bin -f "$f" --env "pr-$i" down >/dev/null 2>&1 || true; done
     printf 'down of all %s: %s s\n' "$n" "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')"
     previews_up=0
+fi
+
+if part delivery; then
+    # A ~230 MB app image (the demo app under a 200 MB layer of random
+    # bytes) to the 2 app hosts; then the same image rebuilt with a 1 KB
+    # change on top. Bytes per host from `up`'s image lines.
+    img=$work/image
+    mkdir -p "$img"
+    printf 'FROM stagectl/demo:latest\nRUN head -c 200000000 /dev/urandom > /big.bin\nCOPY change.bin /change.bin\n' >"$img/Dockerfile"
+    f=$work/delivery.yaml
+    cat >"$f" <<YAML
+name: benchimg
+lab: { subnet: 10.77.72.0/24 }
+hosts:
+  host-1: { driver: local, address: 10.77.72.11, roles: [app] }
+  host-2: { driver: local, address: 10.77.72.12, roles: [app] }
+  host-3: { driver: local, address: 10.77.72.13, roles: [lb] }
+services:
+  big: { image: stagectl-bench/big:latest, port: 8080 }
+YAML
+    # The lab and the agents first, so the figures are the app image's alone.
+    sed 's/^services:$/services: {}/; /^  big:/d' "$f" >"$work/delivery-empty.yaml"
+    deliver() {  # build with a fresh 1 KB change, up, print sent per host
+        head -c 1000 /dev/urandom >"$img/change.bin"
+        docker build -q -t stagectl-bench/big:latest "$img" >/dev/null
+        local t0 out secs
+        t0=$(now)
+        current=$f
+        out=$($bin -f "$f" up 2>&1) || { echo "failed: up ($out)" >&2; exit 1; }
+        secs=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
+        for h in host-1 host-2; do
+            printf '%-22s %s  %s  (up %s s)\n' "$1" "$h" \
+                "$(grep -o "^$h .*images ([^)]*)" <<<"$out" | sed 's/.*images (//; s/)$//')" "$secs"
+        done
+    }
+    printf '\nimage delivery: a ~230 MB app image to 2 app hosts over SSH (lab)\n'
+    current=$work/delivery-empty.yaml
+    $bin -f "$current" up >/dev/null 2>&1 || { echo "failed: up of the lab" >&2; exit 1; }
+    deliver "first delivery"
+    deliver "rebuilt, 1 KB changed"
+    $bin -f "$f" down >/dev/null 2>&1 || true
+    current=""
+    docker rmi stagectl-bench/big:latest >/dev/null 2>&1 || true
 fi
 
 part route || exit 0

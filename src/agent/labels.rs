@@ -20,6 +20,9 @@ pub const CONSUL_ROLE: &str = "io.stagectl.consul-role";
 /// The Consul tag of an instance registered but not routed (a service
 /// with `expose: none`): the load balancer leaves such instances out.
 pub const NOT_ROUTED_TAG: &str = "stagectl-not-routed";
+/// On the template agent: the spec hash of the nginx container whose
+/// processes it shares, so it is made again with it.
+pub const NGINX_SPEC: &str = "io.stagectl.nginx-spec";
 /// The service an app instance belongs to.
 pub const SERVICE: &str = "io.stagectl.service";
 /// The port block an environment holds on its hosts (on every container),

@@ -234,6 +234,46 @@ struct Lb {
     checked_shape: Option<String>,
 }
 
+/// nginx's processes, seen from the template agent when it runs in nginx's
+/// process namespace (and none otherwise).
+mod nginx_processes {
+    /// The command line of a process, NULs as spaces.
+    fn cmdline(pid: i32) -> String {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default()
+    }
+
+    /// nginx's worker processes now.
+    pub fn workers() -> Vec<i32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return vec![];
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| cmdline(*pid).starts_with("nginx: worker process"))
+            .collect()
+    }
+
+    /// Send `signal` to nginx's master, if it is this namespace's process
+    /// 1; false when it is not there.
+    pub fn signal_master(signal: i32) -> bool {
+        // SAFETY: kill(2) with a pid and a signal number; no memory involved.
+        cmdline(1).starts_with("nginx: master") && unsafe { libc::kill(1, signal) } == 0
+    }
+
+    /// Ask these (old) workers to stop accepting and exit once their
+    /// requests are done: SIGQUIT, as nginx's master itself does.
+    pub fn quit(pids: &[i32]) {
+        for pid in pids {
+            // Still an nginx worker: the pid was not reused meanwhile.
+            if cmdline(*pid).starts_with("nginx: worker process") {
+                // SAFETY: as above.
+                unsafe { libc::kill(*pid, libc::SIGQUIT) };
+            }
+        }
+    }
+}
+
 /// What `nginx -t` could object to in a config of the built-in template:
 /// the services' names, paths, upstreams and listeners, and which have no
 /// instance. Which instances a service has is not part of it: they are
@@ -495,7 +535,12 @@ impl Lb {
     /// on loopback and on the address clients use.
     async fn reload(&self, text: &Config, t0: std::time::Instant) -> Result<()> {
         let checked = t0.elapsed();
-        self.signal_reload().await?;
+        // In nginx's process namespace (see `desired::load_balancer`) the
+        // agent signals the master itself; otherwise through the engine.
+        let old_workers = nginx_processes::workers();
+        if !nginx_processes::signal_master(libc::SIGHUP) {
+            self.signal_reload().await?;
+        }
         // SIGHUP only asks: nginx starts new workers a few milliseconds
         // later, and until then the old ones answer. Wait until an answer
         // carries the new config's marker, so "reloaded" means "in effect".
@@ -503,7 +548,15 @@ impl Lb {
         let marker = text.marker();
         let limit = Duration::from_secs(2);
         let loopback = IpAddr::from([127, 0, 0, 1]);
-        if !wait_for_marker(loopback, self.opts.port, &marker, limit).await {
+        let in_effect = wait_for_marker(loopback, self.opts.port, &marker, limit).await;
+        if in_effect {
+            // The new workers serve. nginx's master tells the old ones to
+            // stop accepting only after a fixed 100 ms pause, during which
+            // both answer: an instance just taken out would still get
+            // requests. Tell them now (they finish what is in flight).
+            nginx_processes::quit(&old_workers);
+        }
+        if !in_effect {
             log(&format!(
                 "nginx did not show config {marker} within 2 s (a template without the marker header?)"
             ));

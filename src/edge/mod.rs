@@ -56,6 +56,7 @@ pub fn container(nginx_image: &str) -> ContainerSpec {
             COMPONENT.to_string(),
         )]),
         network_mode: Some("host".into()),
+        pid_mode: None,
         mounts: vec![Mount {
             source: CA_VOLUME.into(),
             target: CA_DIR.into(),

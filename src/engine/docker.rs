@@ -401,6 +401,7 @@ impl DockerHost {
             }),
             host_config: Some(HostConfig {
                 network_mode: spec.network_mode.clone(),
+                pid_mode: spec.pid_mode.clone(),
                 mounts: Some(mounts),
                 port_bindings: (!bindings.is_empty()).then_some(bindings),
                 restart_policy: Some(RestartPolicy {

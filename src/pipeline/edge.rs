@@ -283,8 +283,9 @@ async fn reload(engine: &DockerHost, check: bool) -> Result<Result<(), String>> 
     )
 }
 
-/// Signal nginx, then wait (up to 3 s) until none of the workers that ran
-/// before is left: they are the ones still serving the old config.
+/// Signal nginx; once a new worker runs, tell the old ones to stop
+/// accepting (nginx's master would only after a fixed 100 ms pause, during
+/// which both answer), and wait (up to 3 s) until none of them is left.
 const RELOAD_AND_WAIT: &str = r#"
 workers() {
     for p in /proc/[0-9]*; do
@@ -293,16 +294,21 @@ workers() {
         esac
     done
 }
-before=" $(workers | tr '\n' ' ') "
+before=$(workers | tr '\n' ' ')
 nginx -s reload || exit 1
+quit_sent=0
 i=0
-while [ $i -lt 60 ]; do
-    left=0
+while [ $i -lt 300 ]; do
+    old=0 new=0
     for w in $(workers); do
-        case "$before" in *" $w "*) left=1 ;; esac
+        case " $before " in *" $w "*) old=1 ;; *) new=1 ;; esac
     done
-    [ $left = 0 ] && exit 0
-    sleep 0.05
+    [ $old = 0 ] && exit 0
+    if [ $new = 1 ] && [ $quit_sent = 0 ]; then
+        kill -QUIT $before 2>/dev/null
+        quit_sent=1
+    fi
+    sleep 0.01
     i=$((i + 1))
 done
 "#;

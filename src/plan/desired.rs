@@ -87,6 +87,11 @@ pub struct ContainerSpec {
     pub labels: BTreeMap<String, String>,
     /// `host` for agents that must bind the host's own address.
     pub network_mode: Option<String>,
+    /// `container:<name>`: the template agent in nginx's process namespace,
+    /// so it signals nginx's processes itself. Left out of the hash when
+    /// unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid_mode: Option<String>,
     pub mounts: Vec<Mount>,
     /// Container ports published on free host ports (TCP).
     pub ports: Vec<u16>,
@@ -321,6 +326,7 @@ fn register_agent(topology: &Topology, host: &Host) -> ContainerSpec {
         env: vec![],
         labels: base_labels(topology, host, Component::Register),
         network_mode: Some("host".into()),
+        pid_mode: None,
         mounts: vec![docker_socket()],
         ports: vec![],
         files: vec![],
@@ -354,6 +360,7 @@ fn load_balancer(topology: &Topology, host: &Host) -> (ContainerSpec, ContainerS
         env: vec![],
         labels: base_labels(topology, host, Component::Nginx),
         network_mode: Some("host".into()),
+        pid_mode: None,
         mounts: vec![Mount {
             source: volume.name.clone(),
             target: "/etc/nginx/conf.d".into(),
@@ -407,8 +414,17 @@ fn load_balancer(topology: &Topology, host: &Host) -> (ContainerSpec, ContainerS
         entrypoint: None,
         user: None,
         env: vec![],
-        labels: base_labels(topology, host, Component::Template),
+        labels: {
+            // Made again whenever nginx is: it joins that container's
+            // process namespace when it starts.
+            let mut labels = base_labels(topology, host, Component::Template);
+            labels.insert(labels::NGINX_SPEC.into(), nginx.hash());
+            labels
+        },
         network_mode: Some("host".into()),
+        // Signals nginx's master and old workers itself (see
+        // `agent::template`): faster than through the engine's API.
+        pid_mode: Some(format!("container:{nginx_name}")),
         mounts: vec![
             Mount {
                 source: volume.name.clone(),
@@ -612,6 +628,7 @@ fn service_instances(
                 env,
                 labels,
                 network_mode: None,
+                pid_mode: None,
                 mounts: volume_mounts(topology, service, i)
                     .chain(binds(service))
                     .collect(),
@@ -704,6 +721,7 @@ pub fn one_off(
         env,
         labels,
         network_mode: None,
+        pid_mode: None,
         mounts,
         ports: vec![],
         files,
@@ -854,6 +872,7 @@ fn consul_agent(
             labels
         },
         network_mode: Some("host".into()),
+        pid_mode: None,
         mounts: vec![Mount {
             source: volume.name.clone(),
             target: CONSUL_DATA_DIR.into(),

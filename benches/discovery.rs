@@ -581,8 +581,8 @@ fn compare_with_traefik(ours: &Trials, answers: Vec<(Instant, u16, bool)>, versi
         answers.len()
     );
     println!(
-        "{:<34} {:>22} {:>22}  {}",
-        "", "stagectl p50/p90/p99", "Traefik p50/p90/p99", "ratio of p50 (target <= 0.6)"
+        "{:<34} {:>22} {:>22}  ratio of p50 (target <= 0.6)",
+        "", "stagectl p50/p90/p99", "Traefik p50/p90/p99"
     );
     for (name, a, b) in [
         (

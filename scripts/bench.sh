@@ -211,12 +211,12 @@ YAML
 fi
 
 if part delivery; then
-    # A ~230 MB app image (the demo app under a 200 MB layer of random
+    # A ~230 MB app image (the demo app under a 140 MB layer of random
     # bytes) to the 2 app hosts; then the same image rebuilt with a 1 KB
     # change on top. Bytes per host from `up`'s image lines.
     img=$work/image
     mkdir -p "$img"
-    printf 'FROM stagectl/demo:latest\nRUN head -c 200000000 /dev/urandom > /big.bin\nCOPY change.bin /change.bin\n' >"$img/Dockerfile"
+    printf 'FROM stagectl/demo:latest\nRUN head -c 140000000 /dev/urandom > /big.bin\nCOPY change.bin /change.bin\n' >"$img/Dockerfile"
     f=$work/delivery.yaml
     cat >"$f" <<YAML
 name: benchimg
@@ -230,18 +230,19 @@ services:
 YAML
     # The lab and the agents first, so the figures are the app image's alone.
     sed 's/^services:$/services: {}/; /^  big:/d' "$f" >"$work/delivery-empty.yaml"
-    deliver() {  # build with a fresh 1 KB change, up, print sent per host
+    deliver() {  # build with a fresh 1 KB change, up, print per host what was sent and how long it took
         head -c 1000 /dev/urandom >"$img/change.bin"
-        docker build -q -t stagectl-bench/big:latest "$img" >/dev/null
-        local t0 out secs
-        t0=$(now)
+        docker build -q -t stagectl-bench/big:latest "$img" >/dev/null 2>&1
+        local events
         current=$f
-        out=$($bin -f "$f" up 2>&1) || { echo "failed: up ($out)" >&2; exit 1; }
-        secs=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
-        for h in host-1 host-2; do
-            printf '%-22s %s  %s  (up %s s)\n' "$1" "$h" \
-                "$(grep -o "^$h .*images ([^)]*)" <<<"$out" | sed 's/.*images (//; s/)$//')" "$secs"
-        done
+        events=$($bin -f "$f" up -o json 2>/dev/null) || { echo "failed: up" >&2; exit 1; }
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    e = json.loads(line)
+    if e.get("action") == "deliver_images" and e.get("event") == "done":
+        print("%-22s %s  %s in %.1f s" % (sys.argv[1], e["host"], e["note"], e["seconds"]))
+' "$1" <<<"$events"
     }
     printf '\nimage delivery: a ~230 MB app image to 2 app hosts over SSH (lab)\n'
     current=$work/delivery-empty.yaml

@@ -203,6 +203,24 @@ impl DockerHost {
     /// such file: how stagectl reads back what it put on a host (the gossip
     /// key, a lab host's SSH keys) without a shell in the container.
     pub async fn read_file(&self, container: &str, path: &str) -> Result<Option<Vec<u8>>> {
+        let Some(tar_bytes) = self.download(container, path).await? else {
+            return Ok(None);
+        };
+        let mut archive = tar::Archive::new(tar_bytes.as_slice());
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            if entry.header().entry_type().is_file() {
+                let mut content = Vec::new();
+                io::Read::read_to_end(&mut entry, &mut content)?;
+                return Ok(Some(content));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `path` of a container (running or not) as the engine's tar archive,
+    /// or `None` when there is no such path.
+    async fn download(&self, container: &str, path: &str) -> Result<Option<Vec<u8>>> {
         let mut stream = self.docker.download_from_container(
             container,
             Some(bollard::query_parameters::DownloadFromContainerOptions {
@@ -221,16 +239,7 @@ impl DockerHost {
                 }
             }
         }
-        let mut archive = tar::Archive::new(tar_bytes.as_slice());
-        for entry in archive.entries()? {
-            let mut entry = entry?;
-            if entry.header().entry_type().is_file() {
-                let mut content = Vec::new();
-                io::Read::read_to_end(&mut entry, &mut content)?;
-                return Ok(Some(content));
-            }
-        }
-        Ok(None)
+        Ok(Some(tar_bytes))
     }
 
     /// Make a volume that belongs to no environment (labelled with its
@@ -260,24 +269,9 @@ impl DockerHost {
         container: &str,
         path: &str,
     ) -> Result<Option<std::collections::BTreeMap<String, Vec<u8>>>> {
-        let mut stream = self.docker.download_from_container(
-            container,
-            Some(bollard::query_parameters::DownloadFromContainerOptions {
-                path: path.to_string(),
-            }),
-        );
-        let mut tar_bytes = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(c) => tar_bytes.extend_from_slice(&c),
-                Err(e) if is_not_found(&e) => return Ok(None),
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("{}: cannot read {path} in {container}", self.name)
-                    })
-                }
-            }
-        }
+        let Some(tar_bytes) = self.download(container, path).await? else {
+            return Ok(None);
+        };
         let mut files = std::collections::BTreeMap::new();
         let mut archive = tar::Archive::new(tar_bytes.as_slice());
         for entry in archive.entries()? {

@@ -516,7 +516,13 @@ impl Lb {
         }
     }
 
+    /// SIGHUP to nginx's master: directly when this agent runs in nginx's
+    /// process namespace (see `desired::load_balancer`), otherwise through
+    /// the engine's API.
     async fn signal_reload(&self) -> Result<()> {
+        if nginx_processes::signal_master(libc::SIGHUP) {
+            return Ok(());
+        }
         self.nginx
             .docker
             .kill_container(
@@ -535,12 +541,9 @@ impl Lb {
     /// on loopback and on the address clients use.
     async fn reload(&self, text: &Config, t0: std::time::Instant) -> Result<()> {
         let checked = t0.elapsed();
-        // In nginx's process namespace (see `desired::load_balancer`) the
-        // agent signals the master itself; otherwise through the engine.
+        // Seen only in nginx's process namespace (none otherwise).
         let old_workers = nginx_processes::workers();
-        if !nginx_processes::signal_master(libc::SIGHUP) {
-            self.signal_reload().await?;
-        }
+        self.signal_reload().await?;
         // SIGHUP only asks: nginx starts new workers a few milliseconds
         // later, and until then the old ones answer. Wait until an answer
         // carries the new config's marker, so "reloaded" means "in effect".
@@ -548,28 +551,27 @@ impl Lb {
         let marker = text.marker();
         let limit = Duration::from_secs(2);
         let loopback = IpAddr::from([127, 0, 0, 1]);
-        let in_effect = wait_for_marker(loopback, self.opts.port, &marker, limit).await;
-        if in_effect {
+        if !wait_for_marker(loopback, self.opts.port, &marker, limit).await {
+            log(&format!(
+                "nginx did not show config {marker} within 2 s (a template without the marker header?)"
+            ));
+        } else {
             // The new workers serve. nginx's master tells the old ones to
             // stop accepting only after a fixed 100 ms pause, during which
             // both answer: an instance just taken out would still get
             // requests. Tell them now (they finish what is in flight).
             nginx_processes::quit(&old_workers);
-        }
-        if !in_effect {
-            log(&format!(
-                "nginx did not show config {marker} within 2 s (a template without the marker header?)"
-            ));
-        } else if let Some(addr) = self.opts.advertise {
             // Loopback serves the new config; so must the address clients
             // use. If not, a `listen` on that address that stagectl did not
             // write answers there instead (a user template's, say).
-            if !wait_for_marker(addr, self.opts.port, &marker, limit).await {
-                anyhow::bail!(
-                    "nginx serves config {marker} on 127.0.0.1:{port} but not on {addr}:{port}: \
-                     another server block answers there",
-                    port = self.opts.port
-                );
+            if let Some(addr) = self.opts.advertise {
+                if !wait_for_marker(addr, self.opts.port, &marker, limit).await {
+                    anyhow::bail!(
+                        "nginx serves config {marker} on 127.0.0.1:{port} but not on {addr}:{port}: \
+                         another server block answers there",
+                        port = self.opts.port
+                    );
+                }
             }
         }
         log(&format!(

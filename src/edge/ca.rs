@@ -25,6 +25,7 @@ const LEAF_DAYS: i64 = 397;
 const CA_DAYS: i64 = 3650;
 
 /// A CA: its certificate and its key, both PEM.
+#[derive(Clone)]
 pub struct Ca {
     pub cert_pem: String,
     key_pem: String,

@@ -48,21 +48,27 @@ fn checked<'a>(what: &str, value: &'a str, dots: bool) -> Result<&'a str, String
     }
 }
 
-/// The route file of environment `env`.
-pub fn route_path(env: &str) -> Result<String, String> {
-    Ok(format!(
-        "{CONF_DIR}/{PREFIX}{}.conf",
-        checked("environment", env, false)?
-    ))
+/// The files one environment owns on the edge: its route, certificate and
+/// key. Written together, removed together.
+pub struct EnvFiles {
+    pub route: String,
+    pub cert: String,
+    pub key: String,
 }
 
-/// The certificate and key files of environment `env`.
-pub fn tls_paths(env: &str) -> Result<(String, String), String> {
-    let env = checked("environment", env, false)?;
-    Ok((
-        format!("{TLS_DIR}/{PREFIX}{env}.crt"),
-        format!("{TLS_DIR}/{PREFIX}{env}.key"),
-    ))
+impl EnvFiles {
+    pub fn of(env: &str) -> Result<EnvFiles, String> {
+        let env = checked("environment", env, false)?;
+        Ok(EnvFiles {
+            route: format!("{CONF_DIR}/{PREFIX}{env}.conf"),
+            cert: format!("{TLS_DIR}/{PREFIX}{env}.crt"),
+            key: format!("{TLS_DIR}/{PREFIX}{env}.key"),
+        })
+    }
+
+    pub fn all(&self) -> [&str; 3] {
+        [&self.route, &self.cert, &self.key]
+    }
 }
 
 /// The environment a file name in [`CONF_DIR`] routes, if it is a route.
@@ -103,7 +109,7 @@ server {{
 pub fn route(r: &Route) -> Result<String, String> {
     let env = checked("environment", &r.env, false)?;
     let domain = checked("domain", &r.domain, true)?;
-    let (cert, key) = tls_paths(env)?;
+    let EnvFiles { cert, key, .. } = EnvFiles::of(env)?;
     let lb = match r.lb {
         IpAddr::V4(ip) => ip.to_string(),
         IpAddr::V6(ip) => format!("[{ip}]"),
@@ -162,7 +168,7 @@ mod tests {
         assert!(text.contains("proxy_pass http://10.0.70.3:21004;"));
         assert!(text.contains("ssl_certificate /etc/nginx/edge-tls/env-pr-1234.crt;"));
         assert_eq!(
-            route_path("pr-1234").unwrap(),
+            EnvFiles::of("pr-1234").unwrap().route,
             "/etc/nginx/conf.d/env-pr-1234.conf"
         );
         assert_eq!(env_of_route_file("env-pr-1234.conf"), Some("pr-1234"));
@@ -172,7 +178,7 @@ mod tests {
     #[test]
     fn names_that_could_escape_are_refused_where_they_are_used() {
         for env in ["../x", "a;b", "A", "", "-x", "a b", "a/b"] {
-            assert!(route_path(env).is_err(), "{env}");
+            assert!(EnvFiles::of(env).is_err(), "{env}");
             assert!(route(&route_of(env, "preview.test")).is_err(), "{env}");
         }
         for domain in ["x; include /etc/passwd", "a..b/", "Preview.test"] {

@@ -10,7 +10,7 @@
 //! It belongs to the host, not to an environment: one container,
 //! [`CONTAINER`], made by the first environment that needs it and removed
 //! with the last. Every environment owns exactly one file in it (its route,
-//! [`conf::route_path`]) and its certificate, so two runs for different
+//! [`conf::EnvFiles`]) and its certificate, so two runs for different
 //! environments never write the same file; each change is checked with
 //! `nginx -t` and applied with a graceful reload, which leaves the
 //! connections of the other environments alone.

@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bollard::models::RestartPolicyNameEnum;
 
 use crate::edge::ca::{self, Ca, Issued};
-use crate::edge::{self, conf};
+use crate::edge::{self, conf::EnvFiles};
 use crate::engine::docker::{is_status, Attach, DockerHost};
 use crate::engine::Engine;
 use crate::pipeline::events::Reporter;
@@ -158,7 +158,7 @@ async fn hosts_cas<'a>(
         return Ok(found);
     }
     let shared = match found.values().next() {
-        Some(ca) => Ca::from_pem(&ca.cert_pem, ca.key_pem())?,
+        Some(ca) => ca.clone(),
         None => Ca::generate(&routed.join(", "))?,
     };
     for host in missing {
@@ -180,7 +180,7 @@ async fn hosts_cas<'a>(
             )
             .await
             .with_context(|| format!("{host}: cannot write the CA"))?;
-        found.insert(host, Ca::from_pem(&shared.cert_pem, shared.key_pem())?);
+        found.insert(host, shared.clone());
     }
     Ok(found)
 }
@@ -215,23 +215,20 @@ pub async fn read_ca(engine: &DockerHost) -> Result<Option<Ca>> {
 /// reload. A config nginx refuses is taken out again, so the edge keeps
 /// serving the other environments as it was.
 async fn route(engine: &DockerHost, env: &str, text: &str, issued: Issued) -> Result<()> {
-    let (cert, key) = conf::tls_paths(env).map_err(|e| anyhow!(e))?;
-    let path = conf::route_path(env).map_err(|e| anyhow!(e))?;
+    let files = EnvFiles::of(env).map_err(|e| anyhow!(e))?;
     engine
         .upload_files(
             edge::CONTAINER,
             &[
-                FileSpec::new(&cert, 0o644, issued.cert_pem.into_bytes()),
-                FileSpec::new(&key, 0o600, issued.key_pem.into_bytes()),
-                FileSpec::new(&path, 0o644, text.as_bytes().to_vec()),
+                FileSpec::new(&files.cert, 0o644, issued.cert_pem.into_bytes()),
+                FileSpec::new(&files.key, 0o600, issued.key_pem.into_bytes()),
+                FileSpec::new(&files.route, 0o644, text.as_bytes().to_vec()),
             ],
         )
         .await
         .with_context(|| format!("{}: cannot write the edge route", engine.name()))?;
     if let Err(refused) = reload(engine, true).await? {
-        engine
-            .exec(edge::CONTAINER, &["rm", "-f", &path, &cert, &key], &[])
-            .await?;
+        remove(engine, &files).await?;
         bail!(
             "{}: the edge proxy refused the route of {env}, which was taken out again: {}",
             engine.name(),
@@ -243,13 +240,17 @@ async fn route(engine: &DockerHost, env: &str, text: &str, issued: Issued) -> Re
 
 /// Take the environment's route and certificate away, reload.
 async fn unroute(engine: &DockerHost, env: &str) -> Result<()> {
-    let (cert, key) = conf::tls_paths(env).map_err(|e| anyhow!(e))?;
-    let path = conf::route_path(env).map_err(|e| anyhow!(e))?;
+    remove(engine, &EnvFiles::of(env).map_err(|e| anyhow!(e))?).await?;
+    reload(engine, false).await?.map_err(|e| anyhow!(e))
+}
+
+async fn remove(engine: &DockerHost, files: &EnvFiles) -> Result<()> {
+    let cmd: Vec<&str> = ["rm", "-f"].into_iter().chain(files.all()).collect();
     engine
-        .exec(edge::CONTAINER, &["rm", "-f", &path, &cert, &key], &[])
+        .exec(edge::CONTAINER, &cmd, &[])
         .await?
         .ok_or_stderr("removing the edge route")?;
-    reload(engine, false).await?.map_err(|e| anyhow!(e))
+    Ok(())
 }
 
 /// A graceful reload, waited for: new connections get the new config once

@@ -291,9 +291,9 @@ impl DockerHost {
         Ok(Some(files))
     }
 
-    /// The host's edge proxy and the routes in it, if it has one (see
-    /// `crate::edge`).
-    pub async fn edge_seen(&self) -> Result<Option<crate::plan::edge::EdgeSeen>> {
+    /// Whether the host has an edge proxy (see `crate::edge`), and if so
+    /// whether it runs: one listing, for what needs no more (the ports).
+    pub async fn edge_running(&self) -> Result<Option<bool>> {
         use crate::edge;
         let found = self
             .docker
@@ -304,10 +304,16 @@ impl DockerHost {
             }))
             .await
             .with_context(|| format!("{}: cannot list containers", self.name))?;
-        let Some(c) = found
+        Ok(found
             .into_iter()
             .find(|c| container_name(c.names.clone()) == edge::CONTAINER)
-        else {
+            .map(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING)))
+    }
+
+    /// The host's edge proxy and the routes in it, if it has one.
+    pub async fn edge_seen(&self) -> Result<Option<crate::plan::edge::EdgeSeen>> {
+        use crate::edge;
+        let Some(running) = self.edge_running().await? else {
             return Ok(None);
         };
         let files = self
@@ -321,10 +327,7 @@ impl DockerHost {
                 Some((env, String::from_utf8_lossy(&text).into_owned()))
             })
             .collect();
-        Ok(Some(crate::plan::edge::EdgeSeen {
-            running: c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
-            routes,
-        }))
+        Ok(Some(crate::plan::edge::EdgeSeen { running, routes }))
     }
 
     /// Create `spec`'s container and write its files in (not started).

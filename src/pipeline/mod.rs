@@ -491,12 +491,12 @@ pub async fn resolve_ports(t: &Topology, hosts: &[&DockerHost]) -> Result<Topolo
     let mut claims = Vec::new();
     let looks = hosts
         .iter()
-        .map(|h| async move { tokio::try_join!(h.port_claims(), h.edge_seen()) });
+        .map(|h| async move { tokio::try_join!(h.port_claims(), h.edge_running()) });
     let mut edge = t.lb.edge;
     for found in futures_util::future::join_all(looks).await {
-        let (found, edge_seen) = found?;
+        let (found, edge_here) = found?;
         claims.extend(found);
-        edge |= edge_seen.is_some();
+        edge |= edge_here.is_some();
     }
     let in_file = |why: String| {
         crate::error::input(format!(

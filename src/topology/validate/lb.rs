@@ -28,25 +28,15 @@ impl Validator {
             None => d.domain,
         };
         let template = raw.template.map(|t| {
-            let path = self.resolve(&t);
-            match std::fs::read_to_string(&path) {
-                Ok(text) => {
-                    if let Err(e) = minijinja::Environment::new().template_from_str(&text) {
-                        self.error(
-                            &t.referenced,
-                            format!("lb.template {}: {e}", path.display()),
-                        );
-                    }
-                    (path, text)
-                }
-                Err(e) => {
-                    self.error(
-                        &t.referenced,
-                        format!("cannot read {}: {e}", path.display()),
-                    );
-                    (path, String::new())
-                }
+            let (path, text) = self.read_text(&t);
+            let text = text.unwrap_or_default();
+            if let Err(e) = minijinja::Environment::new().template_from_str(&text) {
+                self.error(
+                    &t.referenced,
+                    format!("lb.template {}: {e}", path.display()),
+                );
             }
+            (path, text)
         });
         let edge = raw.edge.unwrap_or(false);
         let edge_tls = raw.edge_tls.and_then(|tls| {
@@ -93,24 +83,16 @@ impl Validator {
     /// private key, the certificate a certificate.
     fn edge_tls(&mut self, raw: RawEdgeTls) -> Option<EdgeTls> {
         let mut read = |p: &Spanned<String>, marker: &str, what: &str| {
-            let path = self.resolve(p);
-            match std::fs::read_to_string(&path) {
-                Ok(text) if text.contains(marker) => Some((path, text)),
-                Ok(_) => {
-                    self.error(
-                        &p.referenced,
-                        format!("{}: not a PEM {what}", path.display()),
-                    );
-                    None
-                }
-                Err(e) => {
-                    self.error(
-                        &p.referenced,
-                        format!("cannot read {}: {e}", path.display()),
-                    );
-                    None
-                }
+            let (path, text) = self.read_text(p);
+            let text = text?;
+            if !text.contains(marker) {
+                self.error(
+                    &p.referenced,
+                    format!("{}: not a PEM {what}", path.display()),
+                );
+                return None;
             }
+            Some((path, text))
         };
         let cert = read(&raw.cert, "-----BEGIN CERTIFICATE-----", "certificate");
         let key = read(&raw.key, "PRIVATE KEY-----", "private key");

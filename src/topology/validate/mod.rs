@@ -135,6 +135,23 @@ impl Validator {
         expand_path(&p.value, dir)
     }
 
+    /// A text file the topology names (relative to the file it is written
+    /// in): its path, and its text unless it cannot be read, which is
+    /// reported at `p`.
+    fn read_text(&mut self, p: &Spanned<String>) -> (PathBuf, Option<String>) {
+        let path = self.resolve(p);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => (path, Some(text)),
+            Err(e) => {
+                self.error(
+                    &p.referenced,
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                (path, None)
+            }
+        }
+    }
+
     fn error(&mut self, loc: &Location, msg: impl Into<String>) {
         self.diags.push(Diagnostic::at(loc, msg));
     }

@@ -66,6 +66,8 @@ pub struct Lock {
     id: String,
     /// The attached stdin: open as long as this process holds the lock.
     _stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    /// The container's start, still under way (see [`Lock::confirm`]).
+    starting: Option<tokio::task::JoinHandle<Result<()>>>,
 }
 
 fn name(env: &str) -> String {
@@ -133,8 +135,14 @@ impl Lock {
         }
     }
 
-    /// Create, attach and start the lock container; `None` when the name is
-    /// taken.
+    /// Create and attach the lock container, and start it in the
+    /// background; `None` when the name is taken.
+    ///
+    /// The create is what excludes other runs (one name, one winner); the
+    /// start only arms the end-of-process detection, and costs most of the
+    /// time (runc). Others count a lock created less than a minute ago as
+    /// held (see [`holder`]), so the run goes on while it starts, and checks
+    /// it did with [`Lock::confirm`] before changing anything.
     async fn try_create(
         host: &DockerHost,
         env: &str,
@@ -193,20 +201,38 @@ impl Lock {
             )
             .await
             .with_context(|| format!("{}: cannot attach to {name}", host.name))?;
-        host.docker
-            .start_container(&id, None)
-            .await
-            .with_context(|| format!("{}: cannot start {name}", host.name))?;
+        let starting = {
+            let (host, id) = (host.clone(), id.clone());
+            tokio::spawn(async move {
+                host.docker
+                    .start_container(&id, None)
+                    .await
+                    .with_context(|| format!("{}: cannot start {name}", host.name))
+            })
+        };
         Ok(Some(Lock {
             host: host.clone(),
             id,
             _stdin: attached.input,
+            starting: Some(starting),
         }))
     }
 
-    /// Give the lock back.
-    pub async fn release(self) -> Result<()> {
-        remove_id(&self.host, &self.id).await
+    /// Wait until the lock container has started: from then on the lock
+    /// outlives a minute only while this process does.
+    pub async fn confirm(&mut self) -> Result<()> {
+        match self.starting.take() {
+            Some(start) => start.await.context("the lock's start did not finish")?,
+            None => Ok(()),
+        }
+    }
+
+    /// Give the lock back (its start finished first, so the removal never
+    /// races it).
+    pub async fn release(mut self) -> Result<()> {
+        let started = self.confirm().await;
+        remove_id(&self.host, &self.id).await?;
+        started
     }
 }
 

@@ -137,19 +137,20 @@ pub async fn cluster_view(
     http_port: u16,
 ) -> Result<ClusterView> {
     let env = cli_env(http_port);
-    let members = host
-        .exec(container, &["consul", "members"], &env)
-        .await?
-        .ok_or_stderr("consul members")?;
-    // A client agent, or a server before election, has no raft answer: that
-    // is "no leader yet", not an error.
-    let peers = host
-        .exec(
+    // Both asked at once: each exec costs a round of the engine's API and a
+    // process start in the container, and `up` and `status` wait on them.
+    let (members, peers) = tokio::join!(
+        host.exec(container, &["consul", "members"], &env),
+        host.exec(
             container,
             &["consul", "operator", "raft", "list-peers"],
             &env,
         )
-        .await?;
+    );
+    let members = members?.ok_or_stderr("consul members")?;
+    // A client agent, or a server before election, has no raft answer: that
+    // is "no leader yet", not an error.
+    let peers = peers?;
     Ok(ClusterView {
         members: parse_members(&members),
         peers: if peers.code == 0 {

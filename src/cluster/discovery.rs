@@ -34,19 +34,17 @@ pub async fn service_report(lb: &DockerHost, t: &Topology) -> Result<ServiceRepo
 }
 
 pub async fn lb_status(lb: &DockerHost, t: &Topology) -> Result<Option<LbStatus>> {
+    // Read through the engine's archive API rather than `cat` in an exec:
+    // one request, no process started in the container.
     let path = format!("/conf/{STATUS_FILE}");
-    let out = lb
-        .exec(
-            &Component::Template.container(&t.name),
-            &["cat", &path],
-            &[],
-        )
-        .await?;
-    if out.code != 0 {
+    let Some(bytes) = lb
+        .read_file(&Component::Template.container(&t.name), &path)
+        .await?
+    else {
         return Ok(None); // not written yet
-    }
+    };
     Ok(Some(
-        serde_json::from_str(&out.stdout).context("the LB status is not JSON")?,
+        serde_json::from_slice(&bytes).context("the LB status is not JSON")?,
     ))
 }
 

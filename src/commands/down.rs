@@ -24,7 +24,7 @@ pub async fn run(ctx: &Ctx, keep_data: bool, output: EventFormat) -> Result<u8> 
     let reporter = ctx.event_reporter(output);
     let mut hosts = open(ctx, &reporter, Unreachable::Report).await?;
     // One run at a time per environment: taken before anything changes.
-    let lock = super::lock::take(ctx, "down", &hosts, &reporter).await?;
+    let mut lock = super::lock::take(ctx, "down", &hosts, &reporter).await?;
     let removed = async {
         let mut snapshot = hosts.snapshot_with_others(t).await?;
         // Hosts taken out of the topology and not yet cleared go too.
@@ -34,6 +34,7 @@ pub async fn run(ctx: &Ctx, keep_data: bool, output: EventFormat) -> Result<u8> 
                 .await?;
         }
         let plan = Plan::down(t, &snapshot, keep_data);
+        super::lock::confirm(&mut lock).await?;
         let executed = execute::hosts_in_parallel(&hosts, &plan.hosts, &t.name, ctx.parallel, "host")
             .await;
         let executed = match executed {
@@ -105,6 +106,7 @@ async fn remove_lab(
     if !plan.lab.is_empty() {
         let line = reporter.host("lab");
         execute::lab_steps(local, t, &ctx.state, &plan.lab, &line).await?;
+        hosts.close_kept_masters(t.lab_hosts()).await;
         line.finish();
         return Ok(());
     }
@@ -138,7 +140,8 @@ pub async fn one_host(ctx: &Ctx, name: &str, keep_data: bool, output: EventForma
     let t = &ctx.topology;
     let reporter = ctx.event_reporter(output);
     let mut hosts = open(ctx, &reporter, Unreachable::Report).await?;
-    let lock = super::lock::take(ctx, "down", &hosts, &reporter).await?;
+    let mut lock = super::lock::take(ctx, "down", &hosts, &reporter).await?;
+    super::lock::confirm(&mut lock).await?;
     let cleared = async {
         let mut snapshot = hosts.snapshot(t, &[]).await?;
         let record = hosts.last_up(t, &snapshot).await;

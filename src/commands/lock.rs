@@ -63,6 +63,14 @@ pub async fn take(
     .map(Some)
 }
 
+/// Before the first change: the lock has started (see `Lock::confirm`).
+pub async fn confirm(lock: &mut Option<Lock>) -> Result<()> {
+    match lock {
+        Some(lock) => lock.confirm().await,
+        None => Ok(()),
+    }
+}
+
 /// Give the lock back at the end of a run, whatever the run's outcome; a
 /// failure to is only a warning (the next run takes a dead lock over).
 pub async fn give_back(lock: Option<Lock>) {

@@ -26,9 +26,9 @@ pub async fn run(ctx: &Ctx, output: EventFormat, ttl: Option<u64>) -> Result<u8>
     let mut hosts = open(ctx, &reporter, Unreachable::Abort).await?;
     timings.mark("connect");
     // One run at a time per environment: taken before anything changes.
-    let lock = super::lock::take(ctx, "up", &hosts, &reporter).await?;
+    let mut lock = super::lock::take(ctx, "up", &hosts, &reporter).await?;
     timings.mark("lock");
-    let converged = converge(ctx, &mut hosts, &reporter, timings, values, ttl).await;
+    let converged = converge(ctx, &mut hosts, &mut lock, &reporter, timings, values, ttl).await;
     super::lock::give_back(lock).await;
     converged
 }
@@ -36,6 +36,7 @@ pub async fn run(ctx: &Ctx, output: EventFormat, ttl: Option<u64>) -> Result<u8>
 async fn converge<'a>(
     ctx: &'a Ctx,
     hosts: &mut Hosts<'a>,
+    lock: &mut Option<crate::lock::Lock>,
     reporter: &Reporter,
     mut timings: Timings,
     values: std::collections::BTreeMap<String, Vec<u8>>,
@@ -54,6 +55,7 @@ async fn converge<'a>(
             l.subnet
         ));
         if !lab.is_empty() {
+            super::lock::confirm(lock).await?;
             let line = reporter.host("lab");
             execute::lab_steps(local, t, &ctx.state, &lab, &line).await?;
             line.finish();
@@ -87,40 +89,62 @@ async fn converge<'a>(
     let mut plan = Plan::up(t, &desired, &snapshot).map_err(crate::error::input)?;
     plan.lab = lab;
     timings.mark("snapshot and plan");
+    if !plan.is_noop() {
+        super::lock::confirm(lock).await?;
+    }
 
     execute::hosts_in_parallel(hosts, &plan.hosts, &t.name, ctx.parallel, "host").await?;
     timings.mark("hosts");
+    let hosts: &Hosts = hosts;
     let lb = plan.routes.as_ref().map(Wait::host).context("no lb host")?;
     let lb_engine = hosts.engine(lb).context("the lb host is connected")?;
-    if let Some(wait) = &plan.cluster {
-        waits::cluster(hosts, t, wait, reporter).await?;
-    }
-    timings.mark("cluster");
-    execute::member_changes(hosts, t, &plan.members, reporter).await?;
-    timings.mark("members");
-    for (host, step) in &plan.rolling {
-        let (engine, line) = (hosts.engine(host), hosts.line(host));
-        let (Some(engine), Some(line)) = (engine, line) else {
-            continue;
-        };
-        execute::rolling_replace(engine, lb_engine, t, step, line, "rolling").await?;
-    }
-    timings.mark("rolling");
-    for stage in &plan.stages {
-        execute::stage(hosts, t, stage, lb_engine, reporter, ctx.parallel).await?;
-    }
-    timings.mark("stages");
-    hosts.finish();
+    let cluster = || async {
+        match &plan.cluster {
+            Some(wait) => waits::cluster(hosts, t, wait, reporter).await,
+            None => Ok(()),
+        }
+    };
     // Services are registered by the agents, not by `up`: wait until the
     // load balancer routes every instance, so "up" means "answering".
-    if let Some(wait) = &plan.routes {
+    let routes = || async {
+        let Some(wait) = &plan.routes else {
+            return Ok(());
+        };
         let (routed, ()) = tokio::join!(
             waits::routes(lb_engine, t, wait, reporter),
             record_last_up(hosts, t, &desired, &plan, expires_at)
         );
+        routed
+    };
+    if plan.is_noop() {
+        // Nothing changed, so nothing waits on anything: the cluster and the
+        // routes are only checked, both at once.
+        hosts.finish();
+        let (clustered, routed) = tokio::join!(cluster(), routes());
+        clustered?;
         routed?;
+        timings.mark("cluster and routes");
+    } else {
+        cluster().await?;
+        timings.mark("cluster");
+        execute::member_changes(hosts, t, &plan.members, reporter).await?;
+        timings.mark("members");
+        for (host, step) in &plan.rolling {
+            let (engine, line) = (hosts.engine(host), hosts.line(host));
+            let (Some(engine), Some(line)) = (engine, line) else {
+                continue;
+            };
+            execute::rolling_replace(engine, lb_engine, t, step, line, "rolling").await?;
+        }
+        timings.mark("rolling");
+        for stage in &plan.stages {
+            execute::stage(hosts, t, stage, lb_engine, reporter, ctx.parallel).await?;
+        }
+        timings.mark("stages");
+        hosts.finish();
+        routes().await?;
+        timings.mark("routes");
     }
-    timings.mark("routes");
     crate::pipeline::edge::execute(hosts, t, &plan.edge, reporter).await?;
     timings.mark("edge");
     Ok(finished(t, lb, &plan, timings, reporter))

@@ -7,8 +7,10 @@
 //! - `tcp://`: TLS with client certificates (plain only when the topology
 //!   says `insecure: true` or the address is loopback; `validate` enforces).
 //! - `ssh://` and lab hosts: the system ssh client, one ControlMaster per
-//!   host, with the remote `/var/run/docker.sock` forwarded to a socket in a
-//!   private temporary folder. Host keys are always checked strictly.
+//!   host, with the remote `/var/run/docker.sock` forwarded to a local
+//!   socket in a private folder. Host keys are always checked strictly.
+//!   Masters are kept between runs for a minute of idleness (`kept_ssh`),
+//!   so back-to-back commands skip the handshakes.
 //!
 //! All hosts are connected in parallel, each under a timeout; a failure is a
 //! per-host result carrying one line that names the host, its address and
@@ -22,11 +24,16 @@ use bollard::{Docker, API_DEFAULT_VERSION};
 use openssh::{ForwardType, KnownHosts, Session, SessionBuilder};
 
 use crate::engine::docker::DockerHost;
+use crate::engine::kept_ssh::KeptMasters;
 use crate::topology::{Endpoint, Host, SshTarget};
 
 /// Seconds bollard waits for one API call before giving up. Image transfers
 /// are long single calls, hence generous.
 const API_TIMEOUT_SECS: u64 = 600;
+
+/// How long a kept master's engine may take to answer before the master
+/// counts as gone and is replaced.
+const KEPT_MASTER_PING: Duration = Duration::from_secs(2);
 
 /// How long a lab host may take to boot before it counts as unreachable.
 const LAB_BOOT_TIMEOUT: Duration = Duration::from_secs(40);
@@ -53,6 +60,8 @@ pub struct Connector {
     runtime_dir: tempfile::TempDir,
     timeout: Duration,
     lab: Option<LabAccess>,
+    /// SSH masters shared with other runs; none: each run its own.
+    kept: Option<KeptMasters>,
 }
 
 impl Connector {
@@ -62,7 +71,13 @@ impl Connector {
             runtime_dir: crate::engine::scratch::private_dir()?,
             timeout,
             lab,
+            kept: None,
         })
+    }
+
+    /// Use SSH masters kept between runs (see `kept_ssh`).
+    pub fn keep_masters(&mut self, kept: Option<KeptMasters>) {
+        self.kept = kept;
     }
 
     /// Keys for lab hosts, once the lab exists.
@@ -140,24 +155,10 @@ impl Connector {
                 "tcp",
                 None,
             ),
-            Endpoint::Ssh(target) => {
-                let (session, socket) = self.ssh_forward(&host.name, target, false).await?;
-                (self.unix_docker(&socket)?, "ssh", Some(session))
-            }
-            Endpoint::Lab { ip } => {
-                let lab = self
-                    .lab
-                    .as_ref()
-                    .context("no lab keys: the lab has not been created (run `stagectl up`)")?;
-                let target = SshTarget {
-                    user: "root".into(),
-                    host: ip.to_string(),
-                    port: 22,
-                    identity_file: Some(lab.identity.clone()),
-                    known_hosts: Some(lab.known_hosts.clone()),
-                };
-                let (session, socket) = self.ssh_forward(&host.name, &target, true).await?;
-                (self.unix_docker(&socket)?, "ssh", Some(session))
+            Endpoint::Ssh(_) | Endpoint::Lab { .. } => {
+                let (target, hermetic) = self.ssh_target(host)?;
+                let (docker, session) = self.over_ssh(&host.name, &target, hermetic).await?;
+                (docker, "ssh", session)
             }
         };
         let docker = docker.negotiate_version().await.map_err(engine_error)?;
@@ -177,6 +178,69 @@ impl Connector {
             API_TIMEOUT_SECS,
             API_DEFAULT_VERSION,
         )?)
+    }
+
+    /// How `host` is reached over SSH, and whether hermetically (the
+    /// user's ssh config ignored: lab hosts are ours alone).
+    fn ssh_target(&self, host: &Host) -> Result<(SshTarget, bool)> {
+        match &host.endpoint {
+            Endpoint::Ssh(target) => Ok((target.clone(), false)),
+            Endpoint::Lab { ip } => {
+                let lab = self
+                    .lab
+                    .as_ref()
+                    .context("no lab keys: the lab has not been created (run `stagectl up`)")?;
+                let target = SshTarget {
+                    user: "root".into(),
+                    host: ip.to_string(),
+                    port: 22,
+                    identity_file: Some(lab.identity.clone()),
+                    known_hosts: Some(lab.known_hosts.clone()),
+                };
+                Ok((target, true))
+            }
+            _ => Err(anyhow!("{} is not reached over SSH", host.name)),
+        }
+    }
+
+    /// Close the kept SSH master of `host`, if there is one: its lab host
+    /// is gone, and a new one at the same address must get a new master.
+    pub async fn close_kept(&self, host: &Host) {
+        let (Some(kept), Ok((target, hermetic))) = (&self.kept, self.ssh_target(host)) else {
+            return;
+        };
+        if let Ok(slot) = kept.slot(&target, hermetic).await {
+            slot.close().await;
+        }
+    }
+
+    /// The engine of `t` over SSH: through a kept master when there is
+    /// one that answers (opened now if there is none), else through a
+    /// master of this run's own, closed when the connection is dropped.
+    async fn over_ssh(
+        &self,
+        name: &str,
+        t: &SshTarget,
+        hermetic: bool,
+    ) -> Result<(Docker, Option<Session>)> {
+        let Some(kept) = &self.kept else {
+            let (session, socket) = self.ssh_forward(name, t, hermetic).await?;
+            return Ok((self.unix_docker(&socket)?, Some(session)));
+        };
+        let slot = kept.slot(t, hermetic).await?;
+        if slot.may_be_open() {
+            // A master whose host went away, or whose engine stopped,
+            // does not answer: it is replaced below.
+            let docker = self.unix_docker(slot.socket())?;
+            let ping = tokio::time::timeout(KEPT_MASTER_PING, docker.ping()).await;
+            if matches!(ping, Ok(Ok(_))) {
+                return Ok((docker, None));
+            }
+        }
+        kept.open(&slot, t, hermetic, self.timeout)
+            .await
+            .map_err(|e| ssh_error_text(e.to_string(), t))?;
+        Ok((self.unix_docker(slot.socket())?, None))
     }
 
     /// Open an SSH master and forward the remote Docker socket to a local one.
@@ -226,7 +290,11 @@ impl Connector {
 /// ssh's own words, not openssh's "failed to connect to the remote host".
 fn ssh_error(e: openssh::Error, t: &SshTarget) -> anyhow::Error {
     let text = error_text(&e);
-    let mut msg = if text.is_empty() { e.to_string() } else { text };
+    ssh_error_text(if text.is_empty() { e.to_string() } else { text }, t)
+}
+
+/// ssh's reason, with what to do about the usual ones.
+fn ssh_error_text(mut msg: String, t: &SshTarget) -> anyhow::Error {
     if msg.contains("Host key verification failed")
         || msg.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
     {

@@ -10,6 +10,7 @@
 
 pub mod connect;
 pub mod docker;
+pub mod kept_ssh;
 pub mod lab;
 pub mod layers;
 pub mod memory;

@@ -30,6 +30,7 @@ use crate::agent::labels::Component;
 use crate::cluster::consul::{get_last_up, LastUp};
 use crate::engine::connect::{local_engine, Connection, Connector};
 use crate::engine::docker::DockerHost;
+use crate::engine::kept_ssh::KeptMasters;
 use crate::engine::lab::{self, LabObserved};
 use crate::engine::Engine;
 use crate::plan::desired::{desired_state, Secrets, CONSUL_CONFIG_DIR};
@@ -75,6 +76,7 @@ impl Ctx {
     /// A connector with this topology's lab keys, if it has a lab.
     fn connector_with_lab_keys(&self) -> Result<Connector> {
         let mut connector = Connector::new(self.connect_timeout, None)?;
+        connector.keep_masters(KeptMasters::from_env(self.state.root().join("ssh"))?);
         if let Some(lab) = &self.topology.lab {
             connector.set_lab(lab::access(&self.state, &lab.name));
         }
@@ -471,6 +473,13 @@ impl<'a> Hosts<'a> {
             }
         }
         Ok(stored)
+    }
+
+    /// Close the SSH masters kept for `gone` (hosts removed with their lab).
+    pub async fn close_kept_masters(&self, gone: impl Iterator<Item = &Host>) {
+        for host in gone {
+            self.connector.close_kept(host).await;
+        }
     }
 
     /// Finish every host's line (the spinners stop).

@@ -140,7 +140,7 @@ impl Default for LbSettings {
         LbSettings {
             domain: "stagectl.test".into(),
             template: None,
-            quiet_ms: 10,
+            quiet_ms: 3,
             max_wait_ms: 250,
             edge: false,
             edge_tls: None,

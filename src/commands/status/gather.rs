@@ -23,12 +23,16 @@ pub async fn gather(ctx: &Ctx) -> Result<Status> {
     let hosts = open(ctx, &Reporter::quiet(), Unreachable::Report).await?;
     let t = &resolve_ports(&ctx.topology, &hosts.reachable()).await?;
     let mut problems = Vec::new();
-    let mut rows = Vec::new();
-    for h in &t.hosts {
+    // Every host at once: each is a round trip or two to its own engine.
+    let rows = futures_util::future::join_all(t.hosts.iter().map(|h| {
         let attempt = hosts.attempts.iter().find(|a| a.host.name == h.name);
-        let row = host_row(t, h, attempt).await?;
-        problems.extend(host_problems(t, &row));
-        rows.push(row);
+        host_row(t, h, attempt)
+    }))
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>>>()?;
+    for row in &rows {
+        problems.extend(host_problems(t, row));
     }
     let consul = cluster_as_best_seen(t, &hosts, &rows)
         .await
@@ -89,7 +93,11 @@ async fn host_row(t: &Topology, h: &Host, attempt: Option<&Attempt<'_>>) -> Resu
     };
     row.reachable = true;
     row.docker = Some(conn.engine_version.clone());
-    let observed = conn.host.observe(&t.name, &[]).await?;
+    let (observed, all) = tokio::join!(
+        conn.host.observe(&t.name, &[]),
+        conn.host.stagectl_containers()
+    );
+    let observed = observed?;
     row.containers = observed
         .containers
         .iter()
@@ -99,10 +107,7 @@ async fn host_row(t: &Topology, h: &Host, attempt: Option<&Attempt<'_>>) -> Resu
             running: c.running,
         })
         .collect();
-    row.not_managed = conn
-        .host
-        .stagectl_containers()
-        .await?
+    row.not_managed = all?
         .into_iter()
         .filter(|c| {
             c.labels.get(labels::ENV) == Some(&t.name) && !c.labels.contains_key(labels::COMPONENT)

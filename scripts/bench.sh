@@ -16,8 +16,10 @@
 #   then rebuilt with a 1 KB change (only the missing layers travel);
 #   then route-in / route-out latency through the load balancer and the
 #   agents' memory and idle CPU (cargo bench --bench discovery).
-# Targets: cold up < 30 s and no-op up < 2 s (3 hosts); route p50 < 150 ms,
-# p99 < 500 ms; agents < 15 MB.
+# Targets: cold up <= 30 s (12 hosts); no-op up <= 0.5 s and status <= 0.4 s
+# (3 hosts), each growing <= 1.5x to 12 hosts; route-in p50 < 40 ms, p99 < 100
+# ms and route-out p50 < 60 ms, p99 < 150 ms, p50 <= 0.6x Traefik's; agents
+# < 15 MB.
 # Usage: scripts/bench.sh [TRIALS]   (default 3 cycles per size; ROUTE_TRIALS=50;
 #        ONLY=sizes|shared|stack|previews|delivery|route runs one part; PREVIEWS=20)
 set -euo pipefail
@@ -65,6 +67,7 @@ topology() {
 part() { [[ -z ${ONLY:-} || $ONLY == "$1" ]]; }
 
 rows=()
+declare -A noop_median status_median
 part sizes || sizes=""
 for n in $sizes; do
     current=$work/bench$n.yaml
@@ -77,6 +80,7 @@ for n in $sizes; do
         down+=("$(timed $bin -f "$current" down)")
     done
     current=""
+    noop_median[$n]=$(median "${noop[@]}") status_median[$n]=$(median "${status[@]}")
     rows+=("$(printf '%5s  %7s s %-12s  %6s s %-11s  %6s s  %6s s' "$n" \
         "$(median "${cold[@]}")" "($(span "${cold[@]}"))" "$(median "${noop[@]}")" "($(span "${noop[@]}"))" \
         "$(median "${status[@]}")" "$(median "${down[@]}")")")
@@ -86,8 +90,13 @@ printf '\nstagectl benchmark, %s, %s cores, %s\n' \
     "$(uname -m)" "$(nproc)" "$(free -g | awk '/Mem:/ { print $2 " GiB" }')"
 if ((${#rows[@]})); then
     printf '\nmedians of %s cycles (range)\n' "$trials"
-    printf '%5s  %-22s  %-21s  %8s  %8s\n' hosts "cold up (< 30 s)" "no-op up (< 2 s)" status down
+    printf '%5s  %-22s  %-21s  %8s  %8s\n' hosts "cold up (<= 30 s)" "no-op up (<= 0.5 s)" status down
     printf '%s\n' "${rows[@]}"
+    if [[ -n ${noop_median[3]:-} && -n ${noop_median[12]:-} ]]; then
+        printf 'growth from 3 to 12 hosts (<= 1.5x): no-op up %sx, status %sx\n' \
+            "$(awk -v a="${noop_median[3]}" -v b="${noop_median[12]}" 'BEGIN { printf "%.2f", b / a }')" \
+            "$(awk -v a="${status_median[3]}" -v b="${status_median[12]}" 'BEGIN { printf "%.2f", b / a }')"
+    fi
 fi
 
 # Where a cold and a no-op `up` spend their time: the phases of `up -o json`.

@@ -263,7 +263,7 @@ pub enum AgentCommand {
         /// the new config there too
         #[arg(long)]
         advertise: Option<std::net::IpAddr>,
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 3)]
         quiet_ms: u64,
         #[arg(long, default_value_t = 250)]
         max_wait_ms: u64,
@@ -275,6 +275,11 @@ pub enum AgentCommand {
     Hold,
     /// Copy stdin to a TCP connection to ADDR and its answers to stdout (`stagectl ui`'s tunnel)
     Pipe { addr: String },
+    /// Print the Consul members and raft peers this host's agent sees, as JSON
+    Cluster {
+        #[arg(long, default_value = "127.0.0.1:8500")]
+        consul: String,
+    },
     /// Print every service's instances and their health as JSON
     Services {
         #[arg(long, default_value = "127.0.0.1:8500")]

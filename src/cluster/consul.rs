@@ -1,24 +1,26 @@
 //! Consul, as stagectl sees it: the gossip key, and the cluster's view of
 //! itself (members and leader).
 //!
-//! The HTTP API listens on each host's loopback only, so stagectl asks the
-//! agent through `docker exec` of the `consul` CLI in the agent's container:
-//! that works the same over SSH, TLS or a local socket and opens no port.
+//! The HTTP API listens on each host's loopback only, so stagectl asks
+//! through `docker exec` on the host (its own agent's `stagectl agent
+//! cluster`, or the `consul` CLI in Consul's container): that works the
+//! same over SSH, TLS or a local socket and opens no port.
 //! The CLI's table output is parsed by pure functions tested below.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Result;
-use serde::Serialize;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 
+use crate::agent::labels::Component;
 use crate::engine::docker::DockerHost;
 use crate::engine::Engine;
 use crate::plan::desired::HostState;
 use crate::poll::Check;
 use crate::topology::Endpoint;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub node: String,
     pub address: String,
@@ -27,7 +29,7 @@ pub struct Member {
     pub kind: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaftPeer {
     pub node: String,
     pub address: String,
@@ -37,7 +39,7 @@ pub struct RaftPeer {
 }
 
 /// The cluster as one agent reports it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClusterView {
     pub members: Vec<Member>,
     pub peers: Vec<RaftPeer>,
@@ -130,8 +132,39 @@ pub fn parse_raft_peers(text: &str) -> Vec<RaftPeer> {
         .collect()
 }
 
-/// Ask the agent on `host` for members and raft peers.
-pub async fn cluster_view(
+/// Ask the agents of `env` on `host` for members and raft peers.
+///
+/// stagectl's own agent (registration or template, whichever the host
+/// runs; both see Consul on the host's loopback) asks the HTTP API: one
+/// exec of a small binary. The `consul` CLI in Consul's container, which
+/// takes two execs of a large one, answers where neither runs, or where
+/// it predates `stagectl agent cluster`.
+pub async fn cluster_view(host: &DockerHost, env: &str, http_port: u16) -> Result<ClusterView> {
+    let consul = format!("--consul=127.0.0.1:{http_port}");
+    for agent in [Component::Register, Component::Template] {
+        let asked = host
+            .exec(
+                &agent.container(env),
+                &["stagectl", "agent", "cluster", &consul],
+                &[],
+            )
+            .await;
+        match asked {
+            // Not there, or not running.
+            Err(_) => continue,
+            // clap's usage error: an agent image from before the command.
+            Ok(out) if out.code == 2 => continue,
+            Ok(out) => {
+                let json = out.ok_or_stderr("stagectl agent cluster")?;
+                return serde_json::from_str(&json).context("the cluster view is not JSON");
+            }
+        }
+    }
+    cli_cluster_view(host, &Component::Consul.container(env), http_port).await
+}
+
+/// [`cluster_view`] through the `consul` CLI in Consul's own container.
+async fn cli_cluster_view(
     host: &DockerHost,
     container: &str,
     http_port: u16,
@@ -166,13 +199,13 @@ pub async fn cluster_view(
 /// still missing.
 pub async fn wait_for_cluster(
     host: &DockerHost,
-    container: &str,
+    env: &str,
     http_port: u16,
     expected: &[String],
     timeout: Duration,
 ) -> Result<ClusterView> {
     crate::poll::until(timeout, Duration::from_millis(300), || async {
-        let view = match cluster_view(host, container, http_port).await {
+        let view = match cluster_view(host, env, http_port).await {
             Ok(view) => view,
             Err(e) => return Ok(Check::Waiting(format!("{e:#}"))),
         };

@@ -22,6 +22,8 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::consul::{ClusterView, Member, RaftPeer};
+
 #[derive(Clone)]
 pub struct ConsulClient {
     base: String,
@@ -275,6 +277,97 @@ impl ConsulClient {
     }
 }
 
+/// A member as `GET /v1/agent/members` lists it.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AgentMember {
+    name: String,
+    addr: String,
+    port: u16,
+    #[serde(default)]
+    tags: HashMap<String, String>,
+    /// Serf's member status: 1 alive, 2 leaving, 3 left, 4 failed.
+    status: u8,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RaftConfiguration {
+    servers: Vec<RaftServer>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RaftServer {
+    node: String,
+    address: String,
+    leader: bool,
+    voter: bool,
+}
+
+impl ConsulClient {
+    /// Members and raft peers as this agent sees them, in the words of
+    /// `consul members` and `consul operator raft list-peers`. No leader
+    /// (the raft question fails) is no peers, not an error.
+    pub async fn cluster_view(&self) -> Result<ClusterView> {
+        let timeout = Duration::from_secs(5);
+        let (members, raft) = tokio::join!(
+            self.call(Method::GET, "/v1/agent/members", None, timeout),
+            self.call(
+                Method::GET,
+                "/v1/operator/raft/configuration",
+                None,
+                timeout
+            )
+        );
+        let members: Vec<AgentMember> = serde_json::from_slice(&members?.1)
+            .context("Consul's member list is not what stagectl reads")?;
+        let peers = match raft {
+            Ok((_, body)) => {
+                serde_json::from_slice::<RaftConfiguration>(&body)
+                    .context("Consul's raft configuration is not what stagectl reads")?
+                    .servers
+            }
+            Err(_) => vec![],
+        };
+        Ok(view_of(members, peers))
+    }
+}
+
+fn view_of(members: Vec<AgentMember>, peers: Vec<RaftServer>) -> ClusterView {
+    ClusterView {
+        members: members
+            .into_iter()
+            .map(|m| Member {
+                kind: if m.tags.get("role").map(String::as_str) == Some("consul") {
+                    "server".into()
+                } else {
+                    "client".into()
+                },
+                status: match m.status {
+                    1 => "alive",
+                    2 => "leaving",
+                    3 => "left",
+                    4 => "failed",
+                    _ => "none",
+                }
+                .into(),
+                address: format!("{}:{}", m.addr, m.port),
+                node: m.name,
+            })
+            .collect(),
+        peers: peers
+            .into_iter()
+            .map(|p| RaftPeer {
+                state: if p.leader { "leader" } else { "follower" }.into(),
+                node: p.node,
+                address: p.address,
+                voter: p.voter,
+            })
+            .collect(),
+    }
+}
+
 /// An instance with its aggregated health (`passing`, `warning`, `critical`:
 /// the worst of its own checks and its node's, as `?passing` counts them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -430,6 +523,30 @@ pub fn next_index(previous: u64, returned: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_http_view_reads_as_the_cli_tables_do() {
+        let members: Vec<AgentMember> = serde_json::from_str(
+            r#"[{"Name":"host-1","Addr":"10.77.0.11","Port":8301,"Tags":{"role":"consul"},"Status":1},
+                {"Name":"host-2","Addr":"10.77.0.12","Port":8301,"Tags":{"role":"consul"},"Status":4},
+                {"Name":"host-3","Addr":"10.77.0.13","Port":8301,"Tags":{"role":"node"},"Status":3}]"#,
+        )
+        .unwrap();
+        let peers: RaftConfiguration = serde_json::from_str(
+            r#"{"Servers":[{"ID":"a","Node":"host-1","Address":"10.77.0.11:8300","Leader":true,"Voter":true},
+                           {"ID":"b","Node":"host-2","Address":"10.77.0.12:8300","Leader":false,"Voter":false}],"Index":7}"#,
+        )
+        .unwrap();
+        let view = view_of(members, peers.servers);
+        assert_eq!(view.leader(), Some("host-1"));
+        assert!(view.is_alive("host-1") && !view.is_alive("host-2"));
+        assert!(view.is_voter("host-1") && !view.is_voter("host-2"));
+        assert!(view.is_gone("host-3"), "left counts as gone");
+        assert_eq!(view.members[0].address, "10.77.0.11:8301");
+        assert_eq!(view.members[0].kind, "server");
+        assert_eq!(view.members[2].kind, "client");
+        assert_eq!(view.members[1].status, "failed");
+    }
 
     #[test]
     fn registration_serializes_as_consul_expects() {

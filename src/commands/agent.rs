@@ -65,6 +65,10 @@ pub async fn run(cmd: AgentCommand) -> Result<u8> {
         }
         AgentCommand::Hold => crate::lock::hold()?,
         AgentCommand::Pipe { addr } => match crate::engine::tunnel::pipe(&addr).await? {},
+        AgentCommand::Cluster { consul } => {
+            let view = ConsulClient::new(&consul).cluster_view().await?;
+            println!("{}", serde_json::to_string(&view)?);
+        }
         AgentCommand::Services { consul } => {
             let client = ConsulClient::new(&consul);
             let report = client.service_report().await?;

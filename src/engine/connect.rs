@@ -16,16 +16,16 @@
 //! per-host result carrying one line that names the host, its address and
 //! ssh's or the engine's own reason.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use bollard::{Docker, API_DEFAULT_VERSION};
+use bollard::{ClientVersion, Docker, API_DEFAULT_VERSION};
 use openssh::{ForwardType, KnownHosts, Session, SessionBuilder};
 
 use crate::engine::docker::DockerHost;
 use crate::engine::kept_ssh::KeptMasters;
-use crate::topology::{Endpoint, Host, SshTarget};
+use crate::topology::{Endpoint, Host, SshTarget, TlsFiles};
 
 /// Seconds bollard waits for one API call before giving up. Image transfers
 /// are long single calls, hence generous.
@@ -116,68 +116,40 @@ impl Connector {
     }
 
     async fn try_connect(&self, host: &Host) -> Result<Connection> {
-        let (docker, transport, ssh) = match &host.endpoint {
-            Endpoint::Unix { path } => (
-                Docker::connect_with_unix(
-                    &path.to_string_lossy(),
-                    API_TIMEOUT_SECS,
-                    API_DEFAULT_VERSION,
-                )?,
-                "unix",
-                None,
-            ),
+        let ((docker, engine_version), transport, ssh) = match &host.endpoint {
+            Endpoint::Unix { path } => (negotiate(&Dial::Unix(path.clone())).await?, "unix", None),
             Endpoint::Tcp {
                 host: h,
                 port,
                 tls: Some(tls),
-            } => (
-                Docker::connect_with_ssl(
-                    &format!("{h}:{port}"),
-                    &tls.key,
-                    &tls.cert,
-                    &tls.ca,
-                    API_TIMEOUT_SECS,
-                    API_DEFAULT_VERSION,
-                )?,
-                "tls",
-                None,
-            ),
+            } => {
+                let dial = Dial::Tls {
+                    addr: format!("{h}:{port}"),
+                    tls: tls.clone(),
+                };
+                (negotiate(&dial).await?, "tls", None)
+            }
             Endpoint::Tcp {
                 host: h,
                 port,
                 tls: None,
             } => (
-                Docker::connect_with_http(
-                    &format!("{h}:{port}"),
-                    API_TIMEOUT_SECS,
-                    API_DEFAULT_VERSION,
-                )?,
+                negotiate(&Dial::Http(format!("{h}:{port}"))).await?,
                 "tcp",
                 None,
             ),
             Endpoint::Ssh(_) | Endpoint::Lab { .. } => {
                 let (target, hermetic) = self.ssh_target(host)?;
-                let (docker, session) = self.over_ssh(&host.name, &target, hermetic).await?;
-                (docker, "ssh", session)
+                let (engine, session) = self.over_ssh(&host.name, &target, hermetic).await?;
+                (engine, "ssh", session)
             }
         };
-        let docker = docker.negotiate_version().await.map_err(engine_error)?;
-        let dh = DockerHost::new(host.name.clone(), docker);
-        let engine_version = dh.engine_version().await.map_err(engine_error_any)?;
         Ok(Connection {
-            host: dh,
+            host: DockerHost::new(host.name.clone(), docker),
             engine_version,
             transport,
             _ssh: ssh,
         })
-    }
-
-    fn unix_docker(&self, socket: &Path) -> Result<Docker> {
-        Ok(Docker::connect_with_unix(
-            &socket.to_string_lossy(),
-            API_TIMEOUT_SECS,
-            API_DEFAULT_VERSION,
-        )?)
     }
 
     /// How `host` is reached over SSH, and whether hermetically (the
@@ -222,25 +194,24 @@ impl Connector {
         name: &str,
         t: &SshTarget,
         hermetic: bool,
-    ) -> Result<(Docker, Option<Session>)> {
+    ) -> Result<((Docker, String), Option<Session>)> {
         let Some(kept) = &self.kept else {
             let (session, socket) = self.ssh_forward(name, t, hermetic).await?;
-            return Ok((self.unix_docker(&socket)?, Some(session)));
+            return Ok((negotiate(&Dial::Unix(socket)).await?, Some(session)));
         };
         let slot = kept.slot(t, hermetic).await?;
+        let dial = Dial::Unix(slot.socket().to_path_buf());
         if slot.may_be_open() {
             // A master whose host went away, or whose engine stopped,
             // does not answer: it is replaced below.
-            let docker = self.unix_docker(slot.socket())?;
-            let ping = tokio::time::timeout(KEPT_MASTER_PING, docker.ping()).await;
-            if matches!(ping, Ok(Ok(_))) {
-                return Ok((docker, None));
+            if let Ok(Ok(engine)) = tokio::time::timeout(KEPT_MASTER_PING, negotiate(&dial)).await {
+                return Ok((engine, None));
             }
         }
         kept.open(&slot, t, hermetic, self.timeout)
             .await
             .map_err(|e| ssh_error_text(e.to_string(), t))?;
-        Ok((self.unix_docker(slot.socket())?, None))
+        Ok((negotiate(&dial).await?, None))
     }
 
     /// Open an SSH master and forward the remote Docker socket to a local one.
@@ -337,8 +308,54 @@ fn engine_error(e: bollard::errors::Error) -> anyhow::Error {
     anyhow!("the Docker engine did not answer: {}", error_text(&e))
 }
 
-fn engine_error_any(e: anyhow::Error) -> anyhow::Error {
-    anyhow!("the Docker engine did not answer: {e:#}")
+/// How to make a client for one host's engine (at an API version).
+enum Dial {
+    Unix(PathBuf),
+    Tls { addr: String, tls: TlsFiles },
+    Http(String),
+}
+
+impl Dial {
+    fn client(&self, version: &ClientVersion) -> Result<Docker, bollard::errors::Error> {
+        match self {
+            Dial::Unix(path) => {
+                Docker::connect_with_unix(&path.to_string_lossy(), API_TIMEOUT_SECS, version)
+            }
+            Dial::Tls { addr, tls } => Docker::connect_with_ssl(
+                addr,
+                &tls.key,
+                &tls.cert,
+                &tls.ca,
+                API_TIMEOUT_SECS,
+                version,
+            ),
+            Dial::Http(addr) => Docker::connect_with_http(addr, API_TIMEOUT_SECS, version),
+        }
+    }
+}
+
+/// A client speaking the API version both sides know, and the engine's
+/// version: both from one `/version` call (bollard's own negotiation makes
+/// its own call, and every host is asked on every run).
+async fn negotiate(dial: &Dial) -> Result<(Docker, String)> {
+    let first = dial.client(API_DEFAULT_VERSION)?;
+    let v = first.version().await.map_err(engine_error)?;
+    let engine_version = v.version.unwrap_or_else(|| "unknown".into());
+    let server = v.api_version.as_deref().and_then(parse_api_version);
+    let docker = match server {
+        Some(server) if server < *API_DEFAULT_VERSION => dial.client(&server)?,
+        _ => first,
+    };
+    Ok((docker, engine_version))
+}
+
+/// `1.41` as a client version.
+fn parse_api_version(text: &str) -> Option<ClientVersion> {
+    let (major, minor) = text.split_once('.')?;
+    Some(ClientVersion {
+        major_version: major.parse().ok()?,
+        minor_version: minor.parse().ok()?,
+    })
 }
 
 /// The engine on this machine (for the lab and as an image source).
@@ -349,4 +366,18 @@ pub async fn local_engine() -> Result<DockerHost> {
         .await
         .map_err(|e| anyhow!("cannot reach the local Docker engine: {}", error_text(&e)))?;
     Ok(DockerHost::new("local", docker))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_engine_is_spoken_to_in_its_own_api_version() {
+        let v = parse_api_version("1.41").unwrap();
+        assert_eq!((v.major_version, v.minor_version), (1, 41));
+        assert!(v < *API_DEFAULT_VERSION);
+        assert!(parse_api_version("1").is_none());
+        assert!(parse_api_version("x.41").is_none());
+    }
 }

@@ -135,12 +135,6 @@ impl DockerHost {
         }
     }
 
-    /// The engine's version string, e.g. `20.10.24+dfsg1`.
-    pub async fn engine_version(&self) -> Result<String> {
-        let v = self.docker.version().await?;
-        Ok(v.version.unwrap_or_else(|| "unknown".into()))
-    }
-
     /// Every container of any environment on this host (running or not).
     pub async fn stagectl_containers(&self) -> Result<Vec<LabeledContainer>> {
         let containers = self

@@ -180,6 +180,7 @@ impl MasterSlot {
         }
         let _ = std::fs::remove_file(&self.ctl);
         let _ = std::fs::remove_file(&self.sock);
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 

@@ -8,7 +8,6 @@ use anyhow::{Context, Result};
 
 use super::events::Reporter;
 use super::Hosts;
-use crate::agent::labels::Component;
 use crate::cluster::{consul, discovery};
 use crate::engine::docker::DockerHost;
 use crate::plan::{Expect, MemberChange, Wait};
@@ -30,7 +29,7 @@ pub async fn cluster(
     let expected: Vec<String> = t.hosts.iter().map(|h| h.name.clone()).collect();
     let view = consul::wait_for_cluster(
         server,
-        &Component::Consul.container(&t.name),
+        &t.name,
         t.ports.consul_http,
         &expected,
         Duration::from_secs(t.consul.join_timeout_secs),
@@ -63,7 +62,6 @@ pub async fn membership(
     reporter: &Reporter,
 ) -> Result<()> {
     let started = Instant::now();
-    let consul = Component::Consul.container(&t.name);
     let asked = hosts
         .engine(&change.asked)
         .context("the server asked is connected")?;
@@ -74,7 +72,7 @@ pub async fn membership(
     };
     let limit = Duration::from_secs(t.consul.join_timeout_secs);
     let leader = crate::poll::until(limit, Duration::from_millis(300), || async {
-        let view = match consul::cluster_view(asked, &consul, t.ports.consul_http).await {
+        let view = match consul::cluster_view(asked, &t.name, t.ports.consul_http).await {
             Ok(view) => view,
             Err(e) => return Ok(Check::Waiting(format!("{e:#}"))),
         };
@@ -91,7 +89,7 @@ pub async fn membership(
             return Ok(Check::Waiting(format!("{} not yet", change.expect.describe())));
         }
         if let Some(own) = own {
-            let sees = consul::cluster_view(own, &consul, t.ports.consul_http)
+            let sees = consul::cluster_view(own, &t.name, t.ports.consul_http)
                 .await
                 .is_ok_and(|v| v.leader().is_some());
             if !sees {

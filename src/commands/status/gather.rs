@@ -133,9 +133,8 @@ async fn cluster_as_best_seen(
     });
     let asked = servers.filter_map(|row| {
         let engine = hosts.engine(&row.name)?;
-        let consul = &consul;
         Some(async move {
-            let view = cluster_view(engine, consul, t.ports.consul_http)
+            let view = cluster_view(engine, &t.name, t.ports.consul_http)
                 .await
                 .ok()?;
             Some((row.name.clone(), view))

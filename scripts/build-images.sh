@@ -5,12 +5,14 @@
 # made with debootstrap and `docker import`, and every other image is built FROM it.
 #
 #   stagectl/base:bookworm   debootstrap minbase, slimmed
+#   stagectl/runtime:bookworm glibc's loader and libraries + busybox, from the base
+#                            (about 4 MB: what the agents and Consul run on)
 #   stagectl/labhost:latest  Docker engine + sshd: one "lab host" (docker-in-docker)
-#   stagectl/consul:1.8.7    Debian bullseye's consul, binary only
+#   stagectl/consul:1.8.7    Debian bullseye's consul, binary only, on the runtime
 #   stagectl/nginx:1.22      Debian bookworm's nginx, includes conf.d/*.conf (http)
 #                            and conf.d/*.stream (TCP listeners)
 #   stagectl/redis:7         Debian bookworm's Redis: the example stack's database
-#   stagectl/agent:latest    base + the stagectl binary (ENTRYPOINT stagectl)
+#   stagectl/agent:latest    runtime + the stagectl binary (ENTRYPOINT stagectl)
 #   stagectl/demo:latest     agent + CMD demo-http --port 8080
 #
 # Idempotent: each image carries the label io.stagectl.inputs=<sha256 of its inputs>
@@ -318,15 +320,18 @@ BASE_ID="$(image_id "$BASE_IMAGE")"
 dir_image() {
     local name=$1 image=$2; shift 2
     local hash
-    hash="$(inputs_hash "base=$BASE_ID" "mirror=$MIRROR" "dir=$(hash_dir "$IMAGES_DIR/$name")" "args=$*")"
+    hash="$(inputs_hash "base=$BASE_ID" "runtime=${RUNTIME_ID:-}" "mirror=$MIRROR" "dir=$(hash_dir "$IMAGES_DIR/$name")" "args=$*")"
     build_dockerfile_image "$name" "$image" "$hash" "$IMAGES_DIR/$name" "$@"
 }
 
 dir_image labhost stagectl/labhost:latest
-# Consul 1.8.7 is only in bullseye; its Dockerfile adds that suite on our mirror.
-dir_image consul stagectl/consul:1.8.7 --build-arg "DEBIAN_MIRROR=$MIRROR"
 dir_image nginx stagectl/nginx:1.22
 dir_image redis stagectl/redis:7
+# The agents' runtime: glibc and busybox taken out of the base (see its Dockerfile).
+dir_image runtime stagectl/runtime:bookworm
+RUNTIME_ID="$(image_id stagectl/runtime:bookworm)"
+# Consul 1.8.7 is only in bullseye; its Dockerfile adds that suite on our mirror.
+dir_image consul stagectl/consul:1.8.7 --build-arg "DEBIAN_MIRROR=$MIRROR"
 
 # ---------------------------------------------------------------------------
 # 5-6. stagectl/agent and stagectl/demo: the stagectl binary on the base
@@ -337,7 +342,7 @@ AGENT_CTX="$WORK/agent-context"
 mkdir -p "$AGENT_CTX"
 cp "$IMAGES_DIR/agent/Dockerfile" "$AGENT_CTX/Dockerfile"
 install -m 0755 "$BIN" "$AGENT_CTX/stagectl"
-AGENT_HASH="$(inputs_hash "base=$BASE_ID" "dir=$(hash_dir "$IMAGES_DIR/agent")" "bin=$BIN_HASH")"
+AGENT_HASH="$(inputs_hash "runtime=$RUNTIME_ID" "dir=$(hash_dir "$IMAGES_DIR/agent")" "bin=$BIN_HASH")"
 build_dockerfile_image agent stagectl/agent:latest "$AGENT_HASH" "$AGENT_CTX"
 
 DEMO_HASH="$(inputs_hash "agent=$(image_id stagectl/agent:latest)" "dir=$(hash_dir "$IMAGES_DIR/demo")")"

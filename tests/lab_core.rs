@@ -153,8 +153,41 @@ fn lab_up_converges_idempotently_and_down_leaves_nothing() {
         "the gossip key must not appear in any output"
     );
 
+    // SSH masters outlive a run: one per lab host, used again by the next
+    // command; one that died is replaced; none is kept when asked not to;
+    // `down` closes those of the lab hosts it removes.
+    let kept = env.state().join("ssh");
+    let masters = || -> Vec<String> {
+        let found = sh(
+            "pgrep",
+            &["-f", &format!("{}/[0-9a-f]+[.]ctl", kept.display())],
+        );
+        let mut pids: Vec<String> = found.stdout.lines().map(str::to_string).collect();
+        pids.sort();
+        pids
+    };
+    let before = masters();
+    assert_eq!(before.len(), 3, "one kept master per lab host: {before:?}");
+    env.run(&["status"]).expect_ok("status");
+    assert_eq!(masters(), before, "status reuses the kept masters");
+    sh("kill", &[&before[0]]).expect_ok("killing a master");
+    env.run(&["status"]).expect_ok("status after a master died");
+    let replaced = masters();
+    assert_eq!(replaced.len(), 3, "{replaced:?}");
+    assert!(
+        !replaced.contains(&before[0]),
+        "the dead master is replaced"
+    );
+    env.run_with_env(&[("STAGECTL_SSH_PERSIST", "0")], &["status"])
+        .expect_ok("status keeping nothing");
+    assert_eq!(masters(), replaced, "no master kept, none replaced");
+
     let down = env.run(&["down"]).expect_ok("down");
     assert!(down.stdout.contains("itcore is down"), "{}", down.stdout);
+    assert!(
+        masters().is_empty(),
+        "down closes the removed hosts' masters"
+    );
     assert!(local_objects("container", "label=io.stagectl.lab=itcore").is_empty());
     assert!(local_objects("network", "label=io.stagectl.lab=itcore").is_empty());
     assert!(local_objects("container", "label=io.stagectl.env=itcore").is_empty());

@@ -550,6 +550,25 @@ impl Lb {
         let signalled = t0.elapsed();
         let marker = text.marker();
         let limit = Duration::from_secs(2);
+        // nginx's master starts new workers only once the new config has
+        // loaded. The moment one is there, the old ones can be told to
+        // quit: a connection that arrives meanwhile waits in the listening
+        // socket, which the new worker shares, instead of reaching a worker
+        // with the old config. Watching /proc each millisecond sees that
+        // sooner than asking nginx for the marker.
+        if !old_workers.is_empty() {
+            // Bounded well under `limit`: a reload nginx refuses starts none.
+            let within = Duration::from_millis(500);
+            let started = crate::poll::holds(within, Duration::from_millis(1), || async {
+                nginx_processes::workers()
+                    .iter()
+                    .any(|pid| !old_workers.contains(pid))
+            })
+            .await;
+            if started {
+                nginx_processes::quit(&old_workers);
+            }
+        }
         let loopback = IpAddr::from([127, 0, 0, 1]);
         if !wait_for_marker(loopback, self.opts.port, &marker, limit).await {
             log(&format!(
@@ -559,7 +578,8 @@ impl Lb {
             // The new workers serve. nginx's master tells the old ones to
             // stop accepting only after a fixed 100 ms pause, during which
             // both answer: an instance just taken out would still get
-            // requests. Tell them now (they finish what is in flight).
+            // requests. Tell them now, unless that was done above (they
+            // finish what is in flight).
             nginx_processes::quit(&old_workers);
             // Loopback serves the new config; so must the address clients
             // use. If not, a `listen` on that address that stagectl did not

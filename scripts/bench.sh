@@ -220,12 +220,12 @@ YAML
 fi
 
 if part delivery; then
-    # A ~230 MB app image (the demo app under a 140 MB layer of random
+    # A ~230 MB app image (the demo app under a 210 MB layer of random
     # bytes) to the 2 app hosts; then the same image rebuilt with a 1 KB
     # change on top. Bytes per host from `up`'s image lines.
     img=$work/image
     mkdir -p "$img"
-    printf 'FROM stagectl/demo:latest\nRUN head -c 140000000 /dev/urandom > /big.bin\nCOPY change.bin /change.bin\n' >"$img/Dockerfile"
+    printf 'FROM stagectl/demo:latest\nRUN head -c 210000000 /dev/urandom > /big.bin\nCOPY change.bin /change.bin\n' >"$img/Dockerfile"
     f=$work/delivery.yaml
     cat >"$f" <<YAML
 name: benchimg

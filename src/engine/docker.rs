@@ -624,22 +624,22 @@ impl Engine for DockerHost {
     /// IDs `images` point at here.
     async fn observe(&self, env: &str, images: &[String]) -> Result<Observed> {
         let filter = labels::owned_by(env);
-        let containers = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
+        // Three independent questions, asked at once: every run asks them
+        // of every host, and each is a round trip (over SSH, say).
+        let (containers, volumes, image_ids) = tokio::join!(
+            self.docker.list_containers(Some(ListContainersOptions {
                 all: true,
                 filters: Some(filter.clone()),
                 ..Default::default()
-            }))
-            .await
-            .with_context(|| format!("{}: cannot list containers", self.name))?;
-        let volumes = self
-            .docker
-            .list_volumes(Some(ListVolumesOptions {
+            })),
+            self.docker.list_volumes(Some(ListVolumesOptions {
                 filters: Some(filter),
-            }))
-            .await
-            .with_context(|| format!("{}: cannot list volumes", self.name))?;
+            })),
+            self.image_ids(images)
+        );
+        let containers =
+            containers.with_context(|| format!("{}: cannot list containers", self.name))?;
+        let volumes = volumes.with_context(|| format!("{}: cannot list volumes", self.name))?;
         let mut observed = Observed {
             containers: containers
                 .into_iter()
@@ -667,7 +667,7 @@ impl Engine for DockerHost {
                 .into_iter()
                 .map(|v| v.name)
                 .collect(),
-            image_ids: self.image_ids(images).await?,
+            image_ids: image_ids?,
         };
         observed.containers.sort_by(|a, b| a.name.cmp(&b.name));
         observed.volumes.sort();
@@ -790,13 +790,13 @@ impl Engine for DockerHost {
         &self,
         references: &[String],
     ) -> Result<std::collections::BTreeMap<String, String>> {
-        let mut ids = std::collections::BTreeMap::new();
-        for r in references {
-            if let Some(id) = self.image_id(r).await? {
-                ids.insert(r.clone(), id);
-            }
-        }
-        Ok(ids)
+        let found =
+            futures_util::future::try_join_all(references.iter().map(|r| self.image_id(r))).await?;
+        Ok(references
+            .iter()
+            .zip(found)
+            .filter_map(|(r, id)| Some((r.clone(), id?)))
+            .collect())
     }
 
     async fn receive_images(

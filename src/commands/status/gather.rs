@@ -34,25 +34,37 @@ pub async fn gather(ctx: &Ctx) -> Result<Status> {
     for row in &rows {
         problems.extend(host_problems(t, row));
     }
-    let consul = cluster_as_best_seen(t, &hosts, &rows)
-        .await
-        .map(|(asked, v)| ClusterStatus {
-            asked,
-            leader: v.leader().map(str::to_string),
-            servers: v.members.iter().filter(|m| m.kind == "server").count(),
-            members: v.members.clone(),
-        });
-    // Asked where the cluster was: the record lives in Consul.
-    let last_up = async {
-        let engine = consul.as_ref().and_then(|c| hosts.engine(&c.asked))?;
-        let container = Component::Consul.container(&t.name);
-        get_last_up(engine, &container, t.ports.consul_http, &t.name)
-            .await
-            .ok()
-            .flatten()
+    // The record of the last `up` lives in Consul: asked of the first
+    // server whose agent runs, at the same time as the cluster and the
+    // services; again of the server whose view won, should that differ
+    // and the first have had no answer (cut off from the leader, say).
+    let last_up_from = |host: Option<String>| {
+        let engine = host.and_then(|h| hosts.engine(&h));
+        async move {
+            let container = Component::Consul.container(&t.name);
+            get_last_up(engine?, &container, t.ports.consul_http, &t.name)
+                .await
+                .ok()
+                .flatten()
+        }
     };
-    let ((services, lb), last_up) =
-        tokio::join!(services_and_lb(t, &hosts.attempts, &mut problems), last_up);
+    let first_server = running_servers(t, &rows).next().map(|row| row.name.clone());
+    let (cluster, (services, lb), first_answer) = tokio::join!(
+        cluster_as_best_seen(t, &hosts, &rows),
+        services_and_lb(t, &hosts.attempts, &mut problems),
+        last_up_from(first_server.clone())
+    );
+    let consul = cluster.map(|(asked, v)| ClusterStatus {
+        asked,
+        leader: v.leader().map(str::to_string),
+        servers: v.members.iter().filter(|m| m.kind == "server").count(),
+        members: v.members.clone(),
+    });
+    let best_server = consul.as_ref().map(|c| c.asked.clone());
+    let last_up = match first_answer {
+        None if best_server != first_server => last_up_from(best_server).await,
+        answer => answer,
+    };
     problems.extend(service_problems(t, &services));
     problems.extend(cluster_problems(t, consul.as_ref()));
     Ok(Status {
@@ -127,11 +139,7 @@ async fn cluster_as_best_seen(
     hosts: &crate::pipeline::Hosts<'_>,
     rows: &[HostStatus],
 ) -> Option<(String, ClusterView)> {
-    let consul = Component::Consul.container(&t.name);
-    let servers = rows.iter().filter(|row| {
-        row.consul_role == "server" && row.containers.iter().any(|c| c.name == consul && c.running)
-    });
-    let asked = servers.filter_map(|row| {
+    let asked = running_servers(t, rows).filter_map(|row| {
         let engine = hosts.engine(&row.name)?;
         Some(async move {
             let view = cluster_view(engine, &t.name, t.ports.consul_http)
@@ -145,6 +153,17 @@ async fn cluster_as_best_seen(
     views.into_iter().flatten().rev().max_by_key(|(_, v)| {
         let alive = v.members.iter().filter(|m| m.status == "alive").count();
         (v.leader().is_some(), alive)
+    })
+}
+
+/// The hosts that are Consul servers and whose agent runs.
+fn running_servers<'r>(
+    t: &Topology,
+    rows: &'r [HostStatus],
+) -> impl Iterator<Item = &'r HostStatus> {
+    let consul = Component::Consul.container(&t.name);
+    rows.iter().filter(move |row| {
+        row.consul_role == "server" && row.containers.iter().any(|c| c.name == consul && c.running)
     })
 }
 

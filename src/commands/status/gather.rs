@@ -13,7 +13,6 @@ use crate::agent::labels::{self, Component};
 use crate::cluster::consul::{cluster_view, get_last_up, ClusterView};
 use crate::cluster::discovery;
 use crate::engine::connect::Connection;
-use crate::engine::Engine;
 use crate::pipeline::events::Reporter;
 use crate::pipeline::{open, resolve_ports, Attempt, Ctx, Unreachable};
 use crate::topology::{Host, Role, Topology};
@@ -105,27 +104,25 @@ async fn host_row(t: &Topology, h: &Host, attempt: Option<&Attempt<'_>>) -> Resu
     };
     row.reachable = true;
     row.docker = Some(conn.engine_version.clone());
-    let (observed, all) = tokio::join!(
-        conn.host.observe(&t.name, &[]),
-        conn.host.stagectl_containers()
-    );
-    let observed = observed?;
-    row.containers = observed
-        .containers
-        .iter()
+    // One listing answers both: this environment's containers are the
+    // ones with its label, stagectl's own those with a component too.
+    let (mut managed, not_managed): (Vec<_>, Vec<_>) = conn
+        .host
+        .stagectl_containers()
+        .await?
+        .into_iter()
+        .filter(|c| c.labels.get(labels::ENV) == Some(&t.name))
+        .partition(|c| c.labels.contains_key(labels::COMPONENT));
+    managed.sort_by(|a, b| a.name.cmp(&b.name));
+    row.containers = managed
+        .into_iter()
         .map(|c| ContainerStatus {
-            name: c.name.clone(),
-            component: c.component.clone(),
+            component: c.labels[labels::COMPONENT].clone(),
+            name: c.name,
             running: c.running,
         })
         .collect();
-    row.not_managed = all?
-        .into_iter()
-        .filter(|c| {
-            c.labels.get(labels::ENV) == Some(&t.name) && !c.labels.contains_key(labels::COMPONENT)
-        })
-        .map(|c| c.name)
-        .collect();
+    row.not_managed = not_managed.into_iter().map(|c| c.name).collect();
     Ok(row)
 }
 

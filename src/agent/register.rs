@@ -64,6 +64,10 @@ async fn session(opts: &RegisterOptions, consul: &ConsulClient) -> Result<()> {
         ..Default::default()
     }));
     let generations: Generations = Arc::default();
+    // A registration fails in its own task (it waits for the port); it
+    // says so here, and the resync comes sooner, as after a failed
+    // deregistration.
+    let failed = Arc::new(tokio::sync::Notify::new());
     if let Err(e) = resync(&docker, consul, &opts.context).await {
         log(&format!("resync failed: {e:#}"));
     }
@@ -78,12 +82,13 @@ async fn session(opts: &RegisterOptions, consul: &ConsulClient) -> Result<()> {
                     Some(Ok(ev)) => ev,
                 };
                 let (Some(action), Some(id)) = (ev.action, ev.actor.and_then(|a| a.id)) else { continue };
-                if !handle(&docker, consul, &opts.context, &generations, &action, id).await {
+                if !handle(&docker, consul, &opts.context, &generations, &failed, &action, id).await {
                     // A stopped instance left registered would get traffic
                     // until the next resync: that comes sooner.
                     tick.reset_after(RETRY_AFTER_FAILURE);
                 }
             }
+            () = failed.notified() => tick.reset_after(RETRY_AFTER_FAILURE),
             _ = tick.tick() => {
                 if let Err(e) = resync(&docker, consul, &opts.context).await {
                     log(&format!("resync failed: {e:#}"));
@@ -117,6 +122,7 @@ async fn handle(
     consul: &ConsulClient,
     ctx: &AgentContext,
     gens: &Generations,
+    failed: &Arc<tokio::sync::Notify>,
     action: &str,
     id: String,
 ) -> bool {
@@ -133,8 +139,13 @@ async fn handle(
         }
         Some(true) => {
             let generation = *gens.lock().await.entry(id.clone()).or_default();
-            let (docker, consul, ctx, gens) =
-                (docker.clone(), consul.clone(), ctx.clone(), gens.clone());
+            let (docker, consul, ctx, gens, failed) = (
+                docker.clone(),
+                consul.clone(),
+                ctx.clone(),
+                gens.clone(),
+                failed.clone(),
+            );
             let action = action.to_string();
             // Waiting for the port must not hold up other events.
             tokio::spawn(async move {
@@ -145,6 +156,7 @@ async fn handle(
                         "{action} {}: registration failed: {e:#}",
                         short(&id)
                     ));
+                    failed.notify_one();
                 }
             });
         }

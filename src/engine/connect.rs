@@ -182,7 +182,7 @@ impl Connector {
             return;
         };
         if let Ok(slot) = kept.slot(&target, hermetic).await {
-            slot.close().await;
+            slot.forget().await;
         }
     }
 

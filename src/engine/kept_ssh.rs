@@ -45,6 +45,7 @@ pub struct MasterSlot {
     sock: PathBuf,
     ctl: PathBuf,
     log: PathBuf,
+    lock_path: PathBuf,
     _lock: std::fs::File,
 }
 
@@ -71,8 +72,10 @@ impl KeptMasters {
         let key = key(t, hermetic);
         let at = |ext: &str| self.dir.join(format!("{key}.{ext}"));
         let lock_path = at("lock");
+        let locking = lock_path.clone();
         // Blocking: another run holds it only while it opens the master.
         let lock = tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
+            let lock_path = locking;
             use std::os::unix::fs::OpenOptionsExt;
             let f = std::fs::OpenOptions::new()
                 .mode(0o600)
@@ -90,6 +93,7 @@ impl KeptMasters {
             sock: at("sock"),
             ctl: at("ctl"),
             log: at("log"),
+            lock_path,
             _lock: lock,
         })
     }
@@ -140,6 +144,7 @@ impl KeptMasters {
             return Ok(());
         }
         let log = std::fs::read_to_string(&slot.log).unwrap_or_default();
+        let _ = std::fs::remove_file(&slot.log);
         let reason: Vec<&str> = log
             .lines()
             .map(str::trim)
@@ -181,6 +186,14 @@ impl MasterSlot {
         let _ = std::fs::remove_file(&self.ctl);
         let _ = std::fs::remove_file(&self.sock);
         let _ = std::fs::remove_file(&self.log);
+    }
+
+    /// Close the master and remove every file of it, the lock file too:
+    /// its host is gone for good (a lab removed), and `down` leaves no
+    /// trace in the state directory.
+    pub async fn forget(self) {
+        self.close().await;
+        let _ = std::fs::remove_file(&self.lock_path);
     }
 }
 

@@ -260,6 +260,12 @@ pub struct LastUp {
     /// (`up --ttl`); none: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// Each applied host's Docker engine ID: a host out of the topology is
+    /// only cleared when the engine found at its address is the one this
+    /// run applied, and is none of the topology's hosts (a host renamed at
+    /// the same address keeps its data).
+    #[serde(default)]
+    pub engines: BTreeMap<String, String>,
 }
 
 impl LastUp {
@@ -270,6 +276,7 @@ impl LastUp {
         desired: &[HostState],
         departed: BTreeMap<String, Endpoint>,
         expires_at: Option<u64>,
+        engines: BTreeMap<String, String>,
     ) -> LastUp {
         use sha2::{Digest, Sha256};
         let mut digest = Sha256::new();
@@ -290,6 +297,7 @@ impl LastUp {
                 .collect(),
             departed,
             expires_at,
+            engines,
         }
     }
 
@@ -335,45 +343,85 @@ fn last_up_key(env: &str) -> String {
     format!("stagectl/{env}/last-up")
 }
 
-/// Record `up`'s result in Consul's KV store (through the agent on `host`).
+/// Record `up`'s result in Consul's KV store (through the agent on `host`),
+/// sealed with the environment's record key (see `cluster::record`).
 pub async fn put_last_up(
     host: &DockerHost,
     container: &str,
     http_port: u16,
     env: &str,
+    key: &[u8],
     record: &LastUp,
 ) -> Result<()> {
     let consul = cli_env(http_port);
-    let value = serde_json::to_string(record)?;
-    host.exec(
-        container,
-        &["consul", "kv", "put", &last_up_key(env), &value],
-        &consul,
-    )
-    .await?
-    .ok_or_stderr("consul kv put")?;
+    let path = last_up_key(env);
+    let value = super::record::seal(key, env, &path, record);
+    host.exec(container, &["consul", "kv", "put", &path, &value], &consul)
+        .await?
+        .ok_or_stderr("consul kv put")?;
     Ok(())
 }
 
-/// The last `up`'s record, if one was kept.
+/// The last `up`'s record as read back from Consul.
+#[derive(Debug, Clone)]
+pub enum LastUpRead {
+    /// None kept (a new environment), or no agent could be asked.
+    Missing,
+    /// Sealed with the environment's key: believed.
+    Sealed(Box<LastUp>),
+    /// Something is kept there that was not sealed with the environment's
+    /// key: never acted on.
+    Rejected(super::record::Rejected),
+}
+
+impl LastUpRead {
+    /// The record, when it can be believed.
+    pub fn believed(self) -> Option<LastUp> {
+        match self {
+            LastUpRead::Sealed(record) => Some(*record),
+            _ => None,
+        }
+    }
+
+    /// The warning to show about a record that is not believed.
+    pub fn warning(&self, env: &str) -> Option<String> {
+        match self {
+            LastUpRead::Rejected(why) => Some(format!(
+                "the last up's record of {env} in Consul ({}) is ignored: {why}; \
+                 nothing is decided from it (the next up writes a sealed one)",
+                last_up_key(env)
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The last `up`'s record, checked against `key` (none: the environment
+/// has no record key yet, so nothing kept can be believed).
 pub async fn get_last_up(
     host: &DockerHost,
     container: &str,
     http_port: u16,
     env: &str,
-) -> Result<Option<LastUp>> {
+    key: Option<&[u8]>,
+) -> Result<LastUpRead> {
     let consul = cli_env(http_port);
+    let path = last_up_key(env);
     let out = host
-        .exec(
-            container,
-            &["consul", "kv", "get", &last_up_key(env)],
-            &consul,
-        )
+        .exec(container, &["consul", "kv", "get", &path], &consul)
         .await?;
     if out.code != 0 {
-        return Ok(None); // no such key (or no leader to ask)
+        return Ok(LastUpRead::Missing); // no such key (or no leader to ask)
     }
-    Ok(serde_json::from_str(out.stdout.trim()).ok())
+    let Some(key) = key else {
+        return Ok(LastUpRead::Rejected(super::record::Rejected::NoKey));
+    };
+    Ok(
+        match super::record::open(key, env, &path, out.stdout.trim()) {
+            Ok(record) => LastUpRead::Sealed(Box::new(record)),
+            Err(why) => LastUpRead::Rejected(why),
+        },
+    )
 }
 
 #[cfg(test)]

@@ -5,3 +5,4 @@
 pub mod consul;
 pub mod discovery;
 pub mod http;
+pub mod record;

@@ -28,7 +28,7 @@ pub async fn run(ctx: &Ctx, keep_data: bool, output: EventFormat) -> Result<u8> 
     let removed = async {
         let mut snapshot = hosts.snapshot_with_others(t).await?;
         // Hosts taken out of the topology and not yet cleared go too.
-        if let Some(record) = hosts.last_up(t, &snapshot).await {
+        if let Some(record) = hosts.believed_last_up(t, &snapshot).await {
             hosts
                 .find_departed(t, &record, &mut snapshot, &reporter)
                 .await?;
@@ -144,7 +144,7 @@ pub async fn one_host(ctx: &Ctx, name: &str, keep_data: bool, output: EventForma
     super::lock::confirm(&mut lock).await?;
     let cleared = async {
         let mut snapshot = hosts.snapshot(t, &[]).await?;
-        let record = hosts.last_up(t, &snapshot).await;
+        let record = hosts.believed_last_up(t, &snapshot).await;
         if let Some(record) = &record {
             hosts
                 .find_departed(t, record, &mut snapshot, &reporter)
@@ -218,7 +218,8 @@ pub async fn one_host(ctx: &Ctx, name: &str, keep_data: bool, output: EventForma
         hosts.finish();
         if let (Some(mut record), Some(server)) = (record, asked.as_deref().and_then(|a| hosts.engine(a))) {
             if record.departed.remove(name).is_some() {
-                consul::put_last_up(server, &consul, t.ports.consul_http, &t.name, &record).await?;
+                let key = hosts.ensure_record_key(t, &snapshot).await?;
+                consul::put_last_up(server, &consul, t.ports.consul_http, &t.name, &key, &record).await?;
             }
         }
         let seconds = started.elapsed().as_secs_f64();

@@ -66,10 +66,19 @@ pub async fn gather(ctx: &Ctx) -> Result<(Vec<EnvSummary>, Vec<String>)> {
         let (host, port) = e.consul.as_ref()?;
         let engine = hosts.engine(host)?;
         let container = Component::Consul.container(&e.name);
-        consul::get_last_up(engine, &container, *port, &e.name)
+        let holders: Vec<&str> = e.hosts.iter().map(String::as_str).collect();
+        let key = hosts
+            .record_key_among(&e.name, &holders)
             .await
             .ok()
-            .flatten()
+            .flatten();
+        let read = consul::get_last_up(engine, &container, *port, &e.name, key.as_deref())
+            .await
+            .ok()?;
+        if let Some(warning) = read.warning(&e.name) {
+            eprintln!("warning: {warning}");
+        }
+        read.believed()
     });
     let records = futures_util::future::join_all(records).await;
     for (e, record) in envs.values_mut().zip(records) {

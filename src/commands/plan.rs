@@ -28,7 +28,7 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
     let mut hosts = open(ctx, &reporter, Unreachable::Abort).await?;
     let t = &resolve_ports(&ctx.topology, &hosts.reachable()).await?;
     let mut snapshot = hosts.snapshot(t, &images_of(t)).await?;
-    if let Some(record) = hosts.last_up(t, &snapshot).await {
+    if let Some(record) = hosts.believed_last_up(t, &snapshot).await {
         hosts
             .find_departed(t, &record, &mut snapshot, &reporter)
             .await?;

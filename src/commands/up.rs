@@ -66,7 +66,7 @@ async fn converge<'a>(
 
     let t = &resolve_ports(t, &hosts.reachable()).await?;
     let mut snapshot = hosts.snapshot(t, &images_of(t)).await?;
-    let last = hosts.last_up(t, &snapshot).await;
+    let last = hosts.believed_last_up(t, &snapshot).await;
     if let Some(record) = &last {
         hosts
             .find_departed(t, record, &mut snapshot, reporter)
@@ -112,7 +112,7 @@ async fn converge<'a>(
         };
         let (routed, ()) = tokio::join!(
             waits::routes(lb_engine, t, wait, reporter),
-            record_last_up(hosts, t, &desired, &plan, expires_at)
+            record_last_up(hosts, t, &snapshot, &desired, &plan, expires_at)
         );
         routed
     };
@@ -217,6 +217,7 @@ impl Timings {
 async fn record_last_up(
     hosts: &Hosts<'_>,
     t: &crate::topology::Topology,
+    snapshot: &crate::plan::Snapshot,
     desired: &[crate::plan::desired::HostState],
     plan: &Plan,
     expires_at: Option<u64>,
@@ -231,11 +232,22 @@ async fn record_last_up(
         .filter(|d| d.result.is_err())
         .map(|d| (d.host.name.clone(), d.host.endpoint.clone()))
         .collect();
-    let record = consul::LastUp::of_this_run(t, desired, departed, expires_at);
     let container = Component::Consul.container(&t.name);
-    if let Err(e) =
-        consul::put_last_up(server, &container, t.ports.consul_http, &t.name, &record).await
-    {
+    let kept = async {
+        let (key, engines) =
+            tokio::try_join!(hosts.ensure_record_key(t, snapshot), hosts.engine_ids())?;
+        let record = consul::LastUp::of_this_run(t, desired, departed, expires_at, engines);
+        consul::put_last_up(
+            server,
+            &container,
+            t.ports.consul_http,
+            &t.name,
+            &key,
+            &record,
+        )
+        .await
+    };
+    if let Err(e) = kept.await {
         eprintln!("warning: the record of this run was not kept in Consul: {e:#}");
     }
 }

@@ -580,6 +580,19 @@ impl DockerHost {
         Ok(())
     }
 
+    /// The engine's own ID (`docker info`'s ID): what tells one engine from
+    /// another whatever name or address it is reached by.
+    pub async fn engine_id(&self) -> Result<String> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .with_context(|| format!("{}: cannot ask the engine for its ID", self.name))?;
+        info.id
+            .filter(|id| !id.is_empty())
+            .with_context(|| format!("{}: the engine reports no ID", self.name))
+    }
+
     pub async fn has_image(&self, reference: &str) -> Result<bool> {
         Ok(self.image_id(reference).await?.is_some())
     }

@@ -21,13 +21,15 @@ pub mod waits;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use futures_util::StreamExt;
 
 use crate::agent::labels::Component;
-use crate::cluster::consul::{get_last_up, LastUp};
+use crate::cluster::consul::{get_last_up, LastUp, LastUpRead};
+use crate::cluster::record;
 use crate::engine::connect::{local_engine, Connection, Connector};
 use crate::engine::docker::DockerHost;
 use crate::engine::kept_ssh::KeptMasters;
@@ -36,7 +38,7 @@ use crate::engine::Engine;
 use crate::plan::desired::{desired_state, Secrets, CONSUL_CONFIG_DIR};
 use crate::plan::{HostSnapshot, Snapshot};
 use crate::state::StateDir;
-use crate::topology::{Host, Topology};
+use crate::topology::{Endpoint, Host, Topology};
 use events::{HostLine, Reporter};
 
 /// What every command that touches hosts needs.
@@ -287,10 +289,13 @@ impl<'a> Hosts<'a> {
     }
 
     /// The last `up`'s record, asked of the first agent that runs (in
-    /// `snapshot`; a client's forwards to the servers); `None` for a new
-    /// environment or a cluster without a leader.
-    pub async fn last_up(&self, t: &Topology, snapshot: &Snapshot) -> Option<LastUp> {
+    /// `snapshot`; a client's forwards to the servers) and checked against
+    /// the environment's record key. `Missing` for a new environment or a
+    /// cluster without a leader; a record that fails its check is
+    /// `Rejected` (see `cluster::record`), never acted on.
+    pub async fn last_up(&self, t: &Topology, snapshot: &Snapshot) -> LastUpRead {
         let consul = Component::Consul.container(&t.name);
+        let key = self.record_key(t, snapshot).await.ok().flatten();
         for seen in &snapshot.hosts {
             let runs = seen
                 .observed
@@ -299,19 +304,125 @@ impl<'a> Hosts<'a> {
             let Some(engine) = self.engine(&seen.host).filter(|_| runs) else {
                 continue;
             };
-            if let Ok(Some(record)) =
-                get_last_up(engine, &consul, t.ports.consul_http, &t.name).await
+            match get_last_up(
+                engine,
+                &consul,
+                t.ports.consul_http,
+                &t.name,
+                key.as_deref(),
+            )
+            .await
             {
-                return Some(record);
+                Ok(LastUpRead::Missing) | Err(_) => continue,
+                Ok(read) => return read,
             }
         }
-        None
+        LastUpRead::Missing
+    }
+
+    /// The last `up`'s record when it can be believed; a warning on
+    /// stderr when one is kept that cannot.
+    pub async fn believed_last_up(&self, t: &Topology, snapshot: &Snapshot) -> Option<LastUp> {
+        let read = self.last_up(t, snapshot).await;
+        if let Some(warning) = read.warning(&t.name) {
+            eprintln!("warning: {warning}");
+        }
+        read.believed()
+    }
+
+    /// The environment's record key, read from the Consul containers of
+    /// the hosts in `snapshot` (servers first: only they are given it).
+    pub async fn record_key(&self, t: &Topology, snapshot: &Snapshot) -> Result<Option<Vec<u8>>> {
+        let consul = Component::Consul.container(&t.name);
+        let mut holders: Vec<&str> = snapshot
+            .hosts
+            .iter()
+            .filter(|h| {
+                h.observed
+                    .as_ref()
+                    .is_some_and(|o| o.containers.iter().any(|c| c.name == consul))
+            })
+            .map(|h| h.host.as_str())
+            .collect();
+        holders.sort_by_key(|h| !t.host(h).is_some_and(|h| h.consul_server));
+        self.record_key_among(&t.name, &holders).await
+    }
+
+    /// The record key of environment `env` as the first of `hosts` that
+    /// holds it keeps it (a host without one, or unreachable, is skipped).
+    pub async fn record_key_among(&self, env: &str, hosts: &[&str]) -> Result<Option<Vec<u8>>> {
+        let consul = Component::Consul.container(env);
+        for host in hosts {
+            let Some(engine) = self.engine(host) else {
+                continue;
+            };
+            if let Some(key) = engine.read_file(&consul, record::KEY_PATH).await? {
+                if key.len() == 32 {
+                    return Ok(Some(key));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The record key, made on first use and kept on every Consul server
+    /// of the topology that lacks it (in its data volume, 0600).
+    pub async fn ensure_record_key(&self, t: &Topology, snapshot: &Snapshot) -> Result<Vec<u8>> {
+        let key = match self.record_key(t, snapshot).await? {
+            Some(key) => key,
+            None => record::new_key()?,
+        };
+        let consul = Component::Consul.container(&t.name);
+        let file = crate::plan::desired::FileSpec {
+            path: record::KEY_PATH.into(),
+            mode: 0o600,
+            content: key.clone(),
+            content_sha256: String::new(),
+            owner: None,
+        };
+        for server in t.consul_servers() {
+            let Some(engine) = self.engine(&server.name) else {
+                continue;
+            };
+            if engine
+                .read_file(&consul, record::KEY_PATH)
+                .await?
+                .as_deref()
+                != Some(&key[..])
+            {
+                engine
+                    .upload_files(&consul, std::slice::from_ref(&file))
+                    .await?;
+            }
+        }
+        Ok(key)
+    }
+
+    /// The Docker engine ID of every topology host that answered.
+    pub async fn engine_ids(&self) -> Result<BTreeMap<String, String>> {
+        let asks =
+            self.attempts.iter().filter_map(|a| {
+                let c = a.result.as_ref().ok()?;
+                Some(async move {
+                    Ok::<_, anyhow::Error>((a.host.name.clone(), c.host.engine_id().await?))
+                })
+            });
+        futures_util::future::try_join_all(asks)
+            .await
+            .map(|ids| ids.into_iter().collect())
     }
 
     /// Connect to the hosts `record` knows that are out of the topology, and
     /// add what of the environment runs there to `snapshot` (with the
     /// servers the record applied): the plan clears them. One that does not
     /// answer is reported and planned as unreachable; it stops nothing.
+    ///
+    /// A host is only cleared when the engine that answers at its address
+    /// is the one the record says was applied there, and is none of the
+    /// topology's hosts (a host renamed at the same address is the same
+    /// engine: it keeps its containers' data and converges under its new
+    /// name), and only through a way of connecting the topology itself
+    /// uses (see `Topology::allows_endpoint`).
     pub async fn find_departed(
         &mut self,
         t: &Topology,
@@ -320,10 +431,16 @@ impl<'a> Hosts<'a> {
         reporter: &Reporter,
     ) -> Result<()> {
         snapshot.last_servers = Some(record.servers.clone());
-        for (name, endpoint) in record.known_hosts() {
-            if t.host(&name).is_some() {
-                continue;
-            }
+        let candidates: Vec<(String, Endpoint)> = record
+            .known_hosts()
+            .into_iter()
+            .filter(|(name, _)| t.host(name).is_none())
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let current = self.engine_ids().await?;
+        for (name, endpoint) in candidates {
             let host = Host {
                 advertise: std::net::Ipv4Addr::UNSPECIFIED.into(),
                 roles: Default::default(),
@@ -332,6 +449,11 @@ impl<'a> Hosts<'a> {
                 endpoint,
             };
             let line = reporter.host(&format!("{} (out of the topology)", host.name));
+            if let Err(why) = t.allows_endpoint(&host.endpoint) {
+                line.ok(&format!("left alone: {why}"));
+                line.finish();
+                continue;
+            }
             line.step("connecting");
             // A stopped lab host would be waited for as if booting.
             let result = if self.lab_runs(&host) {
@@ -339,6 +461,29 @@ impl<'a> Hosts<'a> {
             } else {
                 Err(anyhow!("{}: lab host not running", host.name))
             };
+            if let Ok(c) = &result {
+                let found = c.host.engine_id().await?;
+                let renamed = current.iter().find(|(_, id)| **id == found).map(|(n, _)| n);
+                let why = match (renamed, record.engines.get(&host.name)) {
+                    (Some(now), _) => Some(format!(
+                        "its engine is {now}'s now (renamed?): nothing of it is removed"
+                    )),
+                    (None, Some(applied)) if *applied == found => None,
+                    (None, Some(_)) => Some(format!(
+                        "the engine at {} is not the one the last up applied there: left alone",
+                        host.endpoint
+                    )),
+                    (None, None) => Some(format!(
+                        "the last up did not record its engine: left alone (clear it with down --host {} once sure)",
+                        host.name
+                    )),
+                };
+                if let Some(why) = why {
+                    line.ok(&why);
+                    line.finish();
+                    continue;
+                }
+            }
             match &result {
                 Ok(c) => line.connected(c.transport, &c.engine_version),
                 Err(e) => line.connect_failed(&format!("{e:#}")),

@@ -367,6 +367,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_recorded_endpoint_is_only_used_the_ways_the_topology_uses() {
+        let t = parse(
+            "name: qa\nlab: { subnet: 10.77.0.0/24 }\nhosts:\n  h1: { driver: local, address: 10.77.0.11, roles: [app, lb] }\n  h2: { address: ssh://deploy@10.0.0.2, roles: [app], ssh: { identity_file: /dev/null } }\nconsul: { servers: [h1] }\n",
+            Path::new("qa.yaml"),
+        )
+        .unwrap();
+        let ssh = |identity: Option<&str>| {
+            Endpoint::Ssh(SshTarget {
+                user: "deploy".into(),
+                host: "10.0.0.9".into(),
+                port: 22,
+                identity_file: identity.map(Into::into),
+                known_hosts: None,
+            })
+        };
+        assert!(t.allows_endpoint(&ssh(Some("/dev/null"))).is_ok());
+        assert!(t.allows_endpoint(&ssh(None)).is_ok());
+        assert!(t
+            .allows_endpoint(&Endpoint::Lab {
+                ip: "10.77.0.40".parse().unwrap()
+            })
+            .is_ok());
+        // Not the topology's: another identity file, plain TCP, a lab
+        // address elsewhere, a unix socket.
+        let err = t
+            .allows_endpoint(&ssh(Some("/root/.ssh/other")))
+            .unwrap_err();
+        assert!(err.contains("qa.yaml does not use"), "{err}");
+        let plain = Endpoint::Tcp {
+            host: "10.0.0.9".into(),
+            port: 2375,
+            tls: None,
+        };
+        assert!(t.allows_endpoint(&plain).is_err());
+        assert!(t
+            .allows_endpoint(&Endpoint::Lab {
+                ip: "10.78.0.4".parse().unwrap()
+            })
+            .is_err());
+        assert!(t
+            .allows_endpoint(&Endpoint::Unix {
+                path: "/run/x.sock".into()
+            })
+            .is_err());
+    }
+
+    #[test]
     fn branch_names_become_environment_names() {
         assert_eq!(normalize_env_name("pr-1234").unwrap(), "pr-1234");
         assert_eq!(

@@ -50,6 +50,45 @@ impl Topology {
         self.hosts.iter().filter(|h| h.is_lab())
     }
 
+    /// Whether stagectl may connect to `endpoint`, which came from a record
+    /// kept on the hosts (a host taken out of the topology): only the ways
+    /// this topology itself uses. No plain TCP unless one of its hosts is
+    /// `insecure`; identity, known_hosts and TLS files only those its hosts
+    /// name; a lab address only inside its lab's subnet; a unix socket only
+    /// one of its hosts uses. `Err` says why not.
+    pub fn allows_endpoint(&self, endpoint: &Endpoint) -> Result<(), String> {
+        let ours = || self.hosts.iter().map(|h| &h.endpoint);
+        let allowed = match endpoint {
+            Endpoint::Unix { path } => {
+                ours().any(|e| matches!(e, Endpoint::Unix { path: p } if p == path))
+            }
+            Endpoint::Tcp { tls: None, .. } => {
+                ours().any(|e| matches!(e, Endpoint::Tcp { tls: None, .. }))
+            }
+            Endpoint::Tcp {
+                tls: Some(files), ..
+            } => ours().any(|e| matches!(e, Endpoint::Tcp { tls: Some(f), .. } if f == files)),
+            Endpoint::Ssh(target) => {
+                let files_ours = |of: fn(&SshTarget) -> &Option<PathBuf>| {
+                    of(target).is_none()
+                        || ours().any(|e| matches!(e, Endpoint::Ssh(t) if of(t) == of(target)))
+                };
+                ours().any(|e| matches!(e, Endpoint::Ssh(_)))
+                    && files_ours(|t| &t.identity_file)
+                    && files_ours(|t| &t.known_hosts)
+            }
+            Endpoint::Lab { ip } => self.lab.as_ref().is_some_and(|l| l.subnet.contains(ip)),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "{endpoint} is reached in a way {} does not use for any of its hosts",
+                self.source.display()
+            ))
+        }
+    }
+
     /// "no service `x` in FILE; services: a, b": for a name given on the
     /// command line that names no service here.
     pub fn unknown_service(&self, name: &str) -> String {

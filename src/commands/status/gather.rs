@@ -38,13 +38,29 @@ pub async fn gather(ctx: &Ctx) -> Result<Status> {
     // services; again of the server whose view won, should that differ
     // and the first have had no answer (cut off from the leader, say).
     let last_up_from = |host: Option<String>| {
-        let engine = host.and_then(|h| hosts.engine(&h));
+        let hosts = &hosts;
         async move {
+            let host = host?;
+            let engine = hosts.engine(&host)?;
             let container = Component::Consul.container(&t.name);
-            get_last_up(engine?, &container, t.ports.consul_http, &t.name)
+            let key = hosts
+                .record_key_among(&t.name, &[&host])
                 .await
                 .ok()
-                .flatten()
+                .flatten();
+            let read = get_last_up(
+                engine,
+                &container,
+                t.ports.consul_http,
+                &t.name,
+                key.as_deref(),
+            )
+            .await
+            .ok()?;
+            if let Some(warning) = read.warning(&t.name) {
+                eprintln!("warning: {warning}");
+            }
+            read.believed()
         }
     };
     let first_server = running_servers(t, &rows).next().map(|row| row.name.clone());

@@ -38,9 +38,9 @@ export STAGECTL_STATE_DIR=$work/state
 current=""
 previews_up=0  # preview environments pr-1..pr-N made so far (see below)
 cleanup() {
-    [[ -n $current ]] && $bin -f "$current" down >/dev/null 2>&1
+    [[ -n $current ]] && $bin -f "$current" down -v >/dev/null 2>&1
     for ((i = 1; i <= previews_up; i++)); do
-        $bin -f "$work/preview.yaml" --env "pr-$i" down >/dev/null 2>&1
+        $bin -f "$work/preview.yaml" --env "pr-$i" down -v >/dev/null 2>&1
     done
     rm -rf "$work"
 }
@@ -77,7 +77,7 @@ for n in $sizes; do
         cold+=("$(timed $bin -f "$current" up)")
         for _ in 1 2 3; do noop+=("$(timed $bin -f "$current" up)"); done
         status+=("$(timed $bin -f "$current" status)")
-        down+=("$(timed $bin -f "$current" down)")
+        down+=("$(timed $bin -f "$current" down -v)")
     done
     current=""
     noop_median[$n]=$(median "${noop[@]}") status_median[$n]=$(median "${status[@]}")
@@ -108,7 +108,7 @@ if part sizes; then
     printf '\nup by phase, 3 hosts (seconds; phases under 5 ms left out)\n'
     printf 'cold   %s\n' "$(phases)"
     printf 'no-op  %s\n' "$(phases)"
-    $bin -f "$current" down >/dev/null 2>&1
+    $bin -f "$current" down -v >/dev/null 2>&1
     current=""
 fi
 
@@ -153,7 +153,7 @@ shared_envs() {
         secs=$(timed $bin -f "$f" up)
         printf '%5s  %8s s  %8s MB\n' "$i" "$secs" "$(env_memory_mb "$lab" "$net" "$name$i")"
     done
-    for f in "${envs[@]}"; do $bin -f "$f" down >/dev/null 2>&1 || true; done
+    for f in "${envs[@]}"; do $bin -f "$f" down -v >/dev/null 2>&1 || true; done
     current=""
 }
 
@@ -214,7 +214,7 @@ YAML
     printf 'answering by name on port 80 of host-3: %s of %s\n' "$answering" "$n"
     printf 'ls with %s environments: %s s\n' "$n" "$(timed $bin -f "$f" ls)"
     t0=$(now)
-    for i in $(seq 1 "$n"); do $bin -f "$f" --env "pr-$i" down >/dev/null 2>&1 || true; done
+    for i in $(seq 1 "$n"); do $bin -f "$f" --env "pr-$i" down -v >/dev/null 2>&1 || true; done
     printf 'down of all %s: %s s\n' "$n" "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')"
     previews_up=0
 fi
@@ -258,7 +258,7 @@ for line in sys.stdin:
     $bin -f "$current" up >/dev/null 2>&1 || { echo "failed: up of the lab" >&2; exit 1; }
     deliver "first delivery"
     deliver "rebuilt, 1 KB changed"
-    $bin -f "$f" down >/dev/null 2>&1 || true
+    $bin -f "$f" down -v >/dev/null 2>&1 || true
     current=""
     docker rmi stagectl-bench/big:latest >/dev/null 2>&1 || true
 fi

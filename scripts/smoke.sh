@@ -16,7 +16,7 @@ STAGECTL_BIN=$bin ./scripts/build-images.sh >/dev/null
 export STAGECTL_STATE_DIR
 STAGECTL_STATE_DIR=$(mktemp -d)
 fail() { echo "smoke: FAILED: $*" >&2; exit 1; }
-cleanup() { $bin -f $topo down >/dev/null 2>&1 || true; rm -rf "$STAGECTL_STATE_DIR"; }
+cleanup() { $bin -f $topo down -v >/dev/null 2>&1 || true; rm -rf "$STAGECTL_STATE_DIR"; }
 trap cleanup EXIT
 
 env=$(awk '/^name:/ { print $2; exit }' $topo)

@@ -68,7 +68,7 @@ pub enum Command {
     Ca,
     /// Remove the environments whose `--ttl` has passed, on the hosts of the file
     Gc {
-        /// Only say which would be removed
+        /// Only say which would be removed, and list what of each would go
         #[arg(long)]
         dry_run: bool,
     },
@@ -90,9 +90,16 @@ pub enum Command {
     },
     /// Remove everything of this environment (and its lab, once unused); nothing else
     Down {
-        /// Keep Consul's data volumes and the gossip key
+        /// Also remove the services' data volumes (kept by default, as
+        /// `docker compose down` keeps them)
+        #[arg(short = 'v', long, conflicts_with = "keep_data")]
+        volumes: bool,
+        /// Keep every volume, Consul's data too, and the gossip key
         #[arg(long)]
         keep_data: bool,
+        /// Only list what would be removed; changes nothing
+        #[arg(long, conflicts_with = "host")]
+        dry_run: bool,
         /// Clear only this host: one of the topology (the next `up` puts
         /// it back), or one taken out of it that `up` could not reach
         #[arg(long, value_name = "HOST")]

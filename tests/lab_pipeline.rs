@@ -2,7 +2,7 @@
 //! exactly the steps `up -o json` then reports done, on a fresh lab (lab
 //! steps, image deliveries, every container), after a topology change (a
 //! drained replacement) and for a service with a volume, whose data then
-//! outlives a replacement and `down --keep-data`. Real engines, real lab.
+//! outlives a replacement and `down` (not `down -v`). Real engines, real lab.
 //!
 //! Needs a Docker engine and the images of scripts/build-images.sh.
 
@@ -72,7 +72,7 @@ fn up_carries_out_exactly_the_plan() {
     assert_eq!(plan, carried_out(&env), "plan and up differ after a change");
 
     // A service with its own command, user and a volume: each instance's
-    // data stays across a replacement and `down --keep-data`. And a worker
+    // data stays across a replacement and `down` (not `down -v`). And a worker
     // (`expose: none`): registered, not routed.
     let store = "  store:\n    image: stagectl/demo:latest\n    port: 8080\n    hosts: [host-1]\n    user: \"0:0\"\n    entrypoint: [sh, -c]\n    command: [\"echo boot >> /data/boots; exec stagectl demo-http --port 8080\"]\n    volumes:\n      data: /data\n    secrets:\n      token: { from_file: token.txt }\n  worker:\n    image: stagectl/demo:latest\n    port: 8080\n    hosts: [host-2]\n    expose: none\n";
     let with_store = format!("{}{store}", std::fs::read_to_string(&env.topology).unwrap());
@@ -172,11 +172,33 @@ fn up_carries_out_exactly_the_plan() {
     .unwrap();
     env.run(&["up"]).expect_ok("up replacing the instance");
     assert_eq!(boots(), 2, "the volume outlived the replaced instance");
-    env.run(&["down", "--keep-data"])
-        .expect_ok("down --keep-data");
-    env.run(&["up"]).expect_ok("up after down --keep-data");
-    assert_eq!(boots(), 3, "the volume outlived down --keep-data");
+    // `down` keeps a service's data unless asked (as `docker compose down`
+    // does), and `--dry-run` lists exactly what `-v` would remove.
     let down = env.run(&["down", "-o", "json"]).expect_ok("down");
+    assert!(
+        !down
+            .stdout
+            .contains("remove_volume\",\"subject\":\"itpipe-store-1-data"),
+        "{}",
+        down.stdout
+    );
+    env.run(&["up"]).expect_ok("up after down");
+    assert_eq!(boots(), 3, "the volume outlived down");
+    let dry = env
+        .run(&["down", "-v", "--dry-run", "-o", "json"])
+        .expect_ok("down -v --dry-run");
+    let dry: Vec<_> = json_lines(&dry.stdout);
+    assert!(
+        dry.iter()
+            .any(|e| e["action"] == "remove_volume" && e["subject"] == "itpipe-store-1-data"),
+        "{dry:?}"
+    );
+    assert!(
+        dry.iter().all(|e| e.get("event").is_none()),
+        "a dry run carries nothing out: {dry:?}"
+    );
+    assert_eq!(boots(), 3, "the dry run left the instance running");
+    let down = env.run(&["down", "-v", "-o", "json"]).expect_ok("down -v");
     assert!(
         json_lines(&down.stdout).iter().any(|e| e["event"] == "done"
             && e["action"] == "remove_volume"

@@ -349,8 +349,8 @@ fn the_example_stack_keeps_its_data_and_its_secret() {
 
     let _ = sh("docker", &["rmi", WEB_V2]);
 
-    // down: the data goes with everything else.
-    run(&["down"]).expect_ok("down");
+    // down -v: the data goes with everything else.
+    run(&["down", "-v"]).expect_ok("down -v");
     assert!(
         local_objects("container", "label=io.stagectl.lab=itstack").is_empty(),
         "the lab hosts, and the volumes in them, are gone"

@@ -15,25 +15,74 @@ use crate::cli::EventFormat;
 use crate::cluster::consul;
 use crate::error::EXIT_OK;
 use crate::pipeline::events::Reporter;
-use crate::pipeline::{execute, open, Ctx, Unreachable};
+use crate::pipeline::{execute, open, own_ports, Ctx, Unreachable};
+use crate::plan::reconcile::{render, Keep};
 use crate::plan::{members, HostSnapshot, Plan};
 
-pub async fn run(ctx: &Ctx, keep_data: bool, output: EventFormat) -> Result<u8> {
+/// How far `down` goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub keep: Keep,
+    /// Only print what would go (the plan), changing nothing.
+    pub dry_run: bool,
+    /// `gc`: go only if the environment's sealed record, read again under
+    /// its lock, still says it has expired (a CI `up --ttl` may have renewed
+    /// it meanwhile).
+    pub only_if_expired: bool,
+    pub output: EventFormat,
+}
+
+/// What `down` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Removed,
+    /// Nothing changed, and why (a dry run, or no longer expired).
+    Left(String),
+}
+
+pub async fn run(ctx: &Ctx, options: Options) -> Result<u8> {
+    run_for(ctx, options).await.map(|_| EXIT_OK)
+}
+
+pub async fn run_for(ctx: &Ctx, options: Options) -> Result<Outcome> {
     let started = Instant::now();
-    let t = &ctx.topology;
-    let reporter = ctx.event_reporter(output);
+    let reporter = ctx.event_reporter(options.output);
     let mut hosts = open(ctx, &reporter, Unreachable::Report).await?;
+    // Its own agents only: on the port block its containers record.
+    let t = &own_ports(&ctx.topology, &hosts.reachable()).await?;
     // One run at a time per environment: taken before anything changes.
-    let mut lock = super::lock::take(ctx, "down", &hosts, &reporter).await?;
+    let mut lock = match options.dry_run {
+        true => None,
+        false => super::lock::take(ctx, "down", &hosts, &reporter).await?,
+    };
     let removed = async {
         let mut snapshot = hosts.snapshot_with_others(t).await?;
+        let record = hosts.believed_last_up(t, &snapshot).await;
+        if options.only_if_expired {
+            let now = crate::clock::unix_now();
+            match record.as_ref().and_then(|r| r.expires_at) {
+                Some(at) if at <= now => {}
+                Some(at) => {
+                    return Ok(Outcome::Left(format!(
+                        "no longer expired: renewed, now expires in {}",
+                        crate::clock::span(at - now)
+                    )))
+                }
+                None => return Ok(Outcome::Left("no expiry in its sealed record".into())),
+            }
+        }
         // Hosts taken out of the topology and not yet cleared go too.
-        if let Some(record) = hosts.believed_last_up(t, &snapshot).await {
+        if let Some(record) = &record {
             hosts
-                .find_departed(t, &record, &mut snapshot, &reporter)
+                .find_departed(t, record, &mut snapshot, &reporter)
                 .await?;
         }
-        let plan = Plan::down(t, &snapshot, keep_data);
+        let plan = Plan::down(t, &snapshot, options.keep);
+        if options.dry_run {
+            hosts.finish();
+            print_dry_run(t, &plan, options.output)?;
+            return Ok(Outcome::Left("a dry run".into()));
+        }
         super::lock::confirm(&mut lock).await?;
         let executed = execute::hosts_in_parallel(&hosts, &plan.hosts, &t.name, ctx.parallel, "host")
             .await;
@@ -55,25 +104,27 @@ pub async fn run(ctx: &Ctx, keep_data: bool, output: EventFormat) -> Result<u8> 
             .filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}")))
             .collect();
         if executed.is_ok() {
-            remove_lab(ctx, &hosts, &snapshot, &plan, keep_data, &reporter).await?;
+            remove_lab(ctx, &hosts, &snapshot, &plan, options.keep, &reporter).await?;
         }
         executed?;
         if !unreachable.is_empty() {
             return Err(anyhow!("{}", unreachable.join("\n")));
         }
-        if !keep_data {
+        if options.keep != Keep::Everything {
             ctx.state.remove_env(&t.name)?;
         }
-        let note = if keep_data {
-            " (data volumes and gossip key kept)"
-        } else {
-            ""
+        let note = match options.keep {
+            Keep::Everything => " (data volumes and gossip key kept)",
+            Keep::ServiceData if kept_volumes(t, &snapshot, Keep::ServiceData) => {
+                " (the services' data volumes kept: `down -v` removes them)"
+            }
+            _ => "",
         };
         let seconds = started.elapsed().as_secs_f64();
         if reporter.is_json() {
             println!(
                 "{}",
-                serde_json::json!({"event": "down", "env": t.name, "seconds": (seconds * 10.0).round() / 10.0, "keep_data": keep_data})
+                serde_json::json!({"event": "down", "env": t.name, "seconds": (seconds * 10.0).round() / 10.0, "keep": options.keep, "keep_data": options.keep == Keep::Everything})
             );
         } else {
             println!(
@@ -82,11 +133,47 @@ pub async fn run(ctx: &Ctx, keep_data: bool, output: EventFormat) -> Result<u8> 
                 t.hosts.len(),
             );
         }
-        Ok(EXIT_OK)
+        Ok(Outcome::Removed)
     }
     .await;
     super::lock::give_back(lock).await;
     removed
+}
+
+/// Whether `keep` keeps any volume of the environment seen on its hosts.
+fn kept_volumes(
+    t: &crate::topology::Topology,
+    snapshot: &crate::plan::Snapshot,
+    keep: Keep,
+) -> bool {
+    snapshot
+        .hosts
+        .iter()
+        .filter_map(|h| h.observed.as_ref())
+        .flat_map(|o| &o.volumes)
+        .any(|v| keep.keeps(&t.name, v))
+}
+
+/// `down --dry-run`: exactly what would go, as `plan` prints it.
+fn print_dry_run(t: &crate::topology::Topology, plan: &Plan, output: EventFormat) -> Result<()> {
+    if output == EventFormat::Json {
+        for step in plan.steps() {
+            println!("{}", serde_json::to_string(&step)?);
+        }
+        return Ok(());
+    }
+    print!("{}", render(&plan.hosts));
+    if let Some(lab) = &t.lab {
+        for step in &plan.lab {
+            println!("lab {}  {}", lab.name, step.describe());
+        }
+    }
+    for step in &plan.edge {
+        let r = step.reference();
+        println!("edge on {}: {} {}", r.host, step.verb(), r.subject);
+    }
+    println!("{}. Nothing was changed (--dry-run).", plan.totals());
+    Ok(())
 }
 
 /// The lab goes once no environment is left on its hosts (the plan says
@@ -96,7 +183,7 @@ async fn remove_lab(
     hosts: &crate::pipeline::Hosts<'_>,
     snapshot: &crate::plan::Snapshot,
     plan: &Plan,
-    keep_data: bool,
+    keep: Keep,
     reporter: &Reporter,
 ) -> Result<()> {
     let t = &ctx.topology;
@@ -117,8 +204,8 @@ async fn remove_lab(
         .map(String::as_str)
         .filter(|e| *e != t.name)
         .collect();
-    let why = if keep_data {
-        "its hosts hold the kept data".to_string()
+    let why = if kept_volumes(t, snapshot, keep) {
+        "its hosts hold the kept data (`down -v` removes it)".to_string()
     } else if users.is_empty() {
         "not every host could be checked".to_string()
     } else {
@@ -135,11 +222,12 @@ async fn remove_lab(
 /// the topology or one taken out of it that `up` could not reach then (the
 /// last up's record knows how to reach it). The record forgets it once
 /// cleared.
-pub async fn one_host(ctx: &Ctx, name: &str, keep_data: bool, output: EventFormat) -> Result<u8> {
+pub async fn one_host(ctx: &Ctx, name: &str, keep: Keep, output: EventFormat) -> Result<u8> {
     let started = Instant::now();
-    let t = &ctx.topology;
     let reporter = ctx.event_reporter(output);
     let mut hosts = open(ctx, &reporter, Unreachable::Report).await?;
+    // Its own agents only: on the port block its containers record.
+    let t = &own_ports(&ctx.topology, &hosts.reachable()).await?;
     let mut lock = super::lock::take(ctx, "down", &hosts, &reporter).await?;
     super::lock::confirm(&mut lock).await?;
     let cleared = async {
@@ -185,9 +273,7 @@ pub async fn one_host(ctx: &Ctx, name: &str, keep_data: bool, output: EventForma
                 .unwrap_or_else(|| "lab host not running".into());
             return Err(anyhow!("{why}\nnothing was changed"));
         };
-        if keep_data {
-            observed.volumes.clear();
-        }
+        observed.volumes.retain(|v| !keep.keeps(&t.name, v));
         let consul = Component::Consul.container(&t.name);
         // Asked whether it has left: another server whose agent runs.
         let asked = snapshot
@@ -226,7 +312,7 @@ pub async fn one_host(ctx: &Ctx, name: &str, keep_data: bool, output: EventForma
         if reporter.is_json() {
             println!(
                 "{}",
-                serde_json::json!({"event": "down", "env": t.name, "host": name, "seconds": (seconds * 10.0).round() / 10.0, "keep_data": keep_data})
+                serde_json::json!({"event": "down", "env": t.name, "host": name, "seconds": (seconds * 10.0).round() / 10.0, "keep": keep})
             );
         } else {
             println!("{name}: nothing of {} is left there ({seconds:.1} s)", t.name);

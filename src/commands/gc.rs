@@ -1,15 +1,18 @@
 //! `stagectl gc [--dry-run]`: remove the environments whose `up --ttl` has
 //! passed, on the hosts of the file (a shared hosts file will do), each as
-//! `down` would (under its lock), and say what went. Environments without
-//! an expiry, or whose record cannot be read, are left alone.
+//! `down -v` would (under its lock, where the expiry is read again), and
+//! say what went. Environments without an expiry, or whose sealed record
+//! cannot be read, are left alone.
 
 use anyhow::Result;
 
+use super::down::{Options, Outcome};
 use super::ls::gather;
 use super::Ctx;
 use crate::cli::EventFormat;
 use crate::clock::span;
 use crate::error::{EXIT_FAILED, EXIT_OK};
+use crate::plan::reconcile::Keep;
 use crate::topology::Topology;
 
 pub async fn run(ctx: &Ctx, dry_run: bool) -> Result<u8> {
@@ -29,12 +32,8 @@ pub async fn run(ctx: &Ctx, dry_run: bool) -> Result<u8> {
     let mut failed = Vec::new();
     for e in expired {
         let ago = now - e.expires_at.unwrap_or(now);
-        if dry_run {
-            println!("{}: expired {} ago; would be removed", e.name, span(ago));
-            continue;
-        }
         // The file's hosts, under this environment's name: what `down`
-        // needs to find its containers, volumes and lock.
+        // needs to find its containers, volumes, ports and lock.
         let this = Ctx {
             topology: Topology {
                 name: e.name.clone(),
@@ -45,9 +44,21 @@ pub async fn run(ctx: &Ctx, dry_run: bool) -> Result<u8> {
             lock_timeout: ctx.lock_timeout,
             parallel: ctx.parallel,
         };
-        match super::down::run(&this, false, EventFormat::Text).await {
-            Ok(EXIT_OK) => println!("{}: expired {} ago; removed", e.name, span(ago)),
-            Ok(_) => failed.push(e.name.clone()),
+        if dry_run {
+            println!("{}: expired {} ago; would be removed:", e.name, span(ago));
+        }
+        // An expired preview goes with its data; the expiry is read again
+        // under the environment's lock, and a renewed one is left alone.
+        let options = Options {
+            keep: Keep::Nothing,
+            dry_run,
+            only_if_expired: true,
+            output: EventFormat::Text,
+        };
+        match super::down::run_for(&this, options).await {
+            Ok(Outcome::Removed) => println!("{}: expired {} ago; removed", e.name, span(ago)),
+            Ok(Outcome::Left(why)) if !dry_run => println!("{}: left alone: {why}", e.name),
+            Ok(Outcome::Left(_)) => {}
             Err(err) => {
                 eprintln!("error: {}: {err:#}", e.name);
                 failed.push(e.name.clone());

@@ -21,6 +21,7 @@ mod up;
 mod validate;
 mod watch;
 
+use crate::plan::reconcile::Keep;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -99,13 +100,30 @@ async fn run_command(ctx: &Ctx, command: Command) -> Result<u8> {
         Command::Gc { dry_run } => gc::run(ctx, dry_run).await,
         Command::Ca => ca::run(ctx).await,
         Command::Down {
+            volumes,
             keep_data,
-            host: Some(host),
+            host,
+            dry_run,
             output,
-        } => down::one_host(ctx, &host, keep_data, output).await,
-        Command::Down {
-            keep_data, output, ..
-        } => down::run(ctx, keep_data, output).await,
+        } => {
+            let keep = match (volumes, keep_data) {
+                (true, _) => Keep::Nothing,
+                (_, true) => Keep::Everything,
+                _ => Keep::ServiceData,
+            };
+            match host {
+                Some(host) => down::one_host(ctx, &host, keep, output).await,
+                None => {
+                    let options = down::Options {
+                        keep,
+                        dry_run,
+                        only_if_expired: false,
+                        output,
+                    };
+                    down::run(ctx, options).await
+                }
+            }
+        }
         Command::Status { output, .. } => status::run(ctx, output).await,
         Command::Ls { output } => ls::run(ctx, output).await,
         Command::Logs {

@@ -677,6 +677,25 @@ pub async fn resolve_ports(t: &Topology, hosts: &[&DockerHost]) -> Result<Topolo
     Ok(Topology { ports, ..t.clone() })
 }
 
+/// The topology with the ports its environment runs with on these hosts
+/// (the port block its containers record), for the commands that only talk
+/// to what runs (`down`, `gc`): the file's ports when nothing of it runs.
+/// Without this, a preview on block k would be asked about on block 0,
+/// which is another environment's.
+pub async fn own_ports(t: &Topology, hosts: &[&DockerHost]) -> Result<Topology> {
+    let looks = hosts.iter().map(|h| h.port_claims());
+    for claims in futures_util::future::join_all(looks).await {
+        let own = claims?
+            .into_iter()
+            .find(|c| c.env == t.name)
+            .and_then(|c| c.ports);
+        if let Some(ports) = own {
+            return Ok(Topology { ports, ..t.clone() });
+        }
+    }
+    Ok(t.clone())
+}
+
 /// "redis, db and cache" for messages.
 pub fn join_and(names: &[String]) -> String {
     match names {

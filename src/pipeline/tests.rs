@@ -319,7 +319,7 @@ async fn down_removes_what_up_made_and_only_that() {
         .unwrap();
 
     let snapshot = world.snapshot(&t).await;
-    let plan = Plan::down(&t, &snapshot, false);
+    let plan = Plan::down(&t, &snapshot, crate::plan::reconcile::Keep::Nothing);
     world.execute(&plan).await;
     let left: Vec<String> = world.hosts[0]
         .containers()

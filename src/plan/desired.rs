@@ -18,6 +18,11 @@ pub const CONSUL_DATA_DIR: &str = "/consul/data";
 /// Where it reads extra configuration (the gossip key) from.
 pub const CONSUL_CONFIG_DIR: &str = "/consul/config";
 
+/// The volumes stagectl makes for itself (after the environment's name):
+/// Consul's data and nginx's config. Every other volume of an environment
+/// holds a service's data.
+pub const OWN_VOLUMES: [&str; 2] = ["consul-data", "nginx-conf"];
+
 /// Secrets that go into containers but never into output.
 #[derive(Clone, Default)]
 pub struct Secrets {

@@ -174,18 +174,18 @@ impl Plan {
         Ok(plan)
     }
 
-    /// Plan `down`: every host's containers (and volumes unless
-    /// `keep_data`), those out of the topology still to clear too, then the
-    /// lab once no environment is left on it (and no data is kept: the kept
-    /// volumes live in the lab hosts).
-    pub fn down(t: &Topology, snapshot: &Snapshot, keep_data: bool) -> Plan {
+    /// Plan `down`: every host's containers and the volumes `keep` does not
+    /// keep, those out of the topology still to clear too, then the lab
+    /// once no environment is left on it and no volume is kept there (the
+    /// kept volumes live in the lab hosts).
+    pub fn down(t: &Topology, snapshot: &Snapshot, keep: reconcile::Keep) -> Plan {
         let hosts: Vec<HostPlan> = snapshot
             .hosts
             .iter()
             .chain(&snapshot.departed)
             .filter_map(|h| {
                 let observed = h.observed.as_ref()?;
-                Some(reconcile::plan_down(&h.host, observed, keep_data))
+                Some(reconcile::plan_down(&t.name, &h.host, observed, keep))
             })
             .collect();
         let mut lab = Vec::new();
@@ -195,7 +195,13 @@ impl Plan {
                 .hosts
                 .iter()
                 .any(|h| h.unreachable || h.environments.iter().any(|e| *e != t.name));
-            if !others && !keep_data {
+            let kept = snapshot
+                .hosts
+                .iter()
+                .filter_map(|h| h.observed.as_ref())
+                .flat_map(|o| &o.volumes)
+                .any(|v| keep.keeps(&t.name, v));
+            if !others && !kept {
                 lab.push(LabStep::RemoveLab {
                     name: l.name.clone(),
                 });

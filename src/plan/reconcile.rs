@@ -298,9 +298,37 @@ impl HostPlan {
     }
 }
 
-/// Plan `down` for one host: everything of the environment goes, volumes too
-/// unless `keep_data`.
-pub fn plan_down(host: &str, observed: &Observed, keep_data: bool) -> HostPlan {
+/// What of an environment's volumes `down` keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    /// Nothing: every volume goes (`down -v`, `gc` of an expired preview).
+    Nothing,
+    /// The services' data volumes (the default, as `docker compose down`
+    /// keeps named volumes); stagectl's own (Consul's data, nginx's config)
+    /// go, as they hold nothing of the user's.
+    ServiceData,
+    /// Every volume, Consul's data included, and the gossip key
+    /// (`down --keep-data`).
+    Everything,
+}
+
+impl Keep {
+    /// Whether `volume`, of environment `env`, stays.
+    pub fn keeps(self, env: &str, volume: &str) -> bool {
+        match self {
+            Keep::Nothing => false,
+            Keep::Everything => true,
+            Keep::ServiceData => !super::desired::OWN_VOLUMES
+                .iter()
+                .any(|own| volume == super::desired::object_name(env, own)),
+        }
+    }
+}
+
+/// Plan `down` for one host of environment `env`: every container of the
+/// environment goes, and the volumes `keep` does not keep.
+pub fn plan_down(env: &str, host: &str, observed: &Observed, keep: Keep) -> HostPlan {
     let mut steps: Vec<Step> = observed
         .containers
         .iter()
@@ -310,14 +338,13 @@ pub fn plan_down(host: &str, observed: &Observed, keep_data: bool) -> HostPlan {
             cause: "down".into(),
         })
         .collect();
-    if !keep_data {
-        steps.extend(
-            observed
-                .volumes
-                .iter()
-                .map(|v| Step::RemoveVolume { name: v.clone() }),
-        );
-    }
+    steps.extend(
+        observed
+            .volumes
+            .iter()
+            .filter(|v| !keep.keeps(env, v))
+            .map(|v| Step::RemoveVolume { name: v.clone() }),
+    );
     HostPlan {
         host: host.to_string(),
         steps,
@@ -573,12 +600,29 @@ mod tests {
     }
 
     #[test]
-    fn down_removes_containers_and_volumes_unless_kept() {
+    fn down_removes_containers_and_the_volumes_it_does_not_keep() {
         let s = state();
-        let obs = converged(&s[0]);
-        assert_eq!(totals(&[plan_down("host-1", &obs, false)]).remove, 3);
-        let keep = plan_down("host-1", &obs, true);
-        assert!(keep.steps.iter().all(|s| matches!(s, Step::Remove { .. })));
-        assert!(plan_down("host-1", &Observed::default(), false).is_noop());
+        let mut obs = converged(&s[0]);
+        obs.volumes.push("qa-web-1-uploads".into());
+        let removed_volumes = |keep| -> Vec<String> {
+            plan_down("qa", "host-1", &obs, keep)
+                .steps
+                .into_iter()
+                .filter_map(|s| match s {
+                    Step::RemoveVolume { name } => Some(name),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            removed_volumes(Keep::Nothing),
+            ["qa-consul-data", "qa-web-1-uploads"]
+        );
+        // By default a service's data stays; Consul's goes.
+        assert_eq!(removed_volumes(Keep::ServiceData), ["qa-consul-data"]);
+        assert!(removed_volumes(Keep::Everything).is_empty());
+        let containers = plan_down("qa", "host-1", &obs, Keep::Everything);
+        assert_eq!(totals(&[containers]).remove, 2);
+        assert!(plan_down("qa", "host-1", &Observed::default(), Keep::Nothing).is_noop());
     }
 }

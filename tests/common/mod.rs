@@ -196,7 +196,7 @@ impl LabEnv {
 
 impl Drop for LabEnv {
     fn drop(&mut self) {
-        let _ = self.run(&["down"]);
+        let _ = self.run(&["down", "-v"]);
     }
 }
 

@@ -1,0 +1,234 @@
+//! What stagectl believes of the records it keeps on the hosts, and what
+//! `down`, `down --host` and `gc` may touch, on one shared lab:
+//!
+//! - a forged last-up record (written into Consul's KV by a process on an
+//!   app host, as anything there can while Consul has no ACLs) naming a live
+//!   host as departed and an expiry in the past changes nothing `plan`,
+//!   `up` and `gc` do: the host keeps its containers and data, the
+//!   environment is not expired;
+//! - a preview on its own port block: its `down --host` makes only its own
+//!   agent leave, and every member of the environment on block 0 stays
+//!   alive; `gc` of it, once its `--ttl` has passed, removes it and nothing
+//!   of the other;
+//! - `down` keeps a service's data volume, `down -v` removes it.
+//!
+//! Needs a Docker engine and the images of scripts/build-images.sh.
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+
+const NET: &str = "10.77.95";
+
+fn base() -> String {
+    format!(
+        "lab: {{ name: itrec, subnet: {NET}.0/24 }}\nhosts:\n  host-1: {{ driver: local, address: {NET}.11, roles: [app] }}\n  host-2: {{ driver: local, address: {NET}.12, roles: [app] }}\n  host-3: {{ driver: local, address: {NET}.13, roles: [lb] }}\n"
+    )
+}
+
+/// Each check's duration, printed as it ends.
+fn timed(what: &str, check: impl FnOnce()) {
+    let started = Instant::now();
+    check();
+    eprintln!(
+        "[lab_records] {what}: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn records_nobody_else_can_write_and_removals_that_stay_in_their_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::write(dir.path().join("servers.yaml"), base()).unwrap();
+    let (team, preview) = (
+        dir.path().join("team.yaml"),
+        dir.path().join("preview.yaml"),
+    );
+    std::fs::write(
+        &team,
+        "extends: servers.yaml\nname: itrec\nservices:\n  demo: { image: stagectl/demo:latest, port: 8080, volumes: { data: /data } }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &preview,
+        "extends: servers.yaml\nservices:\n  demo: { image: stagectl/demo:latest, port: 8080 }\n",
+    )
+    .unwrap();
+    let hosts_file = dir.path().join("servers.yaml");
+    let run = |f: &std::path::Path, args: &[&str]| {
+        let mut full = vec!["-f", f.to_str().unwrap()];
+        full.extend_from_slice(args);
+        stagectl(&state, &full)
+    };
+    struct Down<'a>(Box<dyn Fn() + 'a>);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let _down = Down(Box::new(|| {
+        let _ = run(&preview, &["--env", "pr-7", "down", "-v"]);
+        let _ = run(&team, &["down", "-v"]);
+    }));
+    let lab_ssh_to =
+        |host: u8, command: &str| lab_ssh(&state, "itrec", &format!("{NET}.1{host}"), command);
+    let running_on = |host: u8| -> Vec<String> {
+        let r = lab_ssh_to(host, "docker ps --format '{{.Names}}'");
+        assert_eq!(r.code, 0, "host-{host} answers: {}", r.stderr);
+        r.stdout.lines().map(str::to_string).collect()
+    };
+    let volumes_on = |host: u8| -> Vec<String> {
+        let r = lab_ssh_to(host, "docker volume ls --format '{{.Name}}'");
+        assert_eq!(r.code, 0, "host-{host} answers: {}", r.stderr);
+        r.stdout.lines().map(str::to_string).collect()
+    };
+    let members_alive = |f: &std::path::Path, extra: &[&str]| -> Vec<String> {
+        let mut args = extra.to_vec();
+        args.extend(["status", "-o", "json"]);
+        let r = run(f, &args);
+        let status: serde_json::Value = serde_json::from_str(&r.stdout)
+            .unwrap_or_else(|e| panic!("status -o json ({e}): {}\n{}", r.stdout, r.stderr));
+        status["consul"]["members"]
+            .as_array()
+            .unwrap_or_else(|| panic!("status shows the members: {status}"))
+            .iter()
+            .filter(|m| m["status"] == "alive")
+            .map(|m| m["node"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    timed("team environment and a preview up", || {
+        run(&team, &["up"]).expect_ok("up itrec");
+        run(&preview, &["--env", "pr-7", "up", "--ttl", "1h"]).expect_ok("up pr-7");
+    });
+    assert!(running_on(2).contains(&"itrec-demo-1".to_string()));
+    assert!(volumes_on(2).contains(&"itrec-demo-1-data".to_string()));
+    assert_eq!(
+        members_alive(&team, &[]).len(),
+        3,
+        "every member alive before anything"
+    );
+
+    timed("a forged record changes nothing plan, up and gc do", || {
+        // What a process on an app host can write to Consul's KV: a record
+        // that makes host-2's address a departed host and the environment
+        // long expired.
+        let forged = format!(
+            r#"{{"by":"x","at":1,"stagectl":"0","desired":"x","hosts":["host-1","host-3","gone"],"servers":["host-1","host-3","gone"],"endpoints":{{"gone":{{"kind":"lab","ip":"{NET}.12"}}}},"departed":{{}},"expires_at":1,"engines":{{}}}}"#
+        );
+        let put = lab_ssh_to(
+            1,
+            &format!(
+                "docker run --rm --network host --entrypoint consul stagectl/consul:1.8.7 kv put -http-addr=127.0.0.1:8500 stagectl/itrec/last-up '{forged}'"
+            ),
+        );
+        assert_eq!(put.code, 0, "the KV write is taken: {}", put.stderr);
+        let plan = run(&team, &["plan", "-o", "json"]).expect_ok("plan with a forged record");
+        assert!(
+            plan.stderr.contains("is ignored"),
+            "the forged record is named: {}",
+            plan.stderr
+        );
+        assert!(
+            !plan.stdout.contains("\"action\":\"remove"),
+            "nothing planned for removal: {}",
+            plan.stdout
+        );
+        let gc = run(&hosts_file, &["gc", "--dry-run"]).expect_ok("gc --dry-run");
+        assert!(
+            !gc.stdout.contains("itrec:"),
+            "the forged expiry counts for nothing: {}",
+            gc.stdout
+        );
+        run(&team, &["up"]).expect_ok("up with a forged record");
+        run(&hosts_file, &["gc"]).expect_ok("gc");
+        assert!(
+            running_on(2).contains(&"itrec-demo-1".to_string()),
+            "host-2 keeps its instance"
+        );
+        assert!(
+            volumes_on(2).contains(&"itrec-demo-1-data".to_string()),
+            "and its data"
+        );
+        // The up wrote a sealed record again: believed, nothing to warn of.
+        let status = run(&team, &["status"]);
+        assert_eq!(status.code, 0, "{}\n{}", status.stdout, status.stderr);
+        assert!(!status.stderr.contains("is ignored"), "{}", status.stderr);
+    });
+
+    timed(
+        "a preview's down --host talks to its own agents only",
+        || {
+            run(&preview, &["--env", "pr-7", "down", "--host", "host-3"])
+                .expect_ok("down --host host-3");
+            let on_3 = running_on(3);
+            assert!(
+                on_3.contains(&"itrec-consul".to_string()),
+                "itrec's agent on host-3 runs: {on_3:?}"
+            );
+            assert!(
+                !on_3.contains(&"pr-7-consul".to_string()),
+                "pr-7's agent on host-3 is gone: {on_3:?}"
+            );
+            assert_eq!(
+                members_alive(&team, &[]),
+                ["host-1", "host-2", "host-3"],
+                "every member of itrec stays alive"
+            );
+            run(&preview, &["--env", "pr-7", "up"]).expect_ok("pr-7 up again");
+        },
+    );
+
+    timed(
+        "gc removes an expired preview, under its lock, and nothing else",
+        || {
+            run(&preview, &["--env", "pr-7", "up", "--ttl", "1s"]).expect_ok("pr-7 up --ttl 1s");
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            let dry = run(&hosts_file, &["gc", "--dry-run"]).expect_ok("gc --dry-run");
+            assert!(dry.stdout.contains("pr-7: expired"), "{}", dry.stdout);
+            assert!(
+                dry.stdout.contains("pr-7-consul"),
+                "the dry run lists what would go: {}",
+                dry.stdout
+            );
+            assert!(
+                running_on(1).contains(&"pr-7-consul".to_string()),
+                "the dry run removed nothing"
+            );
+            let gc = run(&hosts_file, &["gc"]).expect_ok("gc");
+            assert!(gc.stdout.contains("pr-7: expired"), "{}", gc.stdout);
+            for host in 1..=3 {
+                assert!(
+                    !running_on(host).iter().any(|c| c.starts_with("pr-7-")),
+                    "nothing of pr-7 left on host-{host}"
+                );
+            }
+            assert_eq!(
+                members_alive(&team, &[]).len(),
+                3,
+                "itrec's members all alive"
+            );
+        },
+    );
+
+    timed("down keeps the service's data, down -v removes it", || {
+        let down = run(&team, &["down"]).expect_ok("down");
+        assert!(down.stdout.contains("data volumes kept"), "{}", down.stdout);
+        assert!(
+            volumes_on(2).contains(&"itrec-demo-1-data".to_string()),
+            "kept by down"
+        );
+        assert!(
+            !volumes_on(2).contains(&"itrec-consul-data".to_string()),
+            "Consul's data is not the user's"
+        );
+        run(&team, &["down", "-v"]).expect_ok("down -v");
+        assert!(
+            local_objects("container", "label=io.stagectl.lab=itrec").is_empty(),
+            "the lab goes once no data is kept in it"
+        );
+    });
+}

@@ -589,10 +589,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("token");
         std::fs::write(&file, "0b9c5e1e-token-for-tests\n").unwrap();
-        let with_token = one_request_head(|addr| {
-            ConsulClient::new(&addr).with_token_file(&file).unwrap()
-        })
-        .await;
+        let with_token =
+            one_request_head(|addr| ConsulClient::new(&addr).with_token_file(&file).unwrap()).await;
         assert!(with_token.contains("\r\nx-consul-token: 0b9c5e1e-token-for-tests\r\n"));
         assert!(!with_token.contains("token-for-tests "), "not in the URL");
     }

@@ -28,7 +28,15 @@ use crate::cluster::consul::{ClusterView, Member, RaftPeer};
 pub struct ConsulClient {
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// The ACL token every request carries in `X-Consul-Token`; `None`
+    /// sends none (Consul then answers as its anonymous token allows).
+    token: Option<String>,
 }
+
+/// The header Consul reads a request's ACL token from. A header rather than
+/// `?token=`, so the token never lands in a URL (nor in our error messages,
+/// which name the path).
+const TOKEN_HEADER: &str = "X-Consul-Token";
 
 /// A service registration, as `PUT /v1/agent/service/register` takes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,7 +149,28 @@ impl ConsulClient {
         ConsulClient {
             base: format!("http://{addr}"),
             client: Client::builder(TokioExecutor::new()).build(connector),
+            token: None,
         }
+    }
+
+    /// The same client, sending `token` with every request.
+    pub fn with_token(mut self, token: String) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// The same client, sending the token kept in the file at `path` (its
+    /// surrounding whitespace dropped). The error names the file, never its
+    /// content; an empty file is an error, since Consul would take an empty
+    /// token as the anonymous one and fail later on a confusing 403.
+    pub fn with_token_file(self, path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the Consul token file {}", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            bail!("the Consul token file {} is empty", path.display());
+        }
+        Ok(self.with_token(token.to_string()))
     }
 
     /// One request; returns the `X-Consul-Index` (0 when absent) and body.
@@ -152,10 +181,13 @@ impl ConsulClient {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(u64, Bytes)> {
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method.clone())
-            .uri(format!("{}{path}", self.base))
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+            .uri(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            req = req.header(TOKEN_HEADER, token);
+        }
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let resp = tokio::time::timeout(timeout, self.client.request(req))
             .await
             .map_err(|_| {
@@ -523,6 +555,63 @@ pub fn next_index(previous: u64, returned: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serve one request on a loopback port with `{}` and hand back the
+    /// request's head as received.
+    async fn one_request_head(client: impl FnOnce(String) -> ConsulClient) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed before its request ended");
+                head.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                .await
+                .unwrap();
+            String::from_utf8(head).unwrap().to_ascii_lowercase()
+        });
+        client(addr).agent_services().await.unwrap();
+        server.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_token_goes_in_the_header_and_only_when_given() {
+        let anonymous = one_request_head(|addr| ConsulClient::new(&addr)).await;
+        assert!(anonymous.starts_with("get /v1/agent/services "));
+        assert!(!anonymous.contains("x-consul-token"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "0b9c5e1e-token-for-tests\n").unwrap();
+        let with_token =
+            one_request_head(|addr| ConsulClient::new(&addr).with_token_file(&file).unwrap()).await;
+        assert!(with_token.contains("\r\nx-consul-token: 0b9c5e1e-token-for-tests\r\n"));
+        assert!(!with_token.contains("token-for-tests "), "not in the URL");
+    }
+
+    #[test]
+    fn a_missing_or_empty_token_file_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let err = ConsulClient::new("127.0.0.1:1")
+            .with_token_file(&missing)
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains(&missing.display().to_string()));
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, " \n").unwrap();
+        let err = ConsulClient::new("127.0.0.1:1")
+            .with_token_file(&empty)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("is empty"));
+    }
 
     #[test]
     fn the_http_view_reads_as_the_cli_tables_do() {

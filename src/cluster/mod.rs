@@ -1,7 +1,9 @@
 //! Consul and the agents as stagectl sees them from outside: the cluster's
 //! members and leader (`consul`), Consul's HTTP API as the agents use it
-//! (`http`), and what the load-balancer host reports (`discovery`).
+//! (`http`), what the load-balancer host reports (`discovery`), and what each
+//! ACL token may do (`acl`).
 
+pub mod acl;
 pub mod consul;
 pub mod discovery;
 pub mod http;

@@ -46,7 +46,12 @@ pub async fn run(ctx: &Ctx, options: Options) -> Result<u8> {
 
 pub async fn run_for(ctx: &Ctx, options: Options) -> Result<Outcome> {
     let started = Instant::now();
-    let reporter = ctx.event_reporter(options.output);
+    // A dry run prints the plan alone on stdout, as `plan` does.
+    let reporter = match (options.dry_run, options.output) {
+        (false, output) => ctx.event_reporter(output),
+        (true, EventFormat::Text) => Reporter::plain(0),
+        (true, EventFormat::Json) => Reporter::quiet(),
+    };
     let mut hosts = open(ctx, &reporter, Unreachable::Report).await?;
     // Its own agents only: on the port block its containers record.
     let t = &own_ports(&ctx.topology, &hosts.reachable()).await?;

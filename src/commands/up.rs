@@ -234,8 +234,14 @@ async fn record_last_up(
         .collect();
     let container = Component::Consul.container(&t.name);
     let kept = async {
-        let (key, engines) =
+        let (key, mut engines) =
             tokio::try_join!(hosts.ensure_record_key(t, snapshot), hosts.engine_ids())?;
+        // Hosts still to clear keep the engine ID they were applied with.
+        for d in hosts.departed.iter().filter(|d| d.result.is_err()) {
+            if let Some(id) = &d.engine_id {
+                engines.insert(d.host.name.clone(), id.clone());
+            }
+        }
         let record = consul::LastUp::of_this_run(t, desired, departed, expires_at, engines);
         consul::put_last_up(
             server,

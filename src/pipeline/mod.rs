@@ -116,6 +116,9 @@ pub struct Attempt<'a> {
 /// topology now, found through that run's record in Consul.
 pub struct Departed {
     pub host: Host,
+    /// The engine ID the record keeps for it (carried into the next record
+    /// while it cannot be reached).
+    pub engine_id: Option<String>,
     pub line: HostLine,
     pub result: Result<Connection>,
 }
@@ -488,7 +491,13 @@ impl<'a> Hosts<'a> {
                 Ok(c) => line.connected(c.transport, &c.engine_version),
                 Err(e) => line.connect_failed(&format!("{e:#}")),
             }
-            self.departed.push(Departed { host, line, result });
+            let engine_id = record.engines.get(&host.name).cloned();
+            self.departed.push(Departed {
+                host,
+                engine_id,
+                line,
+                result,
+            });
         }
         for d in &self.departed {
             let mut seen = HostSnapshot {

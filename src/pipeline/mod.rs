@@ -369,13 +369,29 @@ impl<'a> Hosts<'a> {
     }
 
     /// The record key, made on first use and kept on every Consul server
-    /// of the topology that lacks it (in its data volume, 0600).
+    /// of the topology that lacks it (in its data volume, 0600). Every
+    /// server is asked at once: this runs on every `up`.
     pub async fn ensure_record_key(&self, t: &Topology, snapshot: &Snapshot) -> Result<Vec<u8>> {
-        let key = match self.record_key(t, snapshot).await? {
-            Some(key) => key,
-            None => record::new_key()?,
-        };
         let consul = Component::Consul.container(&t.name);
+        let servers: Vec<&DockerHost> = t
+            .consul_servers()
+            .filter_map(|s| self.engine(&s.name))
+            .collect();
+        let held: Vec<Option<Vec<u8>>> = futures_util::future::try_join_all(
+            servers
+                .iter()
+                .map(|e| e.read_file(&consul, record::KEY_PATH)),
+        )
+        .await?;
+        let valid = |k: &Option<Vec<u8>>| k.as_ref().filter(|k| k.len() == 32).cloned();
+        let key = match held.iter().find_map(valid) {
+            Some(key) => key,
+            // A server that left the topology may still hold it.
+            None => match self.record_key(t, snapshot).await? {
+                Some(key) => key,
+                None => record::new_key()?,
+            },
+        };
         let file = crate::plan::desired::FileSpec {
             path: record::KEY_PATH.into(),
             mode: 0o600,
@@ -383,16 +399,8 @@ impl<'a> Hosts<'a> {
             content_sha256: String::new(),
             owner: None,
         };
-        for server in t.consul_servers() {
-            let Some(engine) = self.engine(&server.name) else {
-                continue;
-            };
-            if engine
-                .read_file(&consul, record::KEY_PATH)
-                .await?
-                .as_deref()
-                != Some(&key[..])
-            {
+        for (engine, held) in servers.iter().zip(&held) {
+            if held.as_deref() != Some(&key[..]) {
                 engine
                     .upload_files(&consul, std::slice::from_ref(&file))
                     .await?;

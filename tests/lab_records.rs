@@ -162,8 +162,24 @@ fn records_nobody_else_can_write_and_removals_that_stay_in_their_environment() {
     timed(
         "a preview's down --host talks to its own agents only",
         || {
+            // A leave sent to itrec's agent would stop it, and its restart
+            // policy would bring it back: its start time tells.
+            let started = || {
+                let r = lab_ssh_to(
+                    3,
+                    "docker inspect -f '{{.State.StartedAt}} {{.RestartCount}}' itrec-consul",
+                );
+                assert_eq!(r.code, 0, "{}", r.stderr);
+                r.stdout
+            };
+            let before = started();
             run(&preview, &["--env", "pr-7", "down", "--host", "host-3"])
                 .expect_ok("down --host host-3");
+            assert_eq!(
+                started(),
+                before,
+                "itrec's agent on host-3 was never stopped"
+            );
             let on_3 = running_on(3);
             assert!(
                 on_3.contains(&"itrec-consul".to_string()),

@@ -82,6 +82,25 @@ pub fn names(env: &str, domain: &str) -> [String; 2] {
     [format!("{env}.{domain}"), format!("*.{env}.{domain}")]
 }
 
+/// The name an environment's route answers to, with every name below it
+/// (`<env>.<domain>` of `server_name .<env>.<domain>;`), read back from
+/// its route file.
+pub fn routed_name(route_text: &str) -> Option<&str> {
+    route_text.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("server_name .")?
+            .strip_suffix(';')
+            .filter(|n| !n.is_empty())
+    })
+}
+
+/// Whether two environments' names meet: one is the other or below it,
+/// so the edge would send some of one's names to the other.
+pub fn overlaps(a: &str, b: &str) -> bool {
+    let below = |x: &str, y: &str| x.strip_suffix(y).is_some_and(|rest| rest.ends_with('.'));
+    a == b || below(a, b) || below(b, a)
+}
+
 /// The shared file: a 404 over HTTP and a refused handshake over HTTPS for
 /// names no environment has, and what every route needs once.
 pub fn default_server() -> String {
@@ -100,6 +119,7 @@ server {{
 server {{
     listen 443 ssl http2 default_server;
     ssl_reject_handshake on;
+    ssl_protocols TLSv1.2 TLSv1.3;
 }}
 "#
     )
@@ -173,6 +193,18 @@ mod tests {
         );
         assert_eq!(env_of_route_file("env-pr-1234.conf"), Some("pr-1234"));
         assert_eq!(env_of_route_file("00-edge.conf"), None);
+    }
+
+    #[test]
+    fn names_below_another_environments_overlap_it() {
+        let text = route(&route_of("pr-1", "preview.test")).unwrap();
+        assert_eq!(routed_name(&text), Some("pr-1.preview.test"));
+        assert!(overlaps("web.pr-1.preview.test", "pr-1.preview.test"));
+        assert!(overlaps("pr-1.preview.test", "web.pr-1.preview.test"));
+        assert!(overlaps("pr-1.preview.test", "pr-1.preview.test"));
+        assert!(!overlaps("pr-1.preview.test", "pr-11.preview.test"));
+        assert!(!overlaps("xpr-1.preview.test", "pr-1.preview.test"));
+        assert!(default_server().contains("ssl_protocols TLSv1.2 TLSv1.3;"));
     }
 
     #[test]

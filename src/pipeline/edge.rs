@@ -2,9 +2,12 @@
 //! parallel, and nothing else: which routes to write or take away was
 //! decided by the plan.
 //!
-//! The one thing read here is the hosts' CA, because it lives on the hosts:
-//! a host that has one keeps it, a host that has none gets the one another
-//! host of the run has, or a new one.
+//! The one thing read here is the hosts' CA for the environment's domain,
+//! because it lives on the hosts (in a holder the edge never mounts, see
+//! `crate::edge::ca_holder`): a host that has one keeps it, a host that has
+//! none gets the one another host of the run has, or a new one. stagectl
+//! issues the environment's certificate here and writes only that
+//! certificate and its key into the edge.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -47,7 +50,7 @@ pub async fn execute(
             .find(|s| matches!(s, EdgeStep::EdgeCreate { .. }))?;
         Some(async move {
             let started = Instant::now();
-            create(engine(host)?, &t.images.nginx).await?;
+            create(engine(host)?).await?;
             reporter.done(
                 &step.reference(),
                 started,
@@ -64,7 +67,7 @@ pub async fn execute(
         .filter(|_| t.lb.edge_tls.is_none())
         .map(|(h, _)| *h)
         .collect();
-    let cas = hosts_cas(&routed, &engine).await?;
+    let cas = hosts_cas(&routed, &t.lb.domain, &engine).await?;
     let runs = by_host.iter().map(|(host, steps)| {
         let cas = &cas;
         async move {
@@ -107,13 +110,9 @@ pub async fn execute(
 }
 
 /// Make and start the host's edge container (another run may have just
-/// made it: then it is only started). Its CA volume is made first, with
-/// the edge's label.
-async fn create(engine: &DockerHost, nginx_image: &str) -> Result<()> {
-    engine
-        .ensure_volume(edge::CA_VOLUME, edge::COMPONENT)
-        .await?;
-    let spec = edge::container(nginx_image);
+/// made it: then it is only started).
+async fn create(engine: &DockerHost) -> Result<()> {
+    let spec = edge::container();
     match engine
         .create(
             &spec,
@@ -137,15 +136,17 @@ async fn create(engine: &DockerHost, nginx_image: &str) -> Result<()> {
     }
 }
 
-/// Each host's CA: its own if it has one, else the first one another host
-/// of the run has, else a new one, written to the hosts that had none.
+/// Each host's CA for `domain`: its own if it has one, else the first one
+/// another host of the run has, else a new one, claimed on the hosts that
+/// had none (where another run may claim it first: then theirs).
 async fn hosts_cas<'a>(
     routed: &[&'a str],
+    domain: &str,
     engine: &impl Fn(&str) -> Result<&'a DockerHost>,
 ) -> Result<BTreeMap<&'a str, Ca>> {
     let mut found = BTreeMap::new();
     for host in routed {
-        if let Some(ca) = read_ca(engine(host)?).await? {
+        if let Some(ca) = read_ca(engine(host)?, domain).await? {
             found.insert(*host, ca);
         }
     }
@@ -159,42 +160,84 @@ async fn hosts_cas<'a>(
     }
     let shared = match found.values().next() {
         Some(ca) => ca.clone(),
-        None => Ca::generate(&routed.join(", "))?,
+        None => Ca::generate(domain)?,
     };
     for host in missing {
-        engine(host)?
-            .upload_files(
-                edge::CONTAINER,
-                &[
-                    FileSpec::new(
-                        &ca_path(ca::CERT_FILE),
-                        0o644,
-                        shared.cert_pem.clone().into_bytes(),
-                    ),
-                    FileSpec::new(
-                        &ca_path(ca::KEY_FILE),
-                        0o600,
-                        shared.key_pem().as_bytes().to_vec(),
-                    ),
-                ],
-            )
-            .await
-            .with_context(|| format!("{host}: cannot write the CA"))?;
-        found.insert(host, shared.clone());
+        let ca = claim_ca(engine(host)?, domain, &shared).await?;
+        found.insert(host, ca);
     }
     Ok(found)
 }
+
+/// Make the holder of the host's CA for `domain` and write `ca` into it;
+/// when another run made the holder first (Docker reserves the name), its
+/// CA, waited for until that run has written it.
+async fn claim_ca(engine: &DockerHost, domain: &str, ca: &Ca) -> Result<Ca> {
+    let holder = edge::ca_holder(domain).map_err(|e| anyhow!(e))?;
+    engine.ensure_volume(&holder, edge::CA_COMPONENT).await?;
+    let spec = edge::ca_holder_container(&holder);
+    match engine
+        .create(&spec, RestartPolicyNameEnum::NO, Attach::default())
+        .await
+    {
+        Ok(_) => {
+            engine
+                .upload_files(
+                    &holder,
+                    &[
+                        FileSpec::new(
+                            &ca_path(ca::CERT_FILE),
+                            0o644,
+                            ca.cert_pem.clone().into_bytes(),
+                        ),
+                        FileSpec::new(
+                            &ca_path(ca::KEY_FILE),
+                            0o600,
+                            ca.key_pem().as_bytes().to_vec(),
+                        ),
+                    ],
+                )
+                .await
+                .with_context(|| format!("{}: cannot write the CA into {holder}", engine.name()))?;
+            Ok(ca.clone())
+        }
+        Err(e) if is_status(&e, 409) => {
+            let deadline = Instant::now() + CLAIM_WAIT;
+            loop {
+                if let Some(theirs) = read_ca(engine, domain).await? {
+                    return Ok(theirs);
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "{}: {holder} holds no CA {} s after another run made it; if no run is \
+                         under way, remove that container (`docker rm {holder}`) and run again",
+                        engine.name(),
+                        CLAIM_WAIT.as_secs()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Err(e) => Err(e).with_context(|| format!("{}: cannot make {holder}", engine.name())),
+    }
+}
+
+/// How long a run that lost the race for a host's CA waits for the
+/// winner to write it (it does so right after making the holder).
+const CLAIM_WAIT: Duration = Duration::from_secs(15);
 
 fn ca_path(file: &str) -> String {
     format!("{}/{file}", edge::CA_DIR)
 }
 
-/// The host's CA, if its edge has one.
-pub async fn read_ca(engine: &DockerHost) -> Result<Option<Ca>> {
+/// The host's CA for `domain`, if it has one (read through the engine's
+/// archive API from its holder, which never runs).
+pub async fn read_ca(engine: &DockerHost, domain: &str) -> Result<Option<Ca>> {
+    let holder = edge::ca_holder(domain).map_err(|e| anyhow!(e))?;
     let (cert_path, key_path) = (ca_path(ca::CERT_FILE), ca_path(ca::KEY_FILE));
     let (cert, key) = tokio::try_join!(
-        engine.read_file(edge::CONTAINER, &cert_path),
-        engine.read_file(edge::CONTAINER, &key_path),
+        engine.read_file(&holder, &cert_path),
+        engine.read_file(&holder, &key_path),
     )?;
     let (Some(cert), Some(key)) = (cert, key) else {
         return Ok(None);
@@ -202,13 +245,7 @@ pub async fn read_ca(engine: &DockerHost) -> Result<Option<Ca>> {
     let text = |b: Vec<u8>| String::from_utf8(b).unwrap_or_default();
     Ca::from_pem(&text(cert), &text(key))
         .map(Some)
-        .with_context(|| {
-            format!(
-                "{}: the edge's CA in volume {}",
-                engine.name(),
-                edge::CA_VOLUME
-            )
-        })
+        .with_context(|| format!("{}: the edge's CA in {holder}", engine.name()))
 }
 
 /// Write the environment's route and certificate, check the whole config,

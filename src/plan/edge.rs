@@ -96,6 +96,7 @@ pub fn up(t: &Topology, snapshot: &Snapshot) -> Result<Vec<EdgeStep>, String> {
     let mut steps = Vec::new();
     let mut wanted = BTreeMap::new();
     if t.lb.edge {
+        refuse_overlaps(t, snapshot)?;
         for h in t.lb_hosts() {
             let route = Route {
                 env: t.name.clone(),
@@ -133,6 +134,31 @@ pub fn up(t: &Topology, snapshot: &Snapshot) -> Result<Vec<EdgeStep>, String> {
         }
     }
     Ok(steps)
+}
+
+/// An environment whose names meet another's on the same edge would take
+/// some of them (`*.web.pr-1.<domain>` for `web` on `pr-1.<domain>` is
+/// preview `pr-1`'s), and get a certificate for them: refused before
+/// anything changes, naming the other environment.
+fn refuse_overlaps(t: &Topology, snapshot: &Snapshot) -> Result<(), String> {
+    let ours = conf::names(&t.name, &t.lb.domain)[0].clone();
+    for h in &snapshot.hosts {
+        let Some(seen) = &h.edge else { continue };
+        for (env, text) in seen.routes.iter().filter(|(env, _)| **env != t.name) {
+            let Some(theirs) = conf::routed_name(text) else {
+                continue;
+            };
+            if conf::overlaps(&ours, theirs) {
+                return Err(format!(
+                    "lb.domain `{}`: environment {} would answer to {ours} and every name below it, \
+                     which meets environment {env}'s {theirs} on the edge proxy of {}; \
+                     choose a domain whose names no other environment has",
+                    t.lb.domain, t.name, h.host
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `down`: the environment's routes taken away, wherever they are.
@@ -201,6 +227,31 @@ mod tests {
             routes: BTreeMap::from([("pr-7".to_string(), text.clone())]),
         };
         assert!(up(&t, &snapshot(Some(seen))).unwrap().is_empty());
+    }
+
+    #[test]
+    fn names_that_meet_another_environments_are_refused() {
+        let mut t = topology(true);
+        t.name = "web".into();
+        t.lb.domain = "pr-7.preview.test".into();
+        let preview = topology(true);
+        let Some(EdgeStep::EdgeRoute { text, .. }) = up(&preview, &snapshot(None)).unwrap().pop()
+        else {
+            panic!()
+        };
+        let seen = EdgeSeen {
+            running: true,
+            routes: BTreeMap::from([("pr-7".to_string(), text)]),
+        };
+        // Its own domain beside the preview's: fine.
+        t.lb.domain = "web.test".into();
+        assert!(up(&t, &snapshot(Some(seen.clone()))).is_ok());
+        t.lb.domain = "pr-7.preview.test".into();
+        let refused = up(&t, &snapshot(Some(seen))).unwrap_err();
+        assert!(
+            refused.contains("environment pr-7's pr-7.preview.test"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -1,0 +1,258 @@
+//! The shared edge belongs to no environment: two first `up`s at once end
+//! with one CA, the CA's key is nowhere in the edge container, and an
+//! environment whose names would capture another's is refused before
+//! anything changes. Real engines, real lab.
+//!
+//! Needs a Docker engine and the images of scripts/build-images.sh.
+
+mod common;
+
+use std::path::Path;
+use std::time::Instant;
+
+use common::*;
+
+/// Every environment of this test has this shape; `--env` names it.
+const SHAPE: &str = "\
+lab: { name: itedge, subnet: 10.77.85.0/24 }
+lb: { domain: edge.test, edge: true }
+hosts:
+  host-1: { driver: local, address: 10.77.85.11, roles: [app, lb] }
+services:
+  demo: { image: stagectl/demo:latest, port: 8080 }
+";
+
+const EDGE: &str = "10.77.85.11";
+const ENVS: [&str; 3] = ["itedge-a", "itedge-b", "itedge-web"];
+
+/// `GET /` over HTTPS through the edge for `name`, trusting only `ca`.
+fn over_https(name: &str, ca: &Path) -> Run {
+    sh(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "5",
+            "--tlsv1.2",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &format!("{name}:443:{EDGE}"),
+            "-w",
+            "\n%{http_code}",
+            &format!("https://{name}/"),
+        ],
+    )
+}
+
+fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let out = f();
+    println!("check `{what}`: {:.1} s", started.elapsed().as_secs_f64());
+    out
+}
+
+#[test]
+fn the_edge_belongs_to_no_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shape.yaml");
+    std::fs::write(&file, SHAPE).unwrap();
+    let capturing = dir.path().join("capturing.yaml");
+    std::fs::write(
+        &capturing,
+        SHAPE.replace("domain: edge.test", "domain: itedge-a.edge.test"),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let run_in = |file: &Path, args: &[&str]| {
+        let mut full = vec!["-f", file.to_str().unwrap()];
+        full.extend_from_slice(args);
+        stagectl(&state, &full)
+    };
+    let run = |args: &[&str]| run_in(&file, args);
+    // Taken down whatever happens (the lab goes with the last one).
+    struct Down<'a>(&'a dyn Fn(&[&str]) -> Run);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            for env in ENVS {
+                let _ = (self.0)(&["--env", env, "down"]);
+            }
+        }
+    }
+    let _down = Down(&run);
+    let ssh = |command: &str| lab_ssh(&state, "itedge", EDGE, command);
+
+    // The lab first, with an environment that has no edge (`itedge-web`
+    // on its own domain), so the two `up`s below are both an edge's first
+    // and do not race to make the lab.
+    let no_edge = dir.path().join("no-edge.yaml");
+    std::fs::write(
+        &no_edge,
+        SHAPE.replace(
+            "domain: edge.test, edge: true",
+            "domain: itedge-a.edge.test",
+        ),
+    )
+    .unwrap();
+    timed("the lab and an environment without the edge", || {
+        run_in(&no_edge, &["--env", "itedge-web", "up"]).expect_ok("up itedge-web");
+    });
+    let web_containers = || {
+        ssh("docker ps -aq --no-trunc --filter label=io.stagectl.env=itedge-web")
+            .expect_ok("containers of itedge-web")
+            .stdout
+    };
+    let web_before = web_containers();
+    assert!(!web_before.trim().is_empty());
+
+    // Two first edge `up`s at once: one CA, which both verify with.
+    timed("two first edge ups at once", || {
+        std::thread::scope(|s| {
+            let ups: Vec<_> = ["itedge-a", "itedge-b"]
+                .map(|env| {
+                    let run = &run;
+                    s.spawn(move || {
+                        run(&[
+                            "--env",
+                            env,
+                            "--set",
+                            &format!("services.demo.env.INSTANCE={env}"),
+                            "up",
+                        ])
+                    })
+                })
+                .into_iter()
+                .collect();
+            for (up, env) in ups.into_iter().zip(["itedge-a", "itedge-b"]) {
+                up.join().unwrap().expect_ok(&format!("up {env}"));
+            }
+        });
+    });
+    let ca = run(&["ca"]).expect_ok("ca");
+    assert_eq!(
+        ca.stdout.matches("-----BEGIN CERTIFICATE-----").count(),
+        1,
+        "{}",
+        ca.stdout
+    );
+    assert!(!ca.stdout.contains("PRIVATE"));
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.stdout).unwrap();
+    timed("both verify with the one CA", || {
+        for env in ["itedge-a", "itedge-b"] {
+            let https = over_https(&format!("demo.{env}.edge.test"), &ca_file)
+                .expect_ok(&format!("{env} over HTTPS"));
+            assert!(
+                https.stdout.contains(&format!("instance={env}")) && https.stdout.ends_with("200"),
+                "{env}: {}",
+                https.stdout
+            );
+        }
+        // A CA that is not the hosts' is not trusted.
+        let (other, _) = self_signed(dir.path(), "other");
+        assert_ne!(
+            over_https("demo.itedge-a.edge.test", Path::new(&other)).code,
+            0,
+            "trusted without the CA"
+        );
+    });
+
+    // The CA's key is nowhere in the edge: no mount of its volume, and no
+    // file holds a line of it, while the same search finds an
+    // environment's own key there.
+    timed("no CA key in the edge", || {
+        let mounts =
+            ssh("docker inspect -f '{{json .Mounts}}' stagectl-edge").expect_ok("inspect the edge");
+        assert_eq!(mounts.stdout.trim(), "[]", "{}", mounts.stdout);
+        let line_of = |container: &str, path: &str| {
+            let key = ssh(&format!("docker cp {container}:{path} - | tar -xO"))
+                .expect_ok(&format!("read {path}"));
+            assert!(key.stdout.contains("PRIVATE KEY"), "{}", key.stdout);
+            key.stdout.lines().nth(1).unwrap().to_string()
+        };
+        let search = |line: &str| {
+            ssh(&format!(
+                "docker exec stagectl-edge grep -rlF -e '{line}' / \
+                 --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev"
+            ))
+        };
+        let env_key = line_of("stagectl-edge", "/etc/nginx/edge-tls/env-itedge-a.key");
+        let found = search(&env_key);
+        assert!(
+            found.stdout.contains("env-itedge-a.key"),
+            "the search finds the environment's key: {} {}",
+            found.stdout,
+            found.stderr
+        );
+        let ca_key = line_of(
+            "stagectl-edge-ca-edge.test",
+            "/var/lib/stagectl-edge-ca/ca.key",
+        );
+        let found = search(&ca_key);
+        assert!(
+            found.stdout.trim().is_empty(),
+            "the CA key in the edge: {}",
+            found.stdout
+        );
+    });
+
+    // `itedge-web` on the edge with `itedge-a.edge.test` would answer to
+    // *.itedge-web.itedge-a.edge.test, itedge-a's: refused, nothing
+    // changed, and itedge-a keeps its names and its certificate.
+    timed("a capturing domain is refused", || {
+        let refused = run_in(&capturing, &["--env", "itedge-web", "up"]);
+        assert_eq!(refused.code, 2, "{}\n{}", refused.stdout, refused.stderr);
+        assert!(
+            refused.stderr.contains("environment itedge-a's"),
+            "{}",
+            refused.stderr
+        );
+        assert_eq!(web_containers(), web_before, "itedge-web changed");
+        let routes = ssh("docker exec stagectl-edge ls /etc/nginx/conf.d").expect_ok("routes");
+        assert!(!routes.stdout.contains("itedge-web"), "{}", routes.stdout);
+        let https = over_https("demo.itedge-a.edge.test", &ca_file)
+            .expect_ok("itedge-a over HTTPS after the refusal");
+        assert!(
+            https.stdout.contains("instance=itedge-a"),
+            "{}",
+            https.stdout
+        );
+    });
+
+    timed("down", || {
+        for env in ENVS {
+            run(&["--env", env, "down"]).expect_ok(&format!("down {env}"));
+        }
+    });
+}
+
+/// A self-signed certificate and its key (openssl), as paths.
+fn self_signed(dir: &Path, name: &str) -> (String, String) {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    sh(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+    )
+    .expect_ok("openssl");
+    (
+        cert.to_str().unwrap().to_string(),
+        key.to_str().unwrap().to_string(),
+    )
+}

@@ -60,7 +60,10 @@ fn the_edge_belongs_to_no_environment() {
     let capturing = dir.path().join("capturing.yaml");
     std::fs::write(
         &capturing,
-        SHAPE.replace("domain: edge.test", "domain: itedge-a.edge.test"),
+        SHAPE.replace(
+            "lb: { domain: edge.test, edge: true }",
+            "lb: { domain: itedge-a.edge.test, edge: true }\nports: { lb_http: 8085 }",
+        ),
     )
     .unwrap();
     let state = dir.path().join("state");
@@ -89,8 +92,8 @@ fn the_edge_belongs_to_no_environment() {
     std::fs::write(
         &no_edge,
         SHAPE.replace(
-            "domain: edge.test, edge: true",
-            "domain: itedge-a.edge.test",
+            "lb: { domain: edge.test, edge: true }",
+            "lb: { domain: itedge-a.edge.test }\nports: { lb_http: 8085 }",
         ),
     )
     .unwrap();
@@ -105,23 +108,43 @@ fn the_edge_belongs_to_no_environment() {
     let web_before = web_containers();
     assert!(!web_before.trim().is_empty());
 
-    // Two first edge `up`s at once: one CA, which both verify with.
+    // Two first edge `up`s at once: one CA, which both verify with. Their
+    // ports are given: two environments' first `up`s at once would both
+    // pick the first free port block.
+    let with_ports = |env: &str, base: u16| {
+        let path = dir.path().join(format!("{env}.yaml"));
+        let ports = format!(
+            "ports: {{ consul_http: {base}, consul_serf_lan: {}, consul_serf_wan: {}, \
+             consul_server: {}, lb_http: {} }}\n",
+            base + 1,
+            base + 2,
+            base + 3,
+            base + 4
+        );
+        std::fs::write(&path, format!("{SHAPE}{ports}")).unwrap();
+        path
+    };
+    let files = [with_ports("itedge-a", 21100), with_ports("itedge-b", 21200)];
     timed("two first edge ups at once", || {
         std::thread::scope(|s| {
             let ups: Vec<_> = ["itedge-a", "itedge-b"]
-                .map(|env| {
-                    let run = &run;
+                .into_iter()
+                .zip(&files)
+                .map(|(env, file)| {
+                    let run_in = &run_in;
                     s.spawn(move || {
-                        run(&[
-                            "--env",
-                            env,
-                            "--set",
-                            &format!("services.demo.env.INSTANCE={env}"),
-                            "up",
-                        ])
+                        run_in(
+                            file,
+                            &[
+                                "--env",
+                                env,
+                                "--set",
+                                &format!("services.demo.env.INSTANCE={env}"),
+                                "up",
+                            ],
+                        )
                     })
                 })
-                .into_iter()
                 .collect();
             for (up, env) in ups.into_iter().zip(["itedge-a", "itedge-b"]) {
                 up.join().unwrap().expect_ok(&format!("up {env}"));

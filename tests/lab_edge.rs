@@ -242,6 +242,38 @@ fn the_edge_belongs_to_no_environment() {
         );
     });
 
+    // The last route's `down` and another environment's `up` at once:
+    // the edge the `down` removes never takes the new route with it.
+    run_in(&files[0], &["--env", "itedge-a", "down"]).expect_ok("down itedge-a");
+    timed(
+        "a down removing the edge beside an up adding a route",
+        || {
+            std::thread::scope(|s| {
+                let up = s.spawn(|| {
+                    run_in(
+                        &files[0],
+                        &[
+                            "--env",
+                            "itedge-a",
+                            "--set",
+                            "services.demo.env.INSTANCE=itedge-a",
+                            "up",
+                        ],
+                    )
+                });
+                run_in(&files[1], &["--env", "itedge-b", "down"]).expect_ok("down itedge-b");
+                up.join().unwrap().expect_ok("up itedge-a again");
+            });
+            let https = over_https("demo.itedge-a.edge.test", &ca_file)
+                .expect_ok("itedge-a over HTTPS after the other's down");
+            assert!(
+                https.stdout.contains("instance=itedge-a"),
+                "{}",
+                https.stdout
+            );
+        },
+    );
+
     timed("down", || {
         for env in ENVS {
             run(&["--env", env, "down"]).expect_ok(&format!("down {env}"));

@@ -99,12 +99,32 @@ pub fn container() -> ContainerSpec {
     }
 }
 
+/// The host-wide lock on the edge's routes: a container that is never
+/// started, whose name Docker reserves atomically. Held while a run adds a
+/// route (making the edge if it is gone) and while a run takes the last
+/// one away and removes the edge, so a route added meanwhile is never lost
+/// with the edge.
+pub const LOCK: &str = "stagectl-edge-lock";
+/// Value of the component label on the lock.
+pub const LOCK_COMPONENT: &str = "edge-lock";
+
 /// The holder of a domain's CA (see [`ca_holder`]): never started, no
 /// network, only its volume.
 pub fn ca_holder_container(holder: &str) -> ContainerSpec {
+    parked(holder, CA_COMPONENT, Some(holder))
+}
+
+/// The edge's lock ([`LOCK`]): never started, nothing mounted.
+pub fn lock_container() -> ContainerSpec {
+    parked(LOCK, LOCK_COMPONENT, None)
+}
+
+/// A container that is only ever created (a name, maybe a volume): no
+/// network, its command `true`.
+fn parked(name: &str, component: &str, volume: Option<&str>) -> ContainerSpec {
     ContainerSpec {
-        name: holder.into(),
-        component: CA_COMPONENT.into(),
+        name: name.into(),
+        component: component.into(),
         image: IMAGE.into(),
         cmd: vec!["true".into()],
         entrypoint: None,
@@ -112,22 +132,25 @@ pub fn ca_holder_container(holder: &str) -> ContainerSpec {
         env: vec![],
         labels: std::collections::BTreeMap::from([(
             crate::agent::labels::COMPONENT.to_string(),
-            CA_COMPONENT.to_string(),
+            component.to_string(),
         )]),
         network_mode: Some("none".into()),
         pid_mode: None,
-        mounts: vec![Mount {
-            source: holder.into(),
-            target: CA_DIR.into(),
-            read_only: false,
-            bind: false,
-        }],
+        mounts: volume
+            .map(|v| Mount {
+                source: v.into(),
+                target: CA_DIR.into(),
+                read_only: false,
+                bind: false,
+            })
+            .into_iter()
+            .collect(),
         ports: vec![],
         files: vec![],
         healthcheck: None,
         limits: Limits::default(),
         join_args: vec![],
-        summary: "the edge's CA, never started".into(),
+        summary: format!("{component}, never started"),
         drain: None,
     }
 }

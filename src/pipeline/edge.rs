@@ -43,23 +43,6 @@ pub async fn execute(
             .engine(host)
             .ok_or_else(|| anyhow!("{host}: not connected, for the edge proxy"))
     };
-    // Made first, so a CA kept on a host from an earlier edge is found.
-    let creates = by_host.iter().filter_map(|(host, steps)| {
-        let step = steps
-            .iter()
-            .find(|s| matches!(s, EdgeStep::EdgeCreate { .. }))?;
-        Some(async move {
-            let started = Instant::now();
-            create(engine(host)?).await?;
-            reporter.done(
-                &step.reference(),
-                started,
-                &format!("{host}: edge proxy on ports 80 and 443"),
-            );
-            anyhow::Ok(())
-        })
-    });
-    futures_util::future::try_join_all(creates).await?;
     // Certificates to issue: unless the user gave one.
     let routed: Vec<&str> = by_host
         .iter()
@@ -72,41 +55,106 @@ pub async fn execute(
         let cas = &cas;
         async move {
             let engine = engine(host)?;
-            for step in steps {
-                let started = Instant::now();
-                let note = match step {
-                    EdgeStep::EdgeCreate { .. } => continue,
-                    EdgeStep::EdgeRoute {
-                        names, to, text, ..
-                    } => {
-                        let certificate = match &t.lb.edge_tls {
-                            Some(tls) => Issued {
-                                cert_pem: tls.cert_pem.clone(),
-                                key_pem: tls.key_pem.clone(),
-                            },
-                            None => cas.get(host).context("the host's CA")?.issue(names)?,
-                        };
-                        route(engine, &t.name, text, certificate).await?;
-                        format!("{host}: https://{} → {to} on ports 80 and 443", names[1])
-                    }
-                    EdgeStep::EdgeUnroute { .. } => {
-                        unroute(engine, &t.name).await?;
-                        format!("{host}: {}'s names taken off the edge proxy", t.name)
-                    }
-                    EdgeStep::EdgeRemove { .. } => match remove_if_unused(engine).await? {
-                        true => format!("{host}: edge proxy removed, no environment left on it"),
-                        false => {
-                            format!("{host}: edge proxy kept, another environment is on it now")
-                        }
-                    },
-                };
-                reporter.done(&step.reference(), started, &note);
-            }
-            anyhow::Ok(())
+            let lock = lock(engine).await?;
+            let done = host_steps(engine, t, host, steps, cas, reporter).await;
+            lock.release().await?;
+            done
         }
     });
     futures_util::future::try_join_all(runs).await?;
     Ok(())
+}
+
+/// One host's steps, under its edge lock.
+async fn host_steps(
+    engine: &DockerHost,
+    t: &Topology,
+    host: &str,
+    steps: &[&EdgeStep],
+    cas: &BTreeMap<&str, Ca>,
+    reporter: &Reporter,
+) -> Result<()> {
+    for step in steps {
+        let started = Instant::now();
+        let note = match step {
+            EdgeStep::EdgeCreate { .. } => {
+                create(engine).await?;
+                format!("{host}: edge proxy on ports 80 and 443")
+            }
+            EdgeStep::EdgeRoute {
+                names, to, text, ..
+            } => {
+                // Under the lock the edge is as it is now: another
+                // environment's `down` may have removed it since
+                // the snapshot.
+                create(engine).await?;
+                let certificate = match &t.lb.edge_tls {
+                    Some(tls) => Issued {
+                        cert_pem: tls.cert_pem.clone(),
+                        key_pem: tls.key_pem.clone(),
+                    },
+                    None => cas.get(host).context("the host's CA")?.issue(names)?,
+                };
+                route(engine, &t.name, text, certificate).await?;
+                format!("{host}: https://{} → {to} on ports 80 and 443", names[1])
+            }
+            EdgeStep::EdgeUnroute { .. } => {
+                unroute(engine, &t.name).await?;
+                format!("{host}: {}'s names taken off the edge proxy", t.name)
+            }
+            EdgeStep::EdgeRemove { .. } => match remove_if_unused(engine).await? {
+                true => format!("{host}: edge proxy removed, no environment left on it"),
+                false => {
+                    format!("{host}: edge proxy kept, another environment is on it now")
+                }
+            },
+        };
+        reporter.done(&step.reference(), started, &note);
+    }
+    Ok(())
+}
+
+/// The host's edge lock, held (see [`edge::LOCK`]).
+struct EdgeLock<'a> {
+    engine: &'a DockerHost,
+}
+
+impl EdgeLock<'_> {
+    async fn release(self) -> Result<()> {
+        self.engine
+            .remove_container(edge::LOCK)
+            .await
+            .with_context(|| format!("{}: cannot give back the edge lock", self.engine.name()))
+    }
+}
+
+/// How long a run waits for another to give back a host's edge lock: it
+/// holds it for a route's write and reload, well under a second.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+async fn lock(engine: &DockerHost) -> Result<EdgeLock<'_>> {
+    let spec = edge::lock_container();
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match engine
+            .create(&spec, RestartPolicyNameEnum::NO, Attach::default())
+            .await
+        {
+            Ok(_) => return Ok(EdgeLock { engine }),
+            Err(e) if is_status(&e, 409) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) if is_status(&e, 409) => bail!(
+                "{}: the edge lock ({}) was not given back in {} s; if no run is under way, \
+                 remove it (`docker rm {}`) and run again",
+                engine.name(),
+                edge::LOCK,
+                LOCK_WAIT.as_secs(),
+                edge::LOCK
+            ),
+            Err(e) => return Err(e).context("cannot take the edge lock"),
+        }
+    }
 }
 
 /// Make and start the host's edge container (another run may have just
@@ -352,7 +400,9 @@ done
 "#;
 
 /// Remove the edge container if no route is left in it (another run may
-/// have added one since the snapshot). The CA volume stays.
+/// have added one since the snapshot). Under the host's edge lock, so a
+/// route another run adds is either seen here or written after, onto an
+/// edge that run makes again. The CA's holder stays.
 async fn remove_if_unused(engine: &DockerHost) -> Result<bool> {
     let seen = engine.edge_seen().await?;
     if seen.is_some_and(|e| !e.routes.is_empty()) {

@@ -172,7 +172,7 @@ fn the_edge_belongs_to_no_environment() {
             );
         }
         // A CA that is not the hosts' is not trusted.
-        let (other, _) = self_signed(dir.path(), "other");
+        let (other, _) = self_signed(dir.path(), "other", 1);
         assert_ne!(
             over_https("demo.itedge-a.edge.test", Path::new(&other)).code,
             0,
@@ -242,6 +242,72 @@ fn the_edge_belongs_to_no_environment() {
         );
     });
 
+    // A certificate near its end (one of a day planted in its place) is
+    // issued again by the environment's `up`, and by `gc` for any.
+    timed("certificates near their end renewed by up and gc", || {
+        let (short, short_key) = self_signed(dir.path(), "short", 1);
+        let cert_of = |env: &str| format!("/etc/nginx/edge-tls/env-{env}.crt");
+        let lasts_30_days = |env: &str| {
+            let pem = ssh(&format!("docker exec stagectl-edge cat {}", cert_of(env)))
+                .expect_ok("read the certificate");
+            let path = dir.path().join(format!("{env}-now.crt"));
+            std::fs::write(&path, pem.stdout).unwrap();
+            let check = sh(
+                "openssl",
+                &[
+                    "x509",
+                    "-noout",
+                    "-checkend",
+                    "2592000",
+                    "-in",
+                    path.to_str().unwrap(),
+                ],
+            );
+            check.code == 0
+        };
+        use base64::Engine;
+        let plant = |from: &str, to: &str| {
+            let b64 =
+                base64::engine::general_purpose::STANDARD.encode(std::fs::read(from).unwrap());
+            ssh(&format!(
+                "echo {b64} | base64 -d | docker exec -i stagectl-edge sh -c 'cat > {to}'"
+            ))
+            .expect_ok("plant a short certificate");
+        };
+        for env in ["itedge-a", "itedge-b"] {
+            assert!(lasts_30_days(env), "{env}'s issued certificate");
+            plant(&short, &cert_of(env));
+            plant(&short_key, &cert_of(env).replace(".crt", ".key"));
+            assert!(!lasts_30_days(env), "{env}'s planted certificate");
+        }
+        run_in(
+            &files[0],
+            &[
+                "--env",
+                "itedge-a",
+                "--set",
+                "services.demo.env.INSTANCE=itedge-a",
+                "up",
+            ],
+        )
+        .expect_ok("up itedge-a");
+        assert!(lasts_30_days("itedge-a"), "renewed by up");
+        assert!(!lasts_30_days("itedge-b"), "itedge-b's is its own");
+        let gc = run(&["gc"]).expect_ok("gc");
+        assert!(
+            gc.stdout.contains("host-1: itedge-b: certificate"),
+            "{}",
+            gc.stdout
+        );
+        assert!(lasts_30_days("itedge-b"), "renewed by gc");
+        let https = over_https("demo.itedge-b.edge.test", &ca_file).expect_ok("itedge-b renewed");
+        assert!(
+            https.stdout.contains("instance=itedge-b"),
+            "{}",
+            https.stdout
+        );
+    });
+
     // The last route's `down` and another environment's `up` at once:
     // the edge the `down` removes never takes the new route with it.
     run_in(&files[0], &["--env", "itedge-a", "down"]).expect_ok("down itedge-a");
@@ -281,8 +347,9 @@ fn the_edge_belongs_to_no_environment() {
     });
 }
 
-/// A self-signed certificate and its key (openssl), as paths.
-fn self_signed(dir: &Path, name: &str) -> (String, String) {
+/// A self-signed certificate valid for `days` and its key (openssl), as
+/// paths.
+fn self_signed(dir: &Path, name: &str, days: u32) -> (String, String) {
     let cert = dir.join(format!("{name}.crt"));
     let key = dir.join(format!("{name}.key"));
     sh(
@@ -296,7 +363,7 @@ fn self_signed(dir: &Path, name: &str) -> (String, String) {
             "ec_paramgen_curve:prime256v1",
             "-nodes",
             "-days",
-            "1",
+            &days.to_string(),
             "-subj",
             &format!("/CN={name}"),
             "-keyout",

@@ -24,6 +24,18 @@ const LEAF_DAYS: i64 = 397;
 /// How long the CA is valid.
 const CA_DAYS: i64 = 3650;
 
+/// An issued certificate is issued again when it has less than this left
+/// (on `up` of its environment, and on `gc`).
+pub const RENEW_WITHIN_SECS: i64 = 30 * 86_400;
+
+/// When a PEM certificate expires, in Unix seconds; `None` when it is not
+/// one.
+pub fn not_after(cert_pem: &str) -> Option<i64> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// A CA: its certificate and its key, both PEM.
 #[derive(Clone)]
 pub struct Ca {
@@ -152,6 +164,11 @@ mod tests {
         let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp())
             / 86_400;
         assert!(days <= 398, "{days}");
+        assert_eq!(
+            not_after(&issued.cert_pem),
+            Some(cert.validity().not_after.timestamp())
+        );
+        assert_eq!(not_after("not a certificate"), None);
         assert!(!format!("{ca:?}").contains("PRIVATE"));
         let constraints = ca_cert.name_constraints().unwrap().unwrap().value;
         let permitted: Vec<String> = constraints

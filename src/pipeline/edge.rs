@@ -16,11 +16,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use bollard::models::RestartPolicyNameEnum;
 
 use crate::edge::ca::{self, Ca, Issued};
-use crate::edge::{self, conf::EnvFiles};
+use crate::edge::{self, conf, conf::EnvFiles};
 use crate::engine::docker::{is_status, Attach, DockerHost};
 use crate::engine::Engine;
 use crate::pipeline::events::Reporter;
-use crate::pipeline::Hosts;
+use crate::pipeline::{open, Ctx, Hosts, Unreachable};
 use crate::plan::desired::FileSpec;
 use crate::plan::edge::EdgeStep;
 use crate::topology::Topology;
@@ -112,6 +112,57 @@ async fn host_steps(
         reporter.done(&step.reference(), started, &note);
     }
     Ok(())
+}
+
+/// `gc`: on each load balancer host of the file, every certificate the
+/// hosts' CA issued that is near its end (see [`ca::RENEW_WITHIN_SECS`])
+/// is issued again, whichever environment it is for. Returns
+/// `<host>: <env>` for each.
+pub async fn renew_expiring(ctx: &Ctx) -> Result<Vec<String>> {
+    let hosts = open(ctx, &Reporter::quiet(), Unreachable::Report).await?;
+    let mut renewed = Vec::new();
+    for h in ctx.topology.lb_hosts() {
+        let Some(engine) = hosts.engine(&h.name) else {
+            continue;
+        };
+        if !engine
+            .edge_seen()
+            .await?
+            .is_some_and(|e| !e.expiring.is_empty())
+        {
+            continue;
+        }
+        let lock = lock(engine).await?;
+        let done = renew_on(engine).await;
+        lock.release().await?;
+        renewed.extend(done?.into_iter().map(|env| format!("{}: {env}", h.name)));
+    }
+    Ok(renewed)
+}
+
+/// Under the edge lock: the expiring certificates of the edge as it is
+/// now, each issued again for the names its route has, by the CA of its
+/// domain (constrained to that domain whatever the route file says).
+async fn renew_on(engine: &DockerHost) -> Result<Vec<String>> {
+    let Some(seen) = engine.edge_seen().await? else {
+        return Ok(vec![]);
+    };
+    let mut renewed = Vec::new();
+    for env in &seen.expiring {
+        let text = &seen.routes[env];
+        let Some(domain) = conf::routed_name(text)
+            .and_then(|name| name.strip_prefix(env.as_str())?.strip_prefix('.'))
+        else {
+            continue;
+        };
+        let Some(ca) = read_ca(engine, domain).await? else {
+            continue;
+        };
+        let issued = ca.issue(&conf::names(env, domain))?;
+        route(engine, env, text, issued).await?;
+        renewed.push(env.clone());
+    }
+    Ok(renewed)
 }
 
 /// The host's edge lock, held (see [`edge::LOCK`]).

@@ -20,6 +20,9 @@ pub struct EdgeSeen {
     pub running: bool,
     /// Environment → the text of its route file.
     pub routes: BTreeMap<String, String>,
+    /// Environments whose certificate, issued by the hosts' CA, expires
+    /// within [`crate::edge::ca::RENEW_WITHIN_SECS`] (or cannot be read).
+    pub expiring: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -121,7 +124,8 @@ pub fn up(t: &Topology, snapshot: &Snapshot) -> Result<Vec<EdgeStep>, String> {
                         host: h.host.clone(),
                     });
                 }
-                if ours != Some(&text) {
+                let expiring = seen.is_some_and(|e| e.expiring.contains(&t.name));
+                if ours != Some(&text) || expiring {
                     steps.push(EdgeStep::EdgeRoute {
                         host: h.host.clone(),
                         names: conf::names(&route.env, &route.domain).to_vec(),
@@ -225,8 +229,16 @@ mod tests {
         let seen = EdgeSeen {
             running: true,
             routes: BTreeMap::from([("pr-7".to_string(), text.clone())]),
+            ..Default::default()
         };
-        assert!(up(&t, &snapshot(Some(seen))).unwrap().is_empty());
+        assert!(up(&t, &snapshot(Some(seen.clone()))).unwrap().is_empty());
+        // A certificate near its end is issued again.
+        let mut expiring = seen;
+        expiring.expiring.insert("pr-7".into());
+        assert_eq!(
+            actions(&up(&t, &snapshot(Some(expiring))).unwrap()),
+            ["edge_route"]
+        );
     }
 
     #[test]
@@ -242,6 +254,7 @@ mod tests {
         let seen = EdgeSeen {
             running: true,
             routes: BTreeMap::from([("pr-7".to_string(), text)]),
+            ..Default::default()
         };
         // Its own domain beside the preview's: fine.
         t.lb.domain = "web.test".into();
@@ -260,6 +273,7 @@ mod tests {
         let only = EdgeSeen {
             running: true,
             routes: BTreeMap::from([("pr-7".to_string(), "x".to_string())]),
+            ..Default::default()
         };
         assert_eq!(
             actions(&up(&t, &snapshot(Some(only.clone()))).unwrap()),

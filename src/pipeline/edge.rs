@@ -125,11 +125,8 @@ pub async fn renew_expiring(ctx: &Ctx) -> Result<Vec<String>> {
         let Some(engine) = hosts.engine(&h.name) else {
             continue;
         };
-        if !engine
-            .edge_seen()
-            .await?
-            .is_some_and(|e| !e.expiring.is_empty())
-        {
+        let seen = engine.edge_seen().await?;
+        if seen.is_none_or(|e| e.expiring.is_empty()) {
             continue;
         }
         let lock = lock(engine).await?;

@@ -23,7 +23,7 @@ services:
 ";
 
 const EDGE: &str = "10.77.85.11";
-const ENVS: [&str; 3] = ["itedge-a", "itedge-b", "itedge-web"];
+const ENVS: [&str; 4] = ["itedge-a", "itedge-b", "itedge-web", "itedge-new"];
 
 /// `GET /` over HTTPS through the edge for `name`, trusting only `ca`.
 fn over_https(name: &str, ca: &Path) -> Run {
@@ -223,6 +223,30 @@ fn the_edge_belongs_to_no_environment() {
     // *.itedge-web.itedge-a.edge.test, itedge-a's: refused, nothing
     // changed, and itedge-a keeps its names and its certificate.
     timed("a capturing domain is refused", || {
+        let a_cert = || {
+            ssh("docker exec stagectl-edge cat /etc/nginx/edge-tls/env-itedge-a.crt")
+                .expect_ok("itedge-a's certificate")
+                .stdout
+        };
+        let a_cert_before = a_cert();
+        // A new environment: not even its key is kept.
+        let capturing_new = dir.path().join("capturing-new.yaml");
+        std::fs::write(
+            &capturing_new,
+            SHAPE.replace("domain: edge.test", "domain: itedge-a.edge.test"),
+        )
+        .unwrap();
+        let new = run_in(&capturing_new, &["--env", "itedge-new", "up"]);
+        assert_eq!(new.code, 2, "{}\n{}", new.stdout, new.stderr);
+        assert!(
+            new.stderr.contains("environment itedge-a's"),
+            "{}",
+            new.stderr
+        );
+        assert!(!state.join("envs").join("itedge-new").exists());
+        let made = ssh("docker ps -aq --filter label=io.stagectl.env=itedge-new")
+            .expect_ok("containers of itedge-new");
+        assert_eq!(made.stdout.trim(), "");
         let refused = run_in(&capturing, &["--env", "itedge-web", "up"]);
         assert_eq!(refused.code, 2, "{}\n{}", refused.stdout, refused.stderr);
         assert!(
@@ -231,6 +255,7 @@ fn the_edge_belongs_to_no_environment() {
             refused.stderr
         );
         assert_eq!(web_containers(), web_before, "itedge-web changed");
+        assert_eq!(a_cert(), a_cert_before, "itedge-a's certificate");
         let routes = ssh("docker exec stagectl-edge ls /etc/nginx/conf.d").expect_ok("routes");
         assert!(!routes.stdout.contains("itedge-web"), "{}", routes.stdout);
         let https = over_https("demo.itedge-a.edge.test", &ca_file)

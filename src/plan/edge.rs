@@ -143,8 +143,10 @@ pub fn up(t: &Topology, snapshot: &Snapshot) -> Result<Vec<EdgeStep>, String> {
 /// An environment whose names meet another's on the same edge would take
 /// some of them (`*.web.pr-1.<domain>` for `web` on `pr-1.<domain>` is
 /// preview `pr-1`'s), and get a certificate for them: refused before
-/// anything changes, naming the other environment.
-fn refuse_overlaps(t: &Topology, snapshot: &Snapshot) -> Result<(), String> {
+/// anything changes, naming the other environment. `up` asks this as soon
+/// as it has the snapshot, before it keeps a new environment's key, and
+/// [`up`] again.
+pub fn refuse_overlaps(t: &Topology, snapshot: &Snapshot) -> Result<(), String> {
     let ours = conf::names(&t.name, &t.lb.domain)[0].clone();
     for h in &snapshot.hosts {
         let Some(seen) = &h.edge else { continue };

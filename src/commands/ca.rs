@@ -1,7 +1,9 @@
 //! `stagectl ca`: the certificate of the CA the load balancer hosts keep
 //! for their edge proxy (`lb.edge`), printed so that a browser, `curl
-//! --cacert` or a CI job can trust the environments' HTTPS. Only the
-//! certificate: the key never leaves the hosts but to sign a certificate.
+//! --cacert` or a CI job can trust the environments' HTTPS: the CA of the
+//! topology's `lb.domain` (one per domain, valid for names in it only).
+//! Only the certificate: the key is read by stagectl only to sign an
+//! environment's certificate.
 
 use anyhow::{bail, Result};
 
@@ -17,7 +19,7 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
     for h in t.lb_hosts() {
         match hosts.engine(&h.name) {
             None => problems.push(format!("{}: not reached", h.name)),
-            Some(engine) => match read_ca(engine).await {
+            Some(engine) => match read_ca(engine, &t.lb.domain).await {
                 Ok(Some(ca)) if !certs.contains(&ca.cert_pem) => certs.push(ca.cert_pem),
                 Ok(_) => {}
                 Err(e) => problems.push(format!("{e:#}")),
@@ -29,7 +31,8 @@ pub async fn run(ctx: &Ctx) -> Result<u8> {
     }
     if certs.is_empty() {
         bail!(
-            "no CA on the load balancer hosts of {} yet: the first `up` of an environment with `lb.edge: true` makes it",
+            "no CA for {} on the load balancer hosts of {} yet: the first `up` of an environment with `lb.edge: true` makes it",
+            t.lb.domain,
             t.source.display()
         );
     }

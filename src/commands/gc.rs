@@ -2,7 +2,8 @@
 //! passed, on the hosts of the file (a shared hosts file will do), each as
 //! `down -v` would (under its lock, where the expiry is read again), and
 //! say what went. Environments without an expiry, or whose sealed record
-//! cannot be read, are left alone.
+//! cannot be read, are left alone. Certificates on the edge proxy near
+//! their end are issued again.
 
 use anyhow::Result;
 
@@ -21,6 +22,16 @@ pub async fn run(ctx: &Ctx, dry_run: bool) -> Result<u8> {
     let expired: Vec<_> = envs.iter().filter(|e| e.is_expired(now)).collect();
     for u in &unreachable {
         eprintln!("warning: {u}; environments only there are not looked at");
+    }
+    if !dry_run {
+        match crate::pipeline::edge::renew_expiring(ctx).await {
+            Ok(renewed) => {
+                for r in renewed {
+                    println!("{r}: certificate on the edge proxy issued again (near its end)");
+                }
+            }
+            Err(e) => eprintln!("warning: edge certificates not renewed: {e:#}"),
+        }
     }
     if expired.is_empty() {
         println!(

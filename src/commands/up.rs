@@ -72,6 +72,10 @@ async fn converge<'a>(
             .find_departed(t, record, &mut snapshot, reporter)
             .await?;
     }
+    if t.lb.edge {
+        // Before anything of this environment is kept or changed.
+        crate::plan::edge::refuse_overlaps(t, &snapshot).map_err(crate::error::input)?;
+    }
     let expires_at = match ttl {
         Some(0) => None,
         Some(seconds) => Some(crate::clock::unix_now() + seconds),

@@ -1,16 +1,16 @@
 //! The certificate authority of a set of hosts and the certificates it
 //! issues to environments (pure: keys and certificates in, PEM out).
 //!
-//! No internet and no ACME: stagectl makes one CA per set of load balancer
-//! hosts, keeps it there (see [`super::CA_VOLUME`]), and issues each
-//! environment a wildcard certificate for `*.<env>.<domain>` when its route
-//! is written. Users trust the CA once (`stagectl ca` prints its
+//! No internet and no ACME: stagectl makes one CA per domain on a set of
+//! load balancer hosts, name-constrained to that domain, keeps it there
+//! (see [`super::ca_holder`]), and issues each environment a wildcard
+//! certificate for `*.<env>.<domain>` when its route is written. Users trust the CA once (`stagectl ca` prints its
 //! certificate, never its key).
 
 use anyhow::{Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -23,6 +23,18 @@ pub const KEY_FILE: &str = "ca.key";
 const LEAF_DAYS: i64 = 397;
 /// How long the CA is valid.
 const CA_DAYS: i64 = 3650;
+
+/// An issued certificate is issued again when it has less than this left
+/// (on `up` of its environment, and on `gc`).
+pub const RENEW_WITHIN_SECS: i64 = 30 * 86_400;
+
+/// When a PEM certificate expires, in Unix seconds; `None` when it is not
+/// one.
+pub fn not_after(cert_pem: &str) -> Option<i64> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
 
 /// A CA: its certificate and its key, both PEM.
 #[derive(Clone)]
@@ -45,16 +57,21 @@ pub struct Issued {
 }
 
 impl Ca {
-    /// A new CA named after `label` (which hosts it serves).
-    pub fn generate(label: &str) -> Result<Ca> {
+    /// A new CA for `domain`: name-constrained to it, so trusting it
+    /// trusts no certificate for any other name.
+    pub fn generate(domain: &str) -> Result<Ca> {
         let key = KeyPair::generate().context("cannot make a key for the CA")?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
-        name.push(DnType::CommonName, format!("stagectl edge CA ({label})"));
+        name.push(DnType::CommonName, format!("stagectl edge CA ({domain})"));
         name.push(DnType::OrganizationName, "stagectl");
         params.distinguished_name = name;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.name_constraints = Some(NameConstraints {
+            permitted_subtrees: vec![GeneralSubtree::DnsName(domain.to_string())],
+            excluded_subtrees: vec![],
+        });
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(CA_DAYS);
@@ -121,7 +138,7 @@ mod tests {
 
     #[test]
     fn a_ca_read_back_issues_certificates_for_the_names() {
-        let made = Ca::generate("test").unwrap();
+        let made = Ca::generate("preview.test").unwrap();
         let ca = Ca::from_pem(&made.cert_pem, made.key_pem()).unwrap();
         let names = super::super::conf::names("pr-1", "preview.test").to_vec();
         let issued = ca.issue(&names).unwrap();
@@ -147,7 +164,21 @@ mod tests {
         let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp())
             / 86_400;
         assert!(days <= 398, "{days}");
+        assert_eq!(
+            not_after(&issued.cert_pem),
+            Some(cert.validity().not_after.timestamp())
+        );
+        assert_eq!(not_after("not a certificate"), None);
         assert!(!format!("{ca:?}").contains("PRIVATE"));
+        let constraints = ca_cert.name_constraints().unwrap().unwrap().value;
+        let permitted: Vec<String> = constraints
+            .permitted_subtrees
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|s| s.base.to_string())
+            .collect();
+        assert_eq!(permitted, ["DNSName(preview.test)"]);
     }
 
     #[test]

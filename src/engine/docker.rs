@@ -314,14 +314,35 @@ impl DockerHost {
             .read_dir(edge::CONTAINER, edge::conf::CONF_DIR)
             .await?
             .unwrap_or_default();
-        let routes = files
+        let routes: std::collections::BTreeMap<String, String> = files
             .into_iter()
             .filter_map(|(name, text)| {
                 let env = edge::conf::env_of_route_file(&name)?.to_string();
                 Some((env, String::from_utf8_lossy(&text).into_owned()))
             })
             .collect();
-        Ok(Some(crate::plan::edge::EdgeSeen { running, routes }))
+        let certs = self
+            .read_dir(edge::CONTAINER, edge::conf::TLS_DIR)
+            .await?
+            .unwrap_or_default();
+        let renew_before = crate::clock::unix_now() as i64 + edge::ca::RENEW_WITHIN_SECS;
+        let expiring = routes
+            .iter()
+            .filter(|(_, text)| edge::conf::route_is_issued(text))
+            .filter(|(env, _)| {
+                let cert = edge::conf::EnvFiles::of(env)
+                    .ok()
+                    .and_then(|f| certs.get(f.cert.rsplit('/').next()?))
+                    .and_then(|pem| edge::ca::not_after(&String::from_utf8_lossy(pem)));
+                cert.is_none_or(|end| end < renew_before)
+            })
+            .map(|(env, _)| env.clone())
+            .collect();
+        Ok(Some(crate::plan::edge::EdgeSeen {
+            running,
+            routes,
+            expiring,
+        }))
     }
 
     /// Create `spec`'s container and write its files in (not started).

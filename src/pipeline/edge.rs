@@ -2,9 +2,12 @@
 //! parallel, and nothing else: which routes to write or take away was
 //! decided by the plan.
 //!
-//! The one thing read here is the hosts' CA, because it lives on the hosts:
-//! a host that has one keeps it, a host that has none gets the one another
-//! host of the run has, or a new one.
+//! The one thing read here is the hosts' CA for the environment's domain,
+//! because it lives on the hosts (in a holder the edge never mounts, see
+//! `crate::edge::ca_holder`): a host that has one keeps it, a host that has
+//! none gets the one another host of the run has, or a new one. stagectl
+//! issues the environment's certificate here and writes only that
+//! certificate and its key into the edge.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -13,11 +16,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use bollard::models::RestartPolicyNameEnum;
 
 use crate::edge::ca::{self, Ca, Issued};
-use crate::edge::{self, conf::EnvFiles};
+use crate::edge::{self, conf, conf::EnvFiles};
 use crate::engine::docker::{is_status, Attach, DockerHost};
 use crate::engine::Engine;
 use crate::pipeline::events::Reporter;
-use crate::pipeline::Hosts;
+use crate::pipeline::{open, Ctx, Hosts, Unreachable};
 use crate::plan::desired::FileSpec;
 use crate::plan::edge::EdgeStep;
 use crate::topology::Topology;
@@ -40,23 +43,6 @@ pub async fn execute(
             .engine(host)
             .ok_or_else(|| anyhow!("{host}: not connected, for the edge proxy"))
     };
-    // Made first, so a CA kept on a host from an earlier edge is found.
-    let creates = by_host.iter().filter_map(|(host, steps)| {
-        let step = steps
-            .iter()
-            .find(|s| matches!(s, EdgeStep::EdgeCreate { .. }))?;
-        Some(async move {
-            let started = Instant::now();
-            create(engine(host)?, &t.images.nginx).await?;
-            reporter.done(
-                &step.reference(),
-                started,
-                &format!("{host}: edge proxy on ports 80 and 443"),
-            );
-            anyhow::Ok(())
-        })
-    });
-    futures_util::future::try_join_all(creates).await?;
     // Certificates to issue: unless the user gave one.
     let routed: Vec<&str> = by_host
         .iter()
@@ -64,56 +50,165 @@ pub async fn execute(
         .filter(|_| t.lb.edge_tls.is_none())
         .map(|(h, _)| *h)
         .collect();
-    let cas = hosts_cas(&routed, &engine).await?;
+    let cas = hosts_cas(&routed, &t.lb.domain, &engine).await?;
     let runs = by_host.iter().map(|(host, steps)| {
         let cas = &cas;
         async move {
             let engine = engine(host)?;
-            for step in steps {
-                let started = Instant::now();
-                let note = match step {
-                    EdgeStep::EdgeCreate { .. } => continue,
-                    EdgeStep::EdgeRoute {
-                        names, to, text, ..
-                    } => {
-                        let certificate = match &t.lb.edge_tls {
-                            Some(tls) => Issued {
-                                cert_pem: tls.cert_pem.clone(),
-                                key_pem: tls.key_pem.clone(),
-                            },
-                            None => cas.get(host).context("the host's CA")?.issue(names)?,
-                        };
-                        route(engine, &t.name, text, certificate).await?;
-                        format!("{host}: https://{} → {to} on ports 80 and 443", names[1])
-                    }
-                    EdgeStep::EdgeUnroute { .. } => {
-                        unroute(engine, &t.name).await?;
-                        format!("{host}: {}'s names taken off the edge proxy", t.name)
-                    }
-                    EdgeStep::EdgeRemove { .. } => match remove_if_unused(engine).await? {
-                        true => format!("{host}: edge proxy removed, no environment left on it"),
-                        false => {
-                            format!("{host}: edge proxy kept, another environment is on it now")
-                        }
-                    },
-                };
-                reporter.done(&step.reference(), started, &note);
-            }
-            anyhow::Ok(())
+            let lock = lock(engine).await?;
+            let done = host_steps(engine, t, host, steps, cas, reporter).await;
+            lock.release().await?;
+            done
         }
     });
     futures_util::future::try_join_all(runs).await?;
     Ok(())
 }
 
+/// One host's steps, under its edge lock.
+async fn host_steps(
+    engine: &DockerHost,
+    t: &Topology,
+    host: &str,
+    steps: &[&EdgeStep],
+    cas: &BTreeMap<&str, Ca>,
+    reporter: &Reporter,
+) -> Result<()> {
+    for step in steps {
+        let started = Instant::now();
+        let note = match step {
+            EdgeStep::EdgeCreate { .. } => {
+                create(engine).await?;
+                format!("{host}: edge proxy on ports 80 and 443")
+            }
+            EdgeStep::EdgeRoute {
+                names, to, text, ..
+            } => {
+                // Under the lock the edge is as it is now: another
+                // environment's `down` may have removed it since
+                // the snapshot.
+                create(engine).await?;
+                let certificate = match &t.lb.edge_tls {
+                    Some(tls) => Issued {
+                        cert_pem: tls.cert_pem.clone(),
+                        key_pem: tls.key_pem.clone(),
+                    },
+                    None => cas.get(host).context("the host's CA")?.issue(names)?,
+                };
+                route(engine, &t.name, text, certificate).await?;
+                format!("{host}: https://{} → {to} on ports 80 and 443", names[1])
+            }
+            EdgeStep::EdgeUnroute { .. } => {
+                unroute(engine, &t.name).await?;
+                format!("{host}: {}'s names taken off the edge proxy", t.name)
+            }
+            EdgeStep::EdgeRemove { .. } => match remove_if_unused(engine).await? {
+                true => format!("{host}: edge proxy removed, no environment left on it"),
+                false => {
+                    format!("{host}: edge proxy kept, another environment is on it now")
+                }
+            },
+        };
+        reporter.done(&step.reference(), started, &note);
+    }
+    Ok(())
+}
+
+/// `gc`: on each load balancer host of the file, every certificate the
+/// hosts' CA issued that is near its end (see [`ca::RENEW_WITHIN_SECS`])
+/// is issued again, whichever environment it is for. Returns
+/// `<host>: <env>` for each.
+pub async fn renew_expiring(ctx: &Ctx) -> Result<Vec<String>> {
+    let hosts = open(ctx, &Reporter::quiet(), Unreachable::Report).await?;
+    let mut renewed = Vec::new();
+    for h in ctx.topology.lb_hosts() {
+        let Some(engine) = hosts.engine(&h.name) else {
+            continue;
+        };
+        let seen = engine.edge_seen().await?;
+        if seen.is_none_or(|e| e.expiring.is_empty()) {
+            continue;
+        }
+        let lock = lock(engine).await?;
+        let done = renew_on(engine).await;
+        lock.release().await?;
+        renewed.extend(done?.into_iter().map(|env| format!("{}: {env}", h.name)));
+    }
+    Ok(renewed)
+}
+
+/// Under the edge lock: the expiring certificates of the edge as it is
+/// now, each issued again for the names its route has, by the CA of its
+/// domain (constrained to that domain whatever the route file says).
+async fn renew_on(engine: &DockerHost) -> Result<Vec<String>> {
+    let Some(seen) = engine.edge_seen().await? else {
+        return Ok(vec![]);
+    };
+    let mut renewed = Vec::new();
+    for env in &seen.expiring {
+        let text = &seen.routes[env];
+        let Some(domain) = conf::routed_name(text)
+            .and_then(|name| name.strip_prefix(env.as_str())?.strip_prefix('.'))
+        else {
+            continue;
+        };
+        let Some(ca) = read_ca(engine, domain).await? else {
+            continue;
+        };
+        let issued = ca.issue(&conf::names(env, domain))?;
+        route(engine, env, text, issued).await?;
+        renewed.push(env.clone());
+    }
+    Ok(renewed)
+}
+
+/// The host's edge lock, held (see [`edge::LOCK`]).
+struct EdgeLock<'a> {
+    engine: &'a DockerHost,
+}
+
+impl EdgeLock<'_> {
+    async fn release(self) -> Result<()> {
+        self.engine
+            .remove_container(edge::LOCK)
+            .await
+            .with_context(|| format!("{}: cannot give back the edge lock", self.engine.name()))
+    }
+}
+
+/// How long a run waits for another to give back a host's edge lock: it
+/// holds it for a route's write and reload, well under a second.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+async fn lock(engine: &DockerHost) -> Result<EdgeLock<'_>> {
+    let spec = edge::lock_container();
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match engine
+            .create(&spec, RestartPolicyNameEnum::NO, Attach::default())
+            .await
+        {
+            Ok(_) => return Ok(EdgeLock { engine }),
+            Err(e) if is_status(&e, 409) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) if is_status(&e, 409) => bail!(
+                "{}: the edge lock ({}) was not given back in {} s; if no run is under way, \
+                 remove it (`docker rm {}`) and run again",
+                engine.name(),
+                edge::LOCK,
+                LOCK_WAIT.as_secs(),
+                edge::LOCK
+            ),
+            Err(e) => return Err(e).context("cannot take the edge lock"),
+        }
+    }
+}
+
 /// Make and start the host's edge container (another run may have just
-/// made it: then it is only started). Its CA volume is made first, with
-/// the edge's label.
-async fn create(engine: &DockerHost, nginx_image: &str) -> Result<()> {
-    engine
-        .ensure_volume(edge::CA_VOLUME, edge::COMPONENT)
-        .await?;
-    let spec = edge::container(nginx_image);
+/// made it: then it is only started).
+async fn create(engine: &DockerHost) -> Result<()> {
+    let spec = edge::container();
     match engine
         .create(
             &spec,
@@ -137,15 +232,17 @@ async fn create(engine: &DockerHost, nginx_image: &str) -> Result<()> {
     }
 }
 
-/// Each host's CA: its own if it has one, else the first one another host
-/// of the run has, else a new one, written to the hosts that had none.
+/// Each host's CA for `domain`: its own if it has one, else the first one
+/// another host of the run has, else a new one, claimed on the hosts that
+/// had none (where another run may claim it first: then theirs).
 async fn hosts_cas<'a>(
     routed: &[&'a str],
+    domain: &str,
     engine: &impl Fn(&str) -> Result<&'a DockerHost>,
 ) -> Result<BTreeMap<&'a str, Ca>> {
     let mut found = BTreeMap::new();
     for host in routed {
-        if let Some(ca) = read_ca(engine(host)?).await? {
+        if let Some(ca) = read_ca(engine(host)?, domain).await? {
             found.insert(*host, ca);
         }
     }
@@ -159,42 +256,84 @@ async fn hosts_cas<'a>(
     }
     let shared = match found.values().next() {
         Some(ca) => ca.clone(),
-        None => Ca::generate(&routed.join(", "))?,
+        None => Ca::generate(domain)?,
     };
     for host in missing {
-        engine(host)?
-            .upload_files(
-                edge::CONTAINER,
-                &[
-                    FileSpec::new(
-                        &ca_path(ca::CERT_FILE),
-                        0o644,
-                        shared.cert_pem.clone().into_bytes(),
-                    ),
-                    FileSpec::new(
-                        &ca_path(ca::KEY_FILE),
-                        0o600,
-                        shared.key_pem().as_bytes().to_vec(),
-                    ),
-                ],
-            )
-            .await
-            .with_context(|| format!("{host}: cannot write the CA"))?;
-        found.insert(host, shared.clone());
+        let ca = claim_ca(engine(host)?, domain, &shared).await?;
+        found.insert(host, ca);
     }
     Ok(found)
 }
+
+/// Make the holder of the host's CA for `domain` and write `ca` into it;
+/// when another run made the holder first (Docker reserves the name), its
+/// CA, waited for until that run has written it.
+async fn claim_ca(engine: &DockerHost, domain: &str, ca: &Ca) -> Result<Ca> {
+    let holder = edge::ca_holder(domain).map_err(|e| anyhow!(e))?;
+    engine.ensure_volume(&holder, edge::CA_COMPONENT).await?;
+    let spec = edge::ca_holder_container(&holder);
+    match engine
+        .create(&spec, RestartPolicyNameEnum::NO, Attach::default())
+        .await
+    {
+        Ok(_) => {
+            engine
+                .upload_files(
+                    &holder,
+                    &[
+                        FileSpec::new(
+                            &ca_path(ca::CERT_FILE),
+                            0o644,
+                            ca.cert_pem.clone().into_bytes(),
+                        ),
+                        FileSpec::new(
+                            &ca_path(ca::KEY_FILE),
+                            0o600,
+                            ca.key_pem().as_bytes().to_vec(),
+                        ),
+                    ],
+                )
+                .await
+                .with_context(|| format!("{}: cannot write the CA into {holder}", engine.name()))?;
+            Ok(ca.clone())
+        }
+        Err(e) if is_status(&e, 409) => {
+            let deadline = Instant::now() + CLAIM_WAIT;
+            loop {
+                if let Some(theirs) = read_ca(engine, domain).await? {
+                    return Ok(theirs);
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "{}: {holder} holds no CA {} s after another run made it; if no run is \
+                         under way, remove that container (`docker rm {holder}`) and run again",
+                        engine.name(),
+                        CLAIM_WAIT.as_secs()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Err(e) => Err(e).with_context(|| format!("{}: cannot make {holder}", engine.name())),
+    }
+}
+
+/// How long a run that lost the race for a host's CA waits for the
+/// winner to write it (it does so right after making the holder).
+const CLAIM_WAIT: Duration = Duration::from_secs(15);
 
 fn ca_path(file: &str) -> String {
     format!("{}/{file}", edge::CA_DIR)
 }
 
-/// The host's CA, if its edge has one.
-pub async fn read_ca(engine: &DockerHost) -> Result<Option<Ca>> {
+/// The host's CA for `domain`, if it has one (read through the engine's
+/// archive API from its holder, which never runs).
+pub async fn read_ca(engine: &DockerHost, domain: &str) -> Result<Option<Ca>> {
+    let holder = edge::ca_holder(domain).map_err(|e| anyhow!(e))?;
     let (cert_path, key_path) = (ca_path(ca::CERT_FILE), ca_path(ca::KEY_FILE));
     let (cert, key) = tokio::try_join!(
-        engine.read_file(edge::CONTAINER, &cert_path),
-        engine.read_file(edge::CONTAINER, &key_path),
+        engine.read_file(&holder, &cert_path),
+        engine.read_file(&holder, &key_path),
     )?;
     let (Some(cert), Some(key)) = (cert, key) else {
         return Ok(None);
@@ -202,13 +341,7 @@ pub async fn read_ca(engine: &DockerHost) -> Result<Option<Ca>> {
     let text = |b: Vec<u8>| String::from_utf8(b).unwrap_or_default();
     Ca::from_pem(&text(cert), &text(key))
         .map(Some)
-        .with_context(|| {
-            format!(
-                "{}: the edge's CA in volume {}",
-                engine.name(),
-                edge::CA_VOLUME
-            )
-        })
+        .with_context(|| format!("{}: the edge's CA in {holder}", engine.name()))
 }
 
 /// Write the environment's route and certificate, check the whole config,
@@ -315,7 +448,9 @@ done
 "#;
 
 /// Remove the edge container if no route is left in it (another run may
-/// have added one since the snapshot). The CA volume stays.
+/// have added one since the snapshot). Under the host's edge lock, so a
+/// route another run adds is either seen here or written after, onto an
+/// edge that run makes again. The CA's holder stays.
 async fn remove_if_unused(engine: &DockerHost) -> Result<bool> {
     let seen = engine.edge_seen().await?;
     if seen.is_some_and(|e| !e.routes.is_empty()) {

@@ -745,10 +745,13 @@ pub fn images_of(topology: &Topology) -> Vec<String> {
         gossip_key: String::new(),
         ..Default::default()
     };
-    let all: std::collections::BTreeSet<String> = desired_state(topology, &placeholder)
+    let mut all: std::collections::BTreeSet<String> = desired_state(topology, &placeholder)
         .iter()
         .flat_map(HostState::images)
         .collect();
+    if topology.lb.edge {
+        all.insert(crate::edge::IMAGE.to_string());
+    }
     all.into_iter().collect()
 }
 

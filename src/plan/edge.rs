@@ -20,6 +20,9 @@ pub struct EdgeSeen {
     pub running: bool,
     /// Environment → the text of its route file.
     pub routes: BTreeMap<String, String>,
+    /// Environments whose certificate, issued by the hosts' CA, expires
+    /// within [`crate::edge::ca::RENEW_WITHIN_SECS`] (or cannot be read).
+    pub expiring: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -96,6 +99,7 @@ pub fn up(t: &Topology, snapshot: &Snapshot) -> Result<Vec<EdgeStep>, String> {
     let mut steps = Vec::new();
     let mut wanted = BTreeMap::new();
     if t.lb.edge {
+        refuse_overlaps(t, snapshot)?;
         for h in t.lb_hosts() {
             let route = Route {
                 env: t.name.clone(),
@@ -120,7 +124,8 @@ pub fn up(t: &Topology, snapshot: &Snapshot) -> Result<Vec<EdgeStep>, String> {
                         host: h.host.clone(),
                     });
                 }
-                if ours != Some(&text) {
+                let expiring = seen.is_some_and(|e| e.expiring.contains(&t.name));
+                if ours != Some(&text) || expiring {
                     steps.push(EdgeStep::EdgeRoute {
                         host: h.host.clone(),
                         names: conf::names(&route.env, &route.domain).to_vec(),
@@ -133,6 +138,33 @@ pub fn up(t: &Topology, snapshot: &Snapshot) -> Result<Vec<EdgeStep>, String> {
         }
     }
     Ok(steps)
+}
+
+/// An environment whose names meet another's on the same edge would take
+/// some of them (`*.web.pr-1.<domain>` for `web` on `pr-1.<domain>` is
+/// preview `pr-1`'s), and get a certificate for them: refused before
+/// anything changes, naming the other environment. `up` asks this as soon
+/// as it has the snapshot, before it keeps a new environment's key, and
+/// [`up`] again.
+pub fn refuse_overlaps(t: &Topology, snapshot: &Snapshot) -> Result<(), String> {
+    let ours = conf::names(&t.name, &t.lb.domain)[0].clone();
+    for h in &snapshot.hosts {
+        let Some(seen) = &h.edge else { continue };
+        for (env, text) in seen.routes.iter().filter(|(env, _)| **env != t.name) {
+            let Some(theirs) = conf::routed_name(text) else {
+                continue;
+            };
+            if conf::overlaps(&ours, theirs) {
+                return Err(format!(
+                    "lb.domain `{}`: environment {} would answer to {ours} and every name below it, \
+                     which meets environment {env}'s {theirs} on the edge proxy of {}; \
+                     choose a domain whose names no other environment has",
+                    t.lb.domain, t.name, h.host
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `down`: the environment's routes taken away, wherever they are.
@@ -199,8 +231,42 @@ mod tests {
         let seen = EdgeSeen {
             running: true,
             routes: BTreeMap::from([("pr-7".to_string(), text.clone())]),
+            ..Default::default()
         };
-        assert!(up(&t, &snapshot(Some(seen))).unwrap().is_empty());
+        assert!(up(&t, &snapshot(Some(seen.clone()))).unwrap().is_empty());
+        // A certificate near its end is issued again.
+        let mut expiring = seen;
+        expiring.expiring.insert("pr-7".into());
+        assert_eq!(
+            actions(&up(&t, &snapshot(Some(expiring))).unwrap()),
+            ["edge_route"]
+        );
+    }
+
+    #[test]
+    fn names_that_meet_another_environments_are_refused() {
+        let mut t = topology(true);
+        t.name = "web".into();
+        t.lb.domain = "pr-7.preview.test".into();
+        let preview = topology(true);
+        let Some(EdgeStep::EdgeRoute { text, .. }) = up(&preview, &snapshot(None)).unwrap().pop()
+        else {
+            panic!()
+        };
+        let seen = EdgeSeen {
+            running: true,
+            routes: BTreeMap::from([("pr-7".to_string(), text)]),
+            ..Default::default()
+        };
+        // Its own domain beside the preview's: fine.
+        t.lb.domain = "web.test".into();
+        assert!(up(&t, &snapshot(Some(seen.clone()))).is_ok());
+        t.lb.domain = "pr-7.preview.test".into();
+        let refused = up(&t, &snapshot(Some(seen))).unwrap_err();
+        assert!(
+            refused.contains("environment pr-7's pr-7.preview.test"),
+            "{refused}"
+        );
     }
 
     #[test]
@@ -209,6 +275,7 @@ mod tests {
         let only = EdgeSeen {
             running: true,
             routes: BTreeMap::from([("pr-7".to_string(), "x".to_string())]),
+            ..Default::default()
         };
         assert_eq!(
             actions(&up(&t, &snapshot(Some(only.clone()))).unwrap()),

@@ -135,9 +135,16 @@ impl Plan {
             let host = t
                 .host(&want.host)
                 .expect("desired state comes from the topology");
+            let mut wanted_images = want.images();
+            // The edge runs stagectl's own nginx, whatever `images.nginx` is.
+            if t.lb.edge && host.has_role(Role::Lb) {
+                wanted_images.push(crate::edge::IMAGE.to_string());
+                wanted_images.sort();
+                wanted_images.dedup();
+            }
             let delivery = images::plan(
                 &want.host,
-                &want.images(),
+                &wanted_images,
                 &observed.image_ids,
                 &snapshot.local_images,
                 !host.is_lab(),

@@ -176,6 +176,10 @@ pub enum Command {
         /// Open the URL in a browser (xdg-open)
         #[arg(long)]
         open: bool,
+        /// Allow a `--listen` address other than loopback: Consul's API
+        /// (catalog, keys, the UI) is then reachable from the network
+        #[arg(long)]
+        expose: bool,
     },
     /// The agents that run in containers on the hosts (started by `up`)
     #[command(subcommand, hide = true)]
@@ -340,9 +344,13 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
         _ => return Err(format!("`{s}`: the unit is one of s, m, h, d, w")),
     };
     n.checked_mul(seconds)
-        .filter(|s| *s > 0)
-        .ok_or_else(|| format!("`{s}` is out of range"))
+        .filter(|s| (1..=MAX_TTL_SECONDS).contains(s))
+        .ok_or_else(|| format!("`{s}` is out of range: from 1s to 365d"))
 }
+
+/// The longest `--ttl`: a year. Beyond it an expiry is a typo, and added to
+/// the clock it could wrap around.
+pub const MAX_TTL_SECONDS: u64 = 365 * 86400;
 
 /// `NAME=PORT` for `agent template --tcp`.
 fn parse_tcp_listener(s: &str) -> Result<(String, u16), String> {
@@ -374,6 +382,11 @@ mod tests {
             .unwrap_err()
             .contains("one of s, m, h, d, w"));
         assert!(parse_ttl("0d").is_err());
+        assert_eq!(parse_ttl("365d"), Ok(super::MAX_TTL_SECONDS));
+        assert!(parse_ttl("366d").unwrap_err().contains("out of range"));
+        assert!(parse_ttl("18446744073709551000s")
+            .unwrap_err()
+            .contains("out of range"));
         assert_eq!(
             parse_image_override("web=team/web:3f2c1a"),
             Ok(("web".into(), "team/web:3f2c1a".into()))

@@ -230,3 +230,74 @@ fn every_subcommand_parses_its_help() {
         assert_eq!(r.code, 0, "agent {sub} --help: {}", r.stderr);
     }
 }
+
+#[test]
+fn the_smaller_doors_are_closed_with_exit_2_naming_the_flag() {
+    let state = tempfile::tempdir().unwrap();
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/local.yaml");
+    let f = local.to_str().unwrap();
+    let refused = |args: &[&str], text: &str| {
+        let r = stagectl(state.path(), args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(text),
+            "{args:?}: `{text}` in {}",
+            r.stderr
+        );
+    };
+    // What --set may change still works, so the refusals below are theirs.
+    let ok = stagectl(
+        state.path(),
+        &["-f", f, "--set", "services.demo.per_host=2", "validate"],
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    let ok = stagectl(
+        state.path(),
+        &[
+            "-f",
+            f,
+            "--set",
+            "services.demo.secrets={token: {from_env: CI_TOKEN}}",
+            "validate",
+        ],
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    refused(
+        &[
+            "-f",
+            f,
+            "--set",
+            "services.demo.binds=[\"/etc:/host-etc\"]",
+            "validate",
+        ],
+        "--set services.demo.binds",
+    );
+    refused(
+        &[
+            "-f",
+            f,
+            "--set",
+            "services.demo.secrets={token: {from_file: /root/.ssh/id_ed25519}}",
+            "plan",
+        ],
+        "from_file",
+    );
+    // --ttl: a year at most, never wrapped around.
+    refused(&["-f", f, "up", "--ttl", "18446744073709551000s"], "--ttl");
+    refused(&["-f", f, "up", "--ttl", "400d"], "out of range");
+    // ui: off this machine only with --expose (refused before connecting).
+    refused(&["-f", f, "ui", "--listen", "0.0.0.0:0"], "--expose");
+    // A state directory others can write into is refused, untouched.
+    let shared = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let r = stagectl(shared.path(), &["-f", f, "plan"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("writable by group or others"),
+        "{}",
+        r.stderr
+    );
+    assert!(std::fs::read_dir(shared.path()).unwrap().next().is_none());
+}

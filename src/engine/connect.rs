@@ -222,6 +222,16 @@ impl Connector {
         t: &SshTarget,
         hermetic: bool,
     ) -> Result<(Session, PathBuf)> {
+        // The ssh library puts no `--` before the destination: a name
+        // starting with `-` would be read as an option (validate refuses
+        // them; this holds for any other way a target is made).
+        if t.host.starts_with('-') || t.user.starts_with('-') {
+            return Err(anyhow!(
+                "{name}: SSH user `{}` or host `{}` starts with `-`",
+                t.user,
+                t.host
+            ));
+        }
         let mut b = SessionBuilder::default();
         b.user(t.user.clone())
             .port(t.port)

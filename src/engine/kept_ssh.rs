@@ -179,7 +179,7 @@ impl MasterSlot {
                 .stderr(Stdio::null())
                 .arg("-S")
                 .arg(&self.ctl)
-                .args(["-O", "exit", "stagectl-master"])
+                .args(["-O", "exit", "--", "stagectl-master"])
                 .status()
                 .await;
         }

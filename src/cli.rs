@@ -162,8 +162,15 @@ pub enum Command {
     /// Show who holds the environment's lock (taken by `up` and `down`)
     #[command(subcommand)]
     Lock(LockCommand),
-    /// Free the environment's lock whoever holds it (when its holder is known to be gone)
-    Unlock,
+    /// Free the environment's lock (when its holder is known to be gone): shows the holder and asks first
+    Unlock {
+        /// Remove the lock only if it is this one (its ID, as `lock status -o json` shows)
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        /// Do not ask (scripts): remove the lock shown
+        #[arg(short, long)]
+        yes: bool,
+    },
     /// Print a shell completion script: `stagectl completions bash > /etc/bash_completion.d/stagectl`
     Completions { shell: clap_complete::Shell },
     /// Serve the environment's Consul web UI on a local address, tunnelled to a host's Consul (until Ctrl-C)

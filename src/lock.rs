@@ -42,6 +42,10 @@ pub struct Holder {
     pub since: u64,
     /// Whether the holder's process still holds it (its connection is open).
     pub alive: bool,
+    /// Whether its hold process runs (`alive` also counts a lock still
+    /// starting).
+    #[serde(skip)]
+    pub running: bool,
 }
 
 impl std::fmt::Display for Holder {
@@ -60,6 +64,7 @@ impl std::fmt::Display for Holder {
 /// closes.
 pub struct Lock {
     host: DockerHost,
+    env: String,
     /// Its container's ID (not its name: if this run lost the lock, say its
     /// connection dropped and another run took it over, releasing must not
     /// remove the other run's lock).
@@ -212,25 +217,47 @@ impl Lock {
         };
         Ok(Some(Lock {
             host: host.clone(),
+            env: env.to_string(),
             id,
             _stdin: attached.input,
             starting: Some(starting),
         }))
     }
 
-    /// Wait until the lock container has started: from then on the lock
-    /// outlives a minute only while this process does.
+    /// Wait until the lock container has started (from then on the lock
+    /// outlives a minute only while this process does), then check it is
+    /// still ours: the container of the lock's name is the one this run
+    /// created, by ID, and runs. Called before each phase that changes
+    /// hosts: a run whose connection dropped (its hold ended) or whose lock
+    /// was removed stops there rather than race the run that took over.
     pub async fn confirm(&mut self) -> Result<()> {
-        match self.starting.take() {
-            Some(start) => start.await.context("the lock's start did not finish")?,
-            None => Ok(()),
+        if let Some(start) = self.starting.take() {
+            start.await.context("the lock's start did not finish")??;
+        }
+        let lost = |why: String| {
+            anyhow::anyhow!(
+                "{}: this run lost the lock of {}: {why}; stopping before changing anything more",
+                self.host.name,
+                self.env
+            )
+        };
+        match holder(&self.host, &self.env).await? {
+            Some(h) if h.id == self.id && h.running => Ok(()),
+            Some(h) if h.id == self.id => {
+                Err(lost("its hold ended (the connection dropped)".into()))
+            }
+            Some(h) => Err(lost(format!("it is now held by {h}"))),
+            None => Err(lost("it was removed (`stagectl unlock`?)".into())),
         }
     }
 
     /// Give the lock back (its start finished first, so the removal never
     /// races it).
     pub async fn release(mut self) -> Result<()> {
-        let started = self.confirm().await;
+        let started = match self.starting.take() {
+            Some(start) => start.await.context("the lock's start did not finish")?,
+            None => Ok(()),
+        };
         remove_id(&self.host, &self.id).await?;
         started
     }
@@ -264,12 +291,21 @@ pub async fn holder(host: &DockerHost, env: &str) -> Result<Option<Holder>> {
         command: label(labels::LOCK_COMMAND),
         since,
         alive: state.running.unwrap_or(false) || starting,
+        running: state.running.unwrap_or(false),
     }))
 }
 
-/// Free the lock of `env` on `host` whoever holds it (`stagectl unlock`).
-pub async fn remove(host: &DockerHost, env: &str) -> Result<()> {
-    remove_id(host, &name(env)).await
+/// Free the lock of `env` on `host` if it is still the one with container
+/// ID `id` (what `stagectl unlock` showed): a lock taken meanwhile by
+/// another run is never removed. `false` when it was not that one.
+pub async fn remove(host: &DockerHost, env: &str, id: &str) -> Result<bool> {
+    match holder(host, env).await? {
+        Some(h) if h.id == id => {
+            remove_id(host, &h.id).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Remove one lock container, by ID (or name); gone already is fine.

@@ -150,7 +150,7 @@ async fn run_command(ctx: &Ctx, command: Command) -> Result<u8> {
         Command::Lock(crate::cli::LockCommand::Status { output }) => {
             lock::status(ctx, output).await
         }
-        Command::Unlock => lock::unlock(ctx).await,
+        Command::Unlock { id, yes } => lock::unlock(ctx, id.as_deref(), yes).await,
         Command::DemoHttp { .. }
         | Command::DemoMigrate { .. }
         | Command::Agent(_)

@@ -105,6 +105,7 @@ impl Lock {
     ) -> Result<Lock> {
         let deadline = Instant::now() + timeout;
         let mut told = false;
+        let mut taken_over = String::new();
         loop {
             if let Some(lock) = Self::try_create(host, env, image, command).await? {
                 return Ok(lock);
@@ -112,11 +113,17 @@ impl Lock {
             match holder(host, env).await? {
                 None => continue, // released meanwhile
                 Some(h) if !h.alive => {
-                    waiting(&format!(
-                        "taking over the lock of {env} on {}: its holder, {h}, is gone",
-                        host.name
-                    ));
+                    if taken_over != h.id {
+                        waiting(&format!(
+                            "taking over the lock of {env} on {}: its holder, {h}, is gone",
+                            host.name
+                        ));
+                        taken_over = h.id.clone();
+                    }
                     remove_id(host, &h.id).await?;
+                    // Its removal (ours, or its holder's release) may still
+                    // be under way: the name frees when it is done.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Some(h) => {
                     if Instant::now() >= deadline {
@@ -323,6 +330,12 @@ async fn remove_id(host: &DockerHost, id: &str) -> Result<()> {
     {
         Ok(()) => Ok(()),
         Err(e) if crate::engine::docker::is_not_found(&e) => Ok(()),
+        // Another run (the holder releasing it, or a second taker) is
+        // removing it already: it goes either way.
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            ref message,
+        }) if message.contains("already in progress") => Ok(()),
         Err(e) => Err(e).context(format!("{}: cannot remove lock {id}", host.name)),
     }
 }

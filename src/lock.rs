@@ -38,8 +38,12 @@ pub struct Holder {
     /// `user@machine (pid N)`.
     pub who: String,
     pub command: String,
-    /// Unix seconds.
+    /// Unix seconds, by the holder's clock (shown, never compared).
     pub since: u64,
+    /// Seconds since the lock was created, by the host's clock (its
+    /// engine's time against the container's creation): a machine whose
+    /// clock is off cannot make a fresh lock look old, or an old one new.
+    pub age: u64,
     /// Whether the holder's process still holds it (its connection is open).
     pub alive: bool,
     /// Whether its hold process runs (`alive` also counts a lock still
@@ -50,7 +54,7 @@ pub struct Holder {
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let age = now().saturating_sub(self.since);
+        let age = self.age;
         write!(
             f,
             "{} running `{}` since {} s ago",
@@ -290,16 +294,33 @@ pub async fn holder(host: &DockerHost, env: &str) -> Result<Option<Holder>> {
     let state = inspect.state.unwrap_or_default();
     // Created but not started yet: its holder is between the two calls,
     // unless that was long ago (it died right there).
-    let starting = state.status == Some(bollard::models::ContainerStateStatusEnum::CREATED)
-        && now().saturating_sub(since) < 60;
+    let created = inspect.created.as_deref().and_then(unix_seconds);
+    let host_now = match host.docker.info().await {
+        Ok(info) => info.system_time.as_deref().and_then(unix_seconds),
+        Err(_) => None,
+    };
+    let age = match (created, host_now) {
+        (Some(c), Some(n)) => n.saturating_sub(c),
+        // An engine that says neither: the label, by our clock.
+        _ => now().saturating_sub(since),
+    };
+    let starting =
+        state.status == Some(bollard::models::ContainerStateStatusEnum::CREATED) && age < 60;
     Ok(Some(Holder {
         id: inspect.id.unwrap_or_default(),
         who: label(labels::LOCK_HOLDER),
         command: label(labels::LOCK_COMMAND),
         since,
+        age,
         alive: state.running.unwrap_or(false) || starting,
         running: state.running.unwrap_or(false),
     }))
+}
+
+/// An engine's RFC 3339 time (`2026-12-04T20:41:07.123456789Z`) as Unix seconds.
+fn unix_seconds(s: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp()).ok()
 }
 
 /// Free the lock of `env` on `host` if it is still the one with container
@@ -348,4 +369,20 @@ pub fn hold() -> Result<()> {
     let mut stdin = std::io::stdin();
     while stdin.read(&mut sink)? > 0 {}
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn engine_times_read_as_unix_seconds() {
+        assert_eq!(
+            super::unix_seconds("2026-12-04T20:41:07.123456789Z"),
+            Some(1796416867)
+        );
+        assert_eq!(
+            super::unix_seconds("2026-12-04T21:41:07+01:00"),
+            Some(1796416867)
+        );
+        assert_eq!(super::unix_seconds("yesterday"), None);
+    }
 }

@@ -119,7 +119,7 @@ lab_ssh() {
     local lab=$1 ip=$2; shift 2
     ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes \
         -o UserKnownHostsFile="$STAGECTL_STATE_DIR/labs/$lab/known_hosts" \
-        -i "$STAGECTL_STATE_DIR/labs/$lab/id_ed25519" "root@$ip" "$@"
+        -i "$STAGECTL_STATE_DIR/labs/$lab/id_ed25519" -- "root@$ip" "$@"
 }
 # env_memory_mb LAB NET ENV: the memory ENV's containers use on the lab's hosts.
 env_memory_mb() {

@@ -169,8 +169,15 @@ pub enum Command {
     /// Show who holds the environment's lock (taken by `up` and `down`)
     #[command(subcommand)]
     Lock(LockCommand),
-    /// Free the environment's lock whoever holds it (when its holder is known to be gone)
-    Unlock,
+    /// Free the environment's lock (when its holder is known to be gone): shows the holder and asks first
+    Unlock {
+        /// Remove the lock only if it is this one (its ID, as `lock status -o json` shows)
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        /// Do not ask (scripts): remove the lock shown
+        #[arg(short, long)]
+        yes: bool,
+    },
     /// Print a shell completion script: `stagectl completions bash > /etc/bash_completion.d/stagectl`
     Completions { shell: clap_complete::Shell },
     /// Serve the environment's Consul web UI on a local address, tunnelled to a host's Consul (until Ctrl-C)
@@ -183,6 +190,10 @@ pub enum Command {
         /// Open the URL in a browser (xdg-open)
         #[arg(long)]
         open: bool,
+        /// Allow a `--listen` address other than loopback: Consul's API
+        /// (catalog, keys, the UI) is then reachable from the network
+        #[arg(long)]
+        expose: bool,
     },
     /// The agents that run in containers on the hosts (started by `up`)
     #[command(subcommand, hide = true)]
@@ -347,9 +358,13 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
         _ => return Err(format!("`{s}`: the unit is one of s, m, h, d, w")),
     };
     n.checked_mul(seconds)
-        .filter(|s| *s > 0)
-        .ok_or_else(|| format!("`{s}` is out of range"))
+        .filter(|s| (1..=MAX_TTL_SECONDS).contains(s))
+        .ok_or_else(|| format!("`{s}` is out of range: from 1s to 365d"))
 }
+
+/// The longest `--ttl`: a year. Beyond it an expiry is a typo, and added to
+/// the clock it could wrap around.
+pub const MAX_TTL_SECONDS: u64 = 365 * 86400;
 
 /// `NAME=PORT` for `agent template --tcp`.
 fn parse_tcp_listener(s: &str) -> Result<(String, u16), String> {
@@ -381,6 +396,11 @@ mod tests {
             .unwrap_err()
             .contains("one of s, m, h, d, w"));
         assert!(parse_ttl("0d").is_err());
+        assert_eq!(parse_ttl("365d"), Ok(super::MAX_TTL_SECONDS));
+        assert!(parse_ttl("366d").unwrap_err().contains("out of range"));
+        assert!(parse_ttl("18446744073709551000s")
+            .unwrap_err()
+            .contains("out of range"));
         assert_eq!(
             parse_image_override("web=team/web:3f2c1a"),
             Ok(("web".into(), "team/web:3f2c1a".into()))

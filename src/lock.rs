@@ -38,15 +38,23 @@ pub struct Holder {
     /// `user@machine (pid N)`.
     pub who: String,
     pub command: String,
-    /// Unix seconds.
+    /// Unix seconds, by the holder's clock (shown, never compared).
     pub since: u64,
+    /// Seconds since the lock was created, by the host's clock (its
+    /// engine's time against the container's creation): a machine whose
+    /// clock is off cannot make a fresh lock look old, or an old one new.
+    pub age: u64,
     /// Whether the holder's process still holds it (its connection is open).
     pub alive: bool,
+    /// Whether its hold process runs (`alive` also counts a lock still
+    /// starting).
+    #[serde(skip)]
+    pub running: bool,
 }
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let age = now().saturating_sub(self.since);
+        let age = self.age;
         write!(
             f,
             "{} running `{}` since {} s ago",
@@ -60,6 +68,7 @@ impl std::fmt::Display for Holder {
 /// closes.
 pub struct Lock {
     host: DockerHost,
+    env: String,
     /// Its container's ID (not its name: if this run lost the lock, say its
     /// connection dropped and another run took it over, releasing must not
     /// remove the other run's lock).
@@ -100,6 +109,7 @@ impl Lock {
     ) -> Result<Lock> {
         let deadline = Instant::now() + timeout;
         let mut told = false;
+        let mut taken_over = String::new();
         loop {
             if let Some(lock) = Self::try_create(host, env, image, command).await? {
                 return Ok(lock);
@@ -107,11 +117,17 @@ impl Lock {
             match holder(host, env).await? {
                 None => continue, // released meanwhile
                 Some(h) if !h.alive => {
-                    waiting(&format!(
-                        "taking over the lock of {env} on {}: its holder, {h}, is gone",
-                        host.name
-                    ));
+                    if taken_over != h.id {
+                        waiting(&format!(
+                            "taking over the lock of {env} on {}: its holder, {h}, is gone",
+                            host.name
+                        ));
+                        taken_over = h.id.clone();
+                    }
                     remove_id(host, &h.id).await?;
+                    // Its removal (ours, or its holder's release) may still
+                    // be under way: the name frees when it is done.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Some(h) => {
                     if Instant::now() >= deadline {
@@ -212,25 +228,47 @@ impl Lock {
         };
         Ok(Some(Lock {
             host: host.clone(),
+            env: env.to_string(),
             id,
             _stdin: attached.input,
             starting: Some(starting),
         }))
     }
 
-    /// Wait until the lock container has started: from then on the lock
-    /// outlives a minute only while this process does.
+    /// Wait until the lock container has started (from then on the lock
+    /// outlives a minute only while this process does), then check it is
+    /// still ours: the container of the lock's name is the one this run
+    /// created, by ID, and runs. Called before each phase that changes
+    /// hosts: a run whose connection dropped (its hold ended) or whose lock
+    /// was removed stops there rather than race the run that took over.
     pub async fn confirm(&mut self) -> Result<()> {
-        match self.starting.take() {
-            Some(start) => start.await.context("the lock's start did not finish")?,
-            None => Ok(()),
+        if let Some(start) = self.starting.take() {
+            start.await.context("the lock's start did not finish")??;
+        }
+        let lost = |why: String| {
+            anyhow::anyhow!(
+                "{}: this run lost the lock of {}: {why}; stopping before changing anything more",
+                self.host.name,
+                self.env
+            )
+        };
+        match holder(&self.host, &self.env).await? {
+            Some(h) if h.id == self.id && h.running => Ok(()),
+            Some(h) if h.id == self.id => {
+                Err(lost("its hold ended (the connection dropped)".into()))
+            }
+            Some(h) => Err(lost(format!("it is now held by {h}"))),
+            None => Err(lost("it was removed (`stagectl unlock`?)".into())),
         }
     }
 
     /// Give the lock back (its start finished first, so the removal never
     /// races it).
     pub async fn release(mut self) -> Result<()> {
-        let started = self.confirm().await;
+        let started = match self.starting.take() {
+            Some(start) => start.await.context("the lock's start did not finish")?,
+            None => Ok(()),
+        };
         remove_id(&self.host, &self.id).await?;
         started
     }
@@ -256,20 +294,46 @@ pub async fn holder(host: &DockerHost, env: &str) -> Result<Option<Holder>> {
     let state = inspect.state.unwrap_or_default();
     // Created but not started yet: its holder is between the two calls,
     // unless that was long ago (it died right there).
-    let starting = state.status == Some(bollard::models::ContainerStateStatusEnum::CREATED)
-        && now().saturating_sub(since) < 60;
+    let created = inspect.created.as_deref().and_then(unix_seconds);
+    let host_now = match host.docker.info().await {
+        Ok(info) => info.system_time.as_deref().and_then(unix_seconds),
+        Err(_) => None,
+    };
+    let age = match (created, host_now) {
+        (Some(c), Some(n)) => n.saturating_sub(c),
+        // An engine that says neither: the label, by our clock.
+        _ => now().saturating_sub(since),
+    };
+    let starting =
+        state.status == Some(bollard::models::ContainerStateStatusEnum::CREATED) && age < 60;
     Ok(Some(Holder {
         id: inspect.id.unwrap_or_default(),
         who: label(labels::LOCK_HOLDER),
         command: label(labels::LOCK_COMMAND),
         since,
+        age,
         alive: state.running.unwrap_or(false) || starting,
+        running: state.running.unwrap_or(false),
     }))
 }
 
-/// Free the lock of `env` on `host` whoever holds it (`stagectl unlock`).
-pub async fn remove(host: &DockerHost, env: &str) -> Result<()> {
-    remove_id(host, &name(env)).await
+/// An engine's RFC 3339 time (`2026-12-04T20:41:07.123456789Z`) as Unix seconds.
+fn unix_seconds(s: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp()).ok()
+}
+
+/// Free the lock of `env` on `host` if it is still the one with container
+/// ID `id` (what `stagectl unlock` showed): a lock taken meanwhile by
+/// another run is never removed. `false` when it was not that one.
+pub async fn remove(host: &DockerHost, env: &str, id: &str) -> Result<bool> {
+    match holder(host, env).await? {
+        Some(h) if h.id == id => {
+            remove_id(host, &h.id).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Remove one lock container, by ID (or name); gone already is fine.
@@ -287,6 +351,12 @@ async fn remove_id(host: &DockerHost, id: &str) -> Result<()> {
     {
         Ok(()) => Ok(()),
         Err(e) if crate::engine::docker::is_not_found(&e) => Ok(()),
+        // Another run (the holder releasing it, or a second taker) is
+        // removing it already: it goes either way.
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            ref message,
+        }) if message.contains("already in progress") => Ok(()),
         Err(e) => Err(e).context(format!("{}: cannot remove lock {id}", host.name)),
     }
 }
@@ -299,4 +369,20 @@ pub fn hold() -> Result<()> {
     let mut stdin = std::io::stdin();
     while stdin.read(&mut sink)? > 0 {}
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn engine_times_read_as_unix_seconds() {
+        assert_eq!(
+            super::unix_seconds("2026-12-04T20:41:07.123456789Z"),
+            Some(1796416867)
+        );
+        assert_eq!(
+            super::unix_seconds("2026-12-04T21:41:07+01:00"),
+            Some(1796416867)
+        );
+        assert_eq!(super::unix_seconds("yesterday"), None);
+    }
 }

@@ -30,17 +30,20 @@ impl StateDir {
         StateDir { root }
     }
 
-    /// The directory from the environment, as documented above.
+    /// The directory from the environment, as documented above, refused
+    /// when someone else could change what it holds (see [`check_private`]).
     pub fn from_env() -> Result<Self> {
-        if let Some(dir) = std::env::var_os("STAGECTL_STATE_DIR") {
-            return Ok(Self::new(dir.into()));
-        }
-        if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
-            return Ok(Self::new(PathBuf::from(dir).join("stagectl")));
-        }
-        let home =
-            std::env::var_os("HOME").context("neither STAGECTL_STATE_DIR nor HOME is set")?;
-        Ok(Self::new(PathBuf::from(home).join(".local/state/stagectl")))
+        let root = if let Some(dir) = std::env::var_os("STAGECTL_STATE_DIR") {
+            PathBuf::from(dir)
+        } else if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
+            PathBuf::from(dir).join("stagectl")
+        } else {
+            let home =
+                std::env::var_os("HOME").context("neither STAGECTL_STATE_DIR nor HOME is set")?;
+            PathBuf::from(home).join(".local/state/stagectl")
+        };
+        check_private(&root)?;
+        Ok(Self::new(root))
     }
 
     pub fn root(&self) -> &Path {
@@ -87,6 +90,40 @@ impl StateDir {
     pub fn remove_lab(&self, lab: &str) -> Result<()> {
         remove_dir(&self.lab_dir(lab))
     }
+}
+
+/// The state directory holds keys, lock records and SSH control sockets:
+/// one owned by another user, or writable by group or others, would let
+/// them plant a socket or a key that a run then trusts. Such a directory is
+/// refused (an input error: the operator fixes it); one not made yet is fine.
+pub fn check_private(root: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::metadata(root) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", root.display())),
+    };
+    let shown = root.display();
+    if !meta.is_dir() {
+        return Err(crate::error::input(format!(
+            "state directory {shown} is not a directory"
+        )));
+    }
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(crate::error::input(format!(
+            "state directory {shown} is owned by uid {}, not by you (uid {me}); use a directory of your own (STAGECTL_STATE_DIR)",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(crate::error::input(format!(
+            "state directory {shown} is writable by group or others (mode {:o}); run `chmod go-w {shown}` (0700 is best)",
+            meta.mode() & 0o777
+        )));
+    }
+    Ok(())
 }
 
 fn read_secret(path: &Path) -> Result<Option<String>> {
@@ -157,6 +194,25 @@ mod tests {
         s.remove_env("qa").unwrap();
         assert!(s.existing_gossip_key("qa").unwrap().is_none());
         s.remove_env("qa").unwrap();
+    }
+
+    #[test]
+    fn a_state_directory_others_can_write_is_refused_as_bad_input() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        check_private(&root).unwrap();
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
+        check_private(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o770)).unwrap();
+        let err = check_private(&root).unwrap_err();
+        assert!(crate::error::is_input_error(&err));
+        assert!(
+            err.to_string().contains("writable by group or others"),
+            "{err}"
+        );
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o757)).unwrap();
+        assert!(check_private(&root).is_err());
     }
 
     #[test]

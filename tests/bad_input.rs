@@ -230,3 +230,125 @@ fn every_subcommand_parses_its_help() {
         assert_eq!(r.code, 0, "agent {sub} --help: {}", r.stderr);
     }
 }
+
+#[test]
+fn the_smaller_doors_are_closed_with_exit_2_naming_the_flag() {
+    let state = tempfile::tempdir().unwrap();
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/local.yaml");
+    let f = local.to_str().unwrap();
+    let refused = |args: &[&str], text: &str| {
+        let r = stagectl(state.path(), args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(text),
+            "{args:?}: `{text}` in {}",
+            r.stderr
+        );
+    };
+    // What --set may change still works, so the refusals below are theirs.
+    let ok = stagectl(
+        state.path(),
+        &["-f", f, "--set", "services.demo.per_host=2", "validate"],
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    let ok = stagectl(
+        state.path(),
+        &[
+            "-f",
+            f,
+            "--set",
+            "services.demo.secrets={token: {from_env: CI_TOKEN}}",
+            "validate",
+        ],
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    refused(
+        &[
+            "-f",
+            f,
+            "--set",
+            "services.demo.binds=[\"/etc:/host-etc\"]",
+            "validate",
+        ],
+        "--set services.demo.binds",
+    );
+    refused(
+        &[
+            "-f",
+            f,
+            "--set",
+            "services.demo.secrets={token: {from_file: /root/.ssh/id_ed25519}}",
+            "plan",
+        ],
+        "from_file",
+    );
+    // --ttl: a year at most, never wrapped around.
+    refused(&["-f", f, "up", "--ttl", "18446744073709551000s"], "--ttl");
+    refused(&["-f", f, "up", "--ttl", "400d"], "out of range");
+    // ui: off this machine only with --expose (refused before connecting).
+    refused(&["-f", f, "ui", "--listen", "0.0.0.0:0"], "--expose");
+    // A state directory others can write into is refused, untouched.
+    let shared = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let r = stagectl(shared.path(), &["-f", f, "plan"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("writable by group or others"),
+        "{}",
+        r.stderr
+    );
+    assert!(std::fs::read_dir(shared.path()).unwrap().next().is_none());
+}
+
+#[test]
+fn sigterm_ends_a_run_like_ctrl_c_with_exit_143() {
+    use std::io::Write as _;
+    let state = tempfile::tempdir().unwrap();
+    // An "engine" that accepts and never answers: `status` waits on it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let file = state.path().join("t.yaml");
+    let mut f = std::fs::File::create(&file).unwrap();
+    write!(
+        f,
+        "name: sigterm\nhosts:\n  host-1: {{ address: \"tcp://127.0.0.1:{port}\", roles: [lb, app] }}\nservices:\n  web: {{ image: stagectl/demo:latest, port: 8080 }}\n"
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stagectl"))
+        .env("STAGECTL_STATE_DIR", state.path())
+        .args([
+            "--connect-timeout",
+            "30",
+            "-f",
+            file.to_str().unwrap(),
+            "status",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It is connecting (not finished) before the signal comes.
+    silent.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let _accepted = loop {
+        match silent.accept() {
+            Ok(c) => break c,
+            Err(_) if std::time::Instant::now() < deadline => {
+                assert!(child.try_wait().unwrap().is_none(), "status ended early");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("status never connected: {e}"),
+        }
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    // SAFETY: a signal to the child this test started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("terminated"), "{stderr}");
+    assert!(started.elapsed().as_secs() < 5);
+}

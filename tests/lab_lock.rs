@@ -88,6 +88,20 @@ fn runs_take_turns_and_a_dead_holder_is_taken_over() {
         refused.stderr
     );
 
+    // `unlock` removes only the lock it names: a wrong ID removes nothing,
+    // and without a terminal it asks for --yes rather than guess.
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.run(&["lock", "status", "-o", "json"]).stdout).unwrap();
+    let held_id = shown["holder"]["id"].as_str().unwrap().to_string();
+    assert_eq!(held_id.len(), 64, "{shown}");
+    let wrong = env.run(&["unlock", "--id", "0123456789ab"]);
+    assert_eq!(wrong.code, 1, "{}\n{}", wrong.stdout, wrong.stderr);
+    assert!(wrong.stdout.contains("nothing removed"), "{}", wrong.stdout);
+    let unasked = env.run(&["unlock"]);
+    assert_eq!(unasked.code, 2, "{}", unasked.stderr);
+    assert!(unasked.stderr.contains("--yes"), "{}", unasked.stderr);
+    assert_eq!(env.run(&["lock", "status"]).code, 1, "still held");
+
     // Killed while holding it: the next `up` takes it over, and converges
     // (with a short drain this time).
     signal(&holder, "-KILL");
@@ -111,6 +125,11 @@ fn runs_take_turns_and_a_dead_holder_is_taken_over() {
         next.stderr
     );
     assert_eq!(env.status_json()["healthy"], true);
+    // The lock shown before is gone (taken over, then released): unlocking
+    // it by its ID is refused and removes nothing.
+    let stale = env.run(&["unlock", "--id", &held_id]);
+    assert_eq!(stale.code, 1, "{}\n{}", stale.stdout, stale.stderr);
+    assert!(stale.stdout.contains("nothing removed"), "{}", stale.stdout);
 
     // Interrupted between create and start (no gossip key, no config in
     // it yet): the next run replaces it rather than starting it as it is.

@@ -178,9 +178,13 @@ fn the_consul_ui_and_the_watch_view_show_the_environment() {
         .trim_start_matches("http://")
         .trim_end_matches("/ui/")
         .to_string();
-    let (code, body) = http_get(&addr, "/v1/catalog/services", "x").unwrap();
+    let (code, body) = http_get(&addr, "/v1/catalog/services", &addr).unwrap();
     assert_eq!(code, 200);
     assert!(body.contains("\"demo\""), "{body}");
+    // DNS rebinding: a page whose own name points at 127.0.0.1 sends that
+    // name; the tunnel refuses it.
+    let (code, _) = http_get(&addr, "/v1/catalog/services", "evil.example").unwrap();
+    assert_eq!(code, 403, "a foreign Host is refused");
 
     let mut browser = Browser::open(&format!("{url}dc1/services"));
     let services = browser.text_with(&["demo"], 30);

@@ -6,7 +6,7 @@ use anyhow::Result;
 use super::Ctx;
 use crate::engine::connect::local_engine;
 use crate::engine::docker::DockerHost;
-use crate::error::{EXIT_FAILED, EXIT_OK};
+use crate::error::{input, EXIT_FAILED, EXIT_OK};
 use crate::lock::{self, Lock};
 use crate::pipeline::events::{HostLine, Reporter};
 use crate::pipeline::execute::provide_images;
@@ -131,14 +131,49 @@ pub async fn status(ctx: &Ctx, output: crate::cli::OutputFormat) -> Result<u8> {
     }
 }
 
-pub async fn unlock(ctx: &Ctx) -> Result<u8> {
+/// `stagectl unlock`: remove the lock it shows, by container ID, and no
+/// other: a lock another run took meanwhile (or one not named by `--id`)
+/// stays. A terminal is asked; a script passes `--yes` or `--id`.
+pub async fn unlock(ctx: &Ctx, id: Option<&str>, yes: bool) -> Result<u8> {
+    use std::io::IsTerminal;
+    let env = &ctx.topology.name;
     let (host, _connection, _connector) = lock_host(ctx).await?;
-    match lock::holder(&host, &ctx.topology.name).await? {
-        None => println!("{} was not locked", ctx.topology.name),
-        Some(h) => {
-            lock::remove(&host, &ctx.topology.name).await?;
-            println!("{}: lock held by {h} removed", ctx.topology.name);
+    let Some(h) = lock::holder(&host, env).await? else {
+        println!("{env} was not locked; nothing removed");
+        return Ok(if id.is_some() { EXIT_FAILED } else { EXIT_OK });
+    };
+    let short = &h.id[..h.id.len().min(12)];
+    let state = if h.alive {
+        "held"
+    } else {
+        "left (its holder is gone)"
+    };
+    println!("{env}: lock {short} on {}, {state} by {h}", host.name);
+    if let Some(wanted) = id {
+        // A prefix as `docker ps` shows IDs, but never an empty one.
+        if wanted.is_empty() || !h.id.starts_with(wanted) {
+            println!("{env}: the lock is not {wanted}; nothing removed");
+            return Ok(EXIT_FAILED);
+        }
+    } else if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(input(
+                "unlock asks before removing a lock: pass --yes (or --id ID) when not on a terminal",
+            ));
+        }
+        eprint!("remove it? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("{env}: nothing removed");
+            return Ok(EXIT_FAILED);
         }
     }
-    Ok(EXIT_OK)
+    if lock::remove(&host, env, &h.id).await? {
+        println!("{env}: lock {short} removed");
+        Ok(EXIT_OK)
+    } else {
+        println!("{env}: the lock changed hands meanwhile; nothing removed");
+        Ok(EXIT_FAILED)
+    }
 }

@@ -24,7 +24,7 @@ mod watch;
 use crate::plan::reconcile::Keep;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cli::{Cli, Command};
 pub use crate::pipeline::Ctx;
@@ -68,9 +68,12 @@ pub async fn run(cli: Cli) -> Result<u8> {
     let ctx = load(&cli)?;
     // Ctrl-C is how `ui` and `status --watch` end, not an interruption.
     match &cli.command {
-        Command::Ui { host, listen, open } => {
-            return ui::run(&ctx, host.as_deref(), *listen, *open).await
-        }
+        Command::Ui {
+            host,
+            listen,
+            open,
+            expose,
+        } => return ui::run(&ctx, host.as_deref(), *listen, *open, *expose).await,
         Command::Status {
             output,
             watch: true,
@@ -80,17 +83,32 @@ pub async fn run(cli: Cli) -> Result<u8> {
     // Ctrl-C drops the command's future: connections close (their SSH
     // masters exit) and the private socket folder is removed. What was
     // applied stays applied; the next `up` converges from there.
+    // SIGTERM (a CI job cancelled, `timeout`, systemd) ends a run the same
+    // way, so its masters and lock are released rather than left behind.
+    let mut term = terminate_signal()?;
     tokio::select! {
         result = run_command(&ctx, cli.command) => result,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("interrupted; nothing half-made is left running: run the command again to converge");
             Ok(EXIT_INTERRUPTED)
         }
+        _ = term.recv() => {
+            eprintln!("terminated; nothing half-made is left running: run the command again to converge");
+            Ok(EXIT_TERMINATED)
+        }
     }
 }
 
 /// 128 + SIGINT, as shells report it.
 const EXIT_INTERRUPTED: u8 = 130;
+/// 128 + SIGTERM.
+pub const EXIT_TERMINATED: u8 = 143;
+
+/// SIGTERM as a stream; listening replaces its default (exit at once).
+pub fn terminate_signal() -> Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")
+}
 
 async fn run_command(ctx: &Ctx, command: Command) -> Result<u8> {
     match command {
@@ -150,7 +168,7 @@ async fn run_command(ctx: &Ctx, command: Command) -> Result<u8> {
         Command::Lock(crate::cli::LockCommand::Status { output }) => {
             lock::status(ctx, output).await
         }
-        Command::Unlock => lock::unlock(ctx).await,
+        Command::Unlock { id, yes } => lock::unlock(ctx, id.as_deref(), yes).await,
         Command::DemoHttp { .. }
         | Command::DemoMigrate { .. }
         | Command::Agent(_)

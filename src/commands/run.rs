@@ -49,7 +49,15 @@ pub async fn run(
         values,
         ..Default::default()
     };
-    let name = format!("run-{}", std::process::id());
+    // Random, not the PID alone: two runs at once (from two machines, or
+    // containers with the same PIDs) must not collide on one host.
+    let mut nonce = [0u8; 4];
+    getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("no randomness for a name: {e}"))?;
+    let name = format!(
+        "run-{}-{}",
+        std::process::id(),
+        nonce.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
     let cmd = (!cmd.is_empty()).then_some(cmd);
     let spec = one_off(&t, h, s, &secrets, cmd, volumes, &name);
     let (attach, _raw) = terminal_for(attach);

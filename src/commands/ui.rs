@@ -15,7 +15,20 @@ use crate::engine::tunnel::Tunnel;
 use crate::error::{input, EXIT_OK};
 use crate::topology::{Host, Role, Topology};
 
-pub async fn run(ctx: &Ctx, host: Option<&str>, listen: SocketAddr, open: bool) -> Result<u8> {
+pub async fn run(
+    ctx: &Ctx,
+    host: Option<&str>,
+    listen: SocketAddr,
+    open: bool,
+    expose: bool,
+) -> Result<u8> {
+    // Consul's API gives its catalog and keys to whoever reaches it: off
+    // this machine only when asked in so many words.
+    if !listen.ip().is_loopback() && !expose {
+        return Err(input(format!(
+            "--listen {listen} is not a loopback address: it would give Consul's API to the network; add --expose if that is what you want"
+        )));
+    }
     let consul = ConsulTunnel::open(ctx, host, listen).await?;
     let url = format!("http://{}/ui/", consul.tunnel.local);
     // The URL alone on stdout (scripts read it); the rest on stderr.
@@ -24,13 +37,22 @@ pub async fn run(ctx: &Ctx, host: Option<&str>, listen: SocketAddr, open: bool) 
         "Consul UI of {} through {}; Ctrl-C to stop",
         ctx.topology.name, consul.via
     );
+    if !listen.ip().is_loopback() {
+        eprintln!(
+            "exposed: Consul's HTTP API of {} (catalog, keys, UI) to anyone who reaches {}",
+            ctx.topology.name, consul.tunnel.local
+        );
+    }
     if open {
         if let Err(e) = std::process::Command::new("xdg-open").arg(&url).spawn() {
             eprintln!("cannot open a browser ({e}); open {url} yourself");
         }
     }
-    tokio::signal::ctrl_c().await?;
-    Ok(EXIT_OK)
+    let mut term = super::terminate_signal()?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r?; Ok(EXIT_OK) }
+        _ = term.recv() => Ok(super::EXIT_TERMINATED),
+    }
 }
 
 /// A tunnel to the environment's Consul HTTP API on one host, with the

@@ -51,7 +51,14 @@ pub struct Connection {
     pub engine_version: String,
     /// `ssh`, `tls`, `tcp`, `unix`: for the progress line.
     pub transport: &'static str,
-    _ssh: Option<Session>,
+    _ssh: Option<SshUse>,
+}
+
+/// What keeps a connection's SSH transport: a master of the run's own, or
+/// its use of a kept one (see `kept_ssh::MasterUse`).
+enum SshUse {
+    Private(#[allow(dead_code)] Session),
+    Kept(#[allow(dead_code)] crate::engine::kept_ssh::MasterUse),
 }
 
 /// Opens connections; owns the private folder holding forwarded sockets and
@@ -194,10 +201,16 @@ impl Connector {
         name: &str,
         t: &SshTarget,
         hermetic: bool,
-    ) -> Result<((Docker, String), Option<Session>)> {
-        let Some(kept) = &self.kept else {
+    ) -> Result<((Docker, String), Option<SshUse>)> {
+        let private = || async {
             let (session, socket) = self.ssh_forward(name, t, hermetic).await?;
-            return Ok((negotiate(&Dial::Unix(socket)).await?, Some(session)));
+            Ok::<_, anyhow::Error>((
+                negotiate(&Dial::Unix(socket)).await?,
+                Some(SshUse::Private(session)),
+            ))
+        };
+        let Some(kept) = &self.kept else {
+            return private().await;
         };
         let slot = kept.slot(t, hermetic).await?;
         let dial = Dial::Unix(slot.socket().to_path_buf());
@@ -205,13 +218,23 @@ impl Connector {
             // A master whose host went away, or whose engine stopped,
             // does not answer: it is replaced below.
             if let Ok(Ok(engine)) = tokio::time::timeout(KEPT_MASTER_PING, negotiate(&dial)).await {
-                return Ok((engine, None));
+                return Ok((engine, Some(SshUse::Kept(slot.share()?))));
             }
         }
+        // Replacing it would end the connections of the runs using it (a
+        // slow engine is not a dead one): only when none does; else this
+        // run makes a master of its own.
+        let Some(exclusive) = slot.claim()? else {
+            drop(slot);
+            return private().await;
+        };
         kept.open(&slot, t, hermetic, self.timeout)
             .await
             .map_err(|e| ssh_error_text(e.to_string(), t))?;
-        Ok((negotiate(&dial).await?, None))
+        let engine = negotiate(&dial).await?;
+        // Shared from here, the slot still held: nobody closes it between.
+        drop(exclusive);
+        Ok((engine, Some(SshUse::Kept(slot.share()?))))
     }
 
     /// Open an SSH master and forward the remote Docker socket to a local one.
@@ -222,6 +245,16 @@ impl Connector {
         t: &SshTarget,
         hermetic: bool,
     ) -> Result<(Session, PathBuf)> {
+        // The ssh library puts no `--` before the destination: a name
+        // starting with `-` would be read as an option (validate refuses
+        // them; this holds for any other way a target is made).
+        if t.host.starts_with('-') || t.user.starts_with('-') {
+            return Err(anyhow!(
+                "{name}: SSH user `{}` or host `{}` starts with `-`",
+                t.user,
+                t.host
+            ));
+        }
         let mut b = SessionBuilder::default();
         b.user(t.user.clone())
             .port(t.port)

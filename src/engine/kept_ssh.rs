@@ -46,7 +46,17 @@ pub struct MasterSlot {
     ctl: PathBuf,
     log: PathBuf,
     lock_path: PathBuf,
+    users_path: PathBuf,
     _lock: std::fs::File,
+}
+
+/// A run's use of a kept master: a shared flock on its `users` file, held
+/// while the run's connection lives. A master is closed or replaced only by
+/// a run that gets the exclusive lock, so a master that answers slowly
+/// (a busy or paused host) is never closed under another live run, whose
+/// connection (and, for the environment's lock, its hold) would end with it.
+pub struct MasterUse {
+    _users: std::fs::File,
 }
 
 impl KeptMasters {
@@ -94,6 +104,7 @@ impl KeptMasters {
             ctl: at("ctl"),
             log: at("log"),
             lock_path,
+            users_path: at("users"),
             _lock: lock,
         })
     }
@@ -159,6 +170,40 @@ impl KeptMasters {
 }
 
 impl MasterSlot {
+    fn users_file(&self) -> Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .mode(0o600)
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.users_path)
+            .with_context(|| format!("cannot open {}", self.users_path.display()))
+    }
+
+    /// Record this run as a user of the master (a shared lock). Called
+    /// with the slot held, so no run replaces the master in between.
+    pub fn share(&self) -> Result<MasterUse> {
+        let users = self.users_file()?;
+        users
+            .lock_shared()
+            .with_context(|| format!("cannot lock {}", self.users_path.display()))?;
+        Ok(MasterUse { _users: users })
+    }
+
+    /// The exclusive lock that allows closing or replacing the master;
+    /// `None` while another live run uses it.
+    pub fn claim(&self) -> Result<Option<std::fs::File>> {
+        let users = self.users_file()?;
+        match users.try_lock() {
+            Ok(()) => Ok(Some(users)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", self.users_path.display()))
+            }
+        }
+    }
+
     /// The local end of the forwarded Docker socket.
     pub fn socket(&self) -> &Path {
         &self.sock
@@ -179,7 +224,7 @@ impl MasterSlot {
                 .stderr(Stdio::null())
                 .arg("-S")
                 .arg(&self.ctl)
-                .args(["-O", "exit", "stagectl-master"])
+                .args(["-O", "exit", "--", "stagectl-master"])
                 .status()
                 .await;
         }
@@ -194,6 +239,7 @@ impl MasterSlot {
     pub async fn forget(self) {
         self.close().await;
         let _ = std::fs::remove_file(&self.lock_path);
+        let _ = std::fs::remove_file(&self.users_path);
     }
 }
 
@@ -272,6 +318,24 @@ mod tests {
     fn a_long_state_dir_keeps_no_master_rather_than_fail_on_the_socket_path() {
         let long = PathBuf::from("/".to_string() + &"d".repeat(MAX_DIR_LEN + 1));
         assert!(KeptMasters::from_env(long).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_master_in_use_by_a_live_run_cannot_be_claimed_for_closing() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = KeptMasters {
+            dir: dir.path().join("ssh"),
+            idle: DEFAULT_IDLE,
+        };
+        let t = target("10.0.0.1", None);
+        let slot = kept.slot(&t, true).await.unwrap();
+        assert!(slot.claim().unwrap().is_some(), "unused: claimable");
+        let other_run = slot.share().unwrap();
+        drop(slot);
+        let slot = kept.slot(&t, true).await.unwrap();
+        assert!(slot.claim().unwrap().is_none(), "in use: not claimable");
+        drop(other_run);
+        assert!(slot.claim().unwrap().is_some(), "released: claimable again");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod layers;
 pub mod memory;
 pub mod scratch;
 pub mod tunnel;
+pub mod tunnel_host;
 
 use std::collections::BTreeMap;
 

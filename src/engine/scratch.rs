@@ -92,7 +92,7 @@ fn tell_to_exit(socket: &Path) {
     let child = std::process::Command::new("ssh")
         .args(["-F", "/dev/null", "-S"])
         .arg(socket)
-        .args(["-O", "exit", "stagectl-orphan"])
+        .args(["-O", "exit", "--", "stagectl-orphan"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

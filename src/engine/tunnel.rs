@@ -46,7 +46,7 @@ impl Tunnel {
         let local = listener.local_addr()?;
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else {
+                let Ok((mut client, _)) = listener.accept().await else {
                     // Out of file descriptors, say: wait rather than spin.
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
@@ -54,7 +54,11 @@ impl Tunnel {
                 let _ = client.set_nodelay(true);
                 let (host, container, target) = (host.clone(), container.clone(), target.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = carry(&host, &container, &target, client).await {
+                    // DNS rebinding: see `tunnel_host`.
+                    let Some(head) = super::tunnel_host::admit(&mut client, local).await else {
+                        return;
+                    };
+                    if let Err(e) = carry(&host, &container, &target, client, head).await {
                         eprintln!("tunnel to {target} on {}: {e:#}", host.name);
                     }
                 });
@@ -65,7 +69,14 @@ impl Tunnel {
 }
 
 /// One connection: the client's bytes to the exec's stdin, its stdout back.
-async fn carry(host: &DockerHost, container: &str, target: &str, client: TcpStream) -> Result<()> {
+/// `head`: what the Host check already read from the client.
+async fn carry(
+    host: &DockerHost,
+    container: &str,
+    target: &str,
+    client: TcpStream,
+    head: Vec<u8>,
+) -> Result<()> {
     let exec = host
         .docker
         .create_exec(
@@ -94,6 +105,8 @@ async fn carry(host: &DockerHost, container: &str, target: &str, client: TcpStre
     };
     let (mut from_client, mut to_client) = client.into_split();
     let upstream = async move {
+        input.write_all(&head).await?;
+        input.flush().await?;
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             let n = from_client.read(&mut buf).await?;

@@ -292,6 +292,27 @@ fn set_value(raw: &mut raw::RawTopology, key: &str, padded: &str, sources: &Sour
         )));
     };
     let s = &mut service.value;
+    // A CI job's `--set` values are not trusted with the runner's files:
+    // only the topology file (reviewed with the code) may name them.
+    if field == "binds" {
+        return Err(input(format!(
+            "{flag}: `binds` mounts the runner's host paths and can only be set in the topology file"
+        )));
+    }
+    if field == "secrets" {
+        let secrets: Option<
+            std::collections::BTreeMap<String, serde_saphyr::Spanned<raw::RawSecret>>,
+        > = parse_yaml(padded, sources)?;
+        if secrets
+            .iter()
+            .flat_map(|m| m.values())
+            .any(|secret| secret.value.from_file.is_some())
+        {
+            return Err(input(format!(
+                "{flag}: a secret's `from_file` reads the runner's files and can only be set in the topology file (use from_env)"
+            )));
+        }
+    }
     macro_rules! set {
         ($($field:ident),* $(,)?) => {
             match field {

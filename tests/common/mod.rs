@@ -79,6 +79,7 @@ pub fn lab_ssh(state: &Path, lab: &str, ip: &str, command: &str) -> Run {
             &known,
             "-i",
             lab.join("id_ed25519").to_str().unwrap(),
+            "--",
             &dest,
             command,
         ],

@@ -164,6 +164,23 @@ impl Validator {
                 format!("host {name}: empty user in `{}`", addr.value),
             );
         }
+        // ssh would read `-oProxyCommand=...` as an option, not a name.
+        if user.starts_with('-') {
+            let at = match (user_part, &ssh.user) {
+                (None, Some(u)) => &u.referenced,
+                _ => &addr.referenced,
+            };
+            self.error(
+                at,
+                format!("host {name}: SSH user `{user}` starts with `-`, which ssh would read as an option"),
+            );
+        }
+        if host.starts_with('-') {
+            self.error(
+                &addr.referenced,
+                format!("host {name}: SSH host `{host}` starts with `-`, which ssh would read as an option"),
+            );
+        }
         let identity_file = ssh.identity_file.as_ref().map(|p| self.existing_file(p));
         let known_hosts = ssh.known_hosts.as_ref().map(|p| self.existing_file(p));
         Some(Endpoint::Ssh(SshTarget {

@@ -10,6 +10,10 @@
 //!   agent leave, and every member of the environment on block 0 stays
 //!   alive; `gc` of it, once its `--ttl` has passed, removes it and nothing
 //!   of the other;
+//! - host-2 renamed web-2 at the same address (reached over SSH by its
+//!   address): `up` converges with no failed request, web-2 is an alive
+//!   member, the instance is registered once under the new name, its data
+//!   is kept and the next `up` replaces nothing;
 //! - `down` keeps a service's data volume, `down -v` removes it.
 //!
 //! Needs a Docker engine and the images of scripts/build-images.sh.
@@ -97,6 +101,8 @@ fn records_nobody_else_can_write_and_removals_that_stay_in_their_environment() {
             .iter()
             .filter(|m| m["status"] == "alive")
             .map(|m| m["node"].as_str().unwrap().to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect()
     };
 
@@ -227,6 +233,65 @@ fn records_nobody_else_can_write_and_removals_that_stay_in_their_environment() {
                 3,
                 "itrec's members all alive"
             );
+        },
+    );
+
+    timed(
+        "a host renamed at the same address converges and keeps its data",
+        || {
+            // host-2 becomes web-2: the same engine, reached over SSH by its
+            // address rather than as a lab host (the lab names its hosts).
+            let lab = state.join("labs").join("itrec");
+            let renamed = dir.path().join("renamed.yaml");
+            std::fs::write(
+            &renamed,
+            format!(
+                "name: itrec\nlab: {{ name: itrec, subnet: {NET}.0/24 }}\nhosts:\n  host-1: {{ driver: local, address: {NET}.11, roles: [app] }}\n  web-2:\n    address: ssh://root@{NET}.12\n    roles: [app]\n    ssh: {{ identity_file: {}, known_hosts: {} }}\n  host-3: {{ driver: local, address: {NET}.13, roles: [lb] }}\nservices:\n  demo: {{ image: stagectl/demo:latest, port: 8080, volumes: {{ data: /data }} }}\n",
+                lab.join("id_ed25519").display(),
+                lab.join("known_hosts").display()
+            ),
+        )
+        .unwrap();
+            let mark = lab_ssh_to(
+                2,
+                "docker exec itrec-demo-1 busybox sh -c 'echo kept > /data/mark'",
+            );
+            assert_eq!(mark.code, 0, "{}", mark.stderr);
+            let plan = run(&renamed, &["plan"]).expect_ok("plan of the rename");
+            assert!(
+                plan.stderr.contains("its engine is web-2's now"),
+                "host-2's engine is known as web-2's: {}",
+                plan.stderr
+            );
+            assert!(
+                plan.stdout.contains("renamed from host-2") && !plan.stdout.contains("- itrec-"),
+                "the agent rejoins under the new name, nothing is removed: {}",
+                plan.stdout
+            );
+            let client = Client::start(&format!("{NET}.13:80"));
+            run(&renamed, &["up"]).expect_ok("up after the rename");
+            client.finish("requests during the rename", 50);
+            assert_eq!(
+                members_alive(&renamed, &[]),
+                ["host-1", "host-3", "web-2"],
+                "web-2 is an alive member, host-2 is not"
+            );
+            let status: serde_json::Value =
+                serde_json::from_str(&run(&renamed, &["status", "-o", "json"]).stdout).unwrap();
+            let instances = serde_json::to_string(&status["services"]).unwrap();
+            assert!(
+                !instances.contains("host-2") && instances.contains("web-2"),
+                "the instance is registered once, under the new name: {instances}"
+            );
+            let read = lab_ssh_to(2, "docker exec itrec-demo-1 cat /data/mark");
+            assert_eq!(
+                read.stdout.trim(),
+                "kept",
+                "the data stays: {}",
+                read.stderr
+            );
+            let again = run(&renamed, &["up"]).expect_ok("the next up");
+            assert!(again.stdout.contains("0 to replace"), "{}", again.stdout);
         },
     );
 

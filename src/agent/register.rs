@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use super::log;
 use super::registration::{
     registrations, AgentContext, ContainerInfo, PublishedPort, Skip, META_CONTAINER, META_ENV,
-    META_HOST, META_ORIGIN,
+    META_ORIGIN,
 };
 use crate::cluster::http::{ConsulClient, Registration};
 
@@ -230,8 +230,13 @@ async fn deregister_container(consul: &ConsulClient, ctx: &AgentContext, id: &st
     Ok(())
 }
 
+/// A registration this host's agents made. The Consul agent asked is the
+/// environment's own on this host, so the environment's mark is enough: one
+/// whose host is another name was made before the host was renamed in the
+/// topology (the agent keeps its services across the rename) and is
+/// resynced like any other.
 fn ours(meta: &std::collections::BTreeMap<String, String>, ctx: &AgentContext) -> bool {
-    meta.get(META_ENV) == Some(&ctx.env) && meta.get(META_HOST) == Some(&ctx.host)
+    meta.get(META_ENV) == Some(&ctx.env)
 }
 
 /// Make Consul's services of this agent equal to what runs.

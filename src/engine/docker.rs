@@ -685,6 +685,7 @@ impl Engine for DockerHost {
                         component: labels.get(labels::COMPONENT).cloned().unwrap_or_default(),
                         spec_hash: labels.get(labels::SPEC_HASH).cloned(),
                         consul_server: labels.get(labels::CONSUL_ROLE).map(|r| r == "server"),
+                        made_for: labels.get(labels::HOST).cloned(),
                         running: c.state.is_some_and(|s| {
                             s == bollard::models::ContainerSummaryStateEnum::RUNNING
                         }),

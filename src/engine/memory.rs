@@ -153,6 +153,7 @@ impl Engine for MemoryEngine {
                     .labels
                     .get(crate::agent::labels::CONSUL_ROLE)
                     .map(|r| r == "server"),
+                made_for: c.spec.labels.get(crate::agent::labels::HOST).cloned(),
                 running: c.running,
                 never_started: !c.started_once,
                 image_id: c.image_id.clone(),

@@ -9,7 +9,7 @@ use crate::pipeline::events::Reporter;
 use crate::pipeline::execute::host_steps;
 use crate::plan::desired::{desired_state, HostState, Secrets};
 use crate::plan::reconcile::Step;
-use crate::plan::{HostSnapshot, Plan, Snapshot};
+use crate::plan::{HostSnapshot, Plan, Snapshot, Wait};
 use crate::topology::{self, Topology};
 
 const AGENT_ID: &str = "sha256:agent-1";
@@ -458,6 +458,51 @@ async fn a_new_environment_makes_its_agents_with_the_hosts_not_one_at_a_time() {
     let world = World::new(&t);
     let plan = world.plan(&t).await;
     assert!(plan.members.is_empty(), "{:#?}", member_steps(&plan));
+}
+
+#[tokio::test]
+async fn a_renamed_server_leaves_under_its_old_name_and_is_waited_for_under_the_new_one() {
+    let three = three_hosts("host-1, host-2, host-3");
+    let world = World::new(&three);
+    world.converge(&three).await;
+    let renamed = topology::parse(
+        "name: qa\nlab: { subnet: 10.77.0.0/24 }\nhosts:\n  host-1: { driver: local, address: 10.77.0.11, roles: [app] }\n  host-2: { driver: local, address: 10.77.0.12, roles: [app, lb] }\n  web-3: { driver: local, address: 10.77.0.13, roles: [app] }\nconsul: { servers: [host-1, host-2, web-3] }\n",
+        Path::new("t.yaml"),
+    )
+    .unwrap();
+    // The same engine, now under the topology's new name.
+    let mut snapshot = world.snapshot(&three).await;
+    snapshot.hosts[2].host = "web-3".into();
+    let plan = Plan::up(&renamed, &desired(&renamed), &snapshot).unwrap();
+    assert_eq!(
+        member_steps(&plan),
+        vec![
+            "web-3 leave qa-consul",
+            "web-3 replace qa-consul",
+            "wait web-3 a voting server (asked host-1)"
+        ]
+    );
+    assert!(
+        matches!(&plan.members[0].steps[0], Step::Leave { cause, .. } if cause.contains("renamed from host-3")),
+        "{:#?}",
+        plan.members[0].steps
+    );
+    // The cluster is waited for before the change without the new name,
+    // which only its change makes a member.
+    assert!(
+        matches!(&plan.cluster, Some(Wait::Cluster { members, .. }) if *members == ["host-1", "host-2"]),
+        "{:?}",
+        plan.cluster
+    );
+
+    // Unrenamed, the same hosts wait for all three and leave nobody.
+    let plan = world.plan(&three).await;
+    assert!(plan.members.is_empty(), "{:#?}", member_steps(&plan));
+    assert!(
+        matches!(&plan.cluster, Some(Wait::Cluster { members, .. }) if members.len() == 3),
+        "{:?}",
+        plan.cluster
+    );
 }
 
 #[tokio::test]

@@ -26,12 +26,17 @@ pub async fn cluster(
     let server = hosts
         .engine(wait.host())
         .context("the server is connected")?;
-    let expected: Vec<String> = t.hosts.iter().map(|h| h.name.clone()).collect();
+    let Wait::Cluster {
+        members: expected, ..
+    } = wait
+    else {
+        anyhow::bail!("not a cluster wait: {wait:?}");
+    };
     let view = consul::wait_for_cluster(
         server,
         &t.name,
         t.ports.consul_http,
-        &expected,
+        expected,
         Duration::from_secs(t.consul.join_timeout_secs),
     )
     .await?;

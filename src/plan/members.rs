@@ -180,13 +180,25 @@ pub fn plan(
             is_server_now(&host),
             t.host(&host).is_some_and(|h| h.consul_server),
         );
+        let leave_first = if let Some(old) = renamed_from(snapshot, &host, &consul) {
+            // Consul refuses a member whose node ID another member (even a
+            // failed one) has under another name: the old name leaves, so
+            // the agent rejoins under the new one with its data.
+            Some(format!(
+                "renamed from {old}: {old} leaves first, the agent joins again as {host} with its data"
+            ))
+        } else if before && !after {
+            Some("no longer a server: it leaves the raft peers first".into())
+        } else {
+            None
+        };
         let mut steps = vec![];
-        if let (true, false, Step::Replace { old_id, .. }) = (before, after, &replace) {
+        if let (Some(cause), Step::Replace { old_id, .. }) = (leave_first, &replace) {
             steps.push(Step::Leave {
                 name: consul.clone(),
                 id: old_id.clone(),
                 consul_http: t.ports.consul_http,
-                cause: "no longer a server: it leaves the raft peers first".into(),
+                cause,
             });
         }
         steps.push(replace);
@@ -213,6 +225,23 @@ pub fn plan(
     }
     changes.sort_by_key(|(order, _)| *order);
     Ok(changes.into_iter().map(|(_, c)| c).collect())
+}
+
+/// The node name `host`'s running agent has, when it is not `host`: the
+/// host was renamed in the topology (same engine, same data).
+pub fn renamed_from(snapshot: &Snapshot, host: &str, consul: &str) -> Option<String> {
+    snapshot
+        .hosts
+        .iter()
+        .find(|h| h.host == host)?
+        .observed
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == consul && c.running)?
+        .made_for
+        .clone()
+        .filter(|old| old != host)
 }
 
 fn consul_runs(h: &HostSnapshot, consul: &str) -> bool {

@@ -72,8 +72,10 @@ pub struct HostSnapshot {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Wait {
-    /// A leader and every host an alive member, asked on `host`.
-    Cluster { host: String, members: usize },
+    /// A leader and every one of `members` alive, asked on `host`: every
+    /// host but those renamed, which join under their new name only in
+    /// their membership change.
+    Cluster { host: String, members: Vec<String> },
     /// Every service's instances passing and routed by the LB on `host`.
     Routes { host: String, instances: usize },
     /// At least one passing instance of each of `services`, asked on `host`
@@ -162,9 +164,15 @@ impl Plan {
         plan.members = members::plan(t, snapshot, &mut plan.hosts)?;
         plan.stages = stages::plan(t, desired, &mut plan.hosts, &mut plan.rolling);
         if let Some(server) = t.hosts.iter().find(|h| h.consul_server) {
+            let consul = crate::agent::labels::Component::Consul.container(&t.name);
             plan.cluster = Some(Wait::Cluster {
                 host: server.name.clone(),
-                members: t.hosts.len(),
+                members: t
+                    .hosts
+                    .iter()
+                    .map(|h| h.name.clone())
+                    .filter(|h| members::renamed_from(snapshot, h, &consul).is_none())
+                    .collect(),
             });
         }
         if let Some(lb) = t.hosts.iter().find(|h| h.has_role(Role::Lb)) {
@@ -310,7 +318,7 @@ impl Wait {
             host: self.host().to_string(),
             action: self.action(),
             subject: match self {
-                Wait::Cluster { members, .. } => format!("{members} members"),
+                Wait::Cluster { members, .. } => format!("{} members", members.len()),
                 Wait::Routes { instances, .. } => format!("{instances} instances"),
                 Wait::Passing { services, .. } => format!("{} passing", services.join(", ")),
             },

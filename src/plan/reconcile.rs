@@ -32,6 +32,10 @@ pub struct ObservedContainer {
     /// For a Consul agent, whether it runs as a server (its role label);
     /// `None` for other containers and agents made before the label.
     pub consul_server: Option<bool>,
+    /// The topology host it was made for (its host label). For a Consul
+    /// agent that is its node name: a different one means the host was
+    /// renamed.
+    pub made_for: Option<String>,
     pub running: bool,
     /// Created but never started: `up` creates a container, puts its files
     /// in (gossip key, agent config), then starts it. One left in this
@@ -455,6 +459,7 @@ mod tests {
             component: spec.component.clone(),
             spec_hash: hash,
             consul_server: None,
+            made_for: None,
             running,
             never_started: false,
             image_id: format!("sha256:{}", spec.image),
@@ -533,6 +538,7 @@ mod tests {
             component: "old".into(),
             spec_hash: None,
             consul_server: None,
+            made_for: None,
             running: true,
             never_started: false,
             image_id: "x".into(),

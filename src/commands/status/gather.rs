@@ -72,7 +72,11 @@ pub async fn gather(ctx: &Ctx) -> Result<Status> {
     let consul = cluster.map(|(asked, v)| ClusterStatus {
         asked,
         leader: v.leader().map(str::to_string),
-        servers: v.members.iter().filter(|m| m.kind == "server").count(),
+        servers: v
+            .members
+            .iter()
+            .filter(|m| m.kind == "server" && m.status != "left")
+            .count(),
         members: v.members.clone(),
     });
     let best_server = consul.as_ref().map(|c| c.asked.clone());

@@ -4,7 +4,9 @@
 //! `--lock-timeout`, naming the holder; an `up` killed with SIGKILL while
 //! holding it leaves a lock that the next `up` takes over, saying so; a
 //! container left created but never started (an interrupted run) is
-//! replaced by the next `up`, not started as it is; a second state
+//! replaced by the next `up`, not started as it is; a kept SSH master whose
+//! engine stalls while a `status` asks is not closed under the `up` holding
+//! the lock through it (the lock stays held); a second state
 //! directory, and a deleted one, find the same environment (no change).
 //!
 //! Needs a Docker engine and the images of scripts/build-images.sh.
@@ -190,6 +192,96 @@ fn runs_take_turns_and_a_dead_holder_is_taken_over() {
         .expect_ok("up after the state directory was deleted");
     assert!(up.stdout.contains(noop), "{}", up.stdout);
 
+    // A kept SSH master whose engine stops answering for a while, with a
+    // `status` asking meanwhile: the master is not closed under the `up`
+    // that holds the environment's lock through it, so the lock stays held
+    // (a second `up` waits for it) and the holder finishes. Hosts reached
+    // over SSH by address (no lab in the topology): the lock lives on
+    // host-1, through the kept master.
+    let lab = env.state().join("labs").join("itlock");
+    let plain = env.dir.path().join("plain.yaml");
+    let plain_yaml = |release: &str, drain: u32| {
+        format!(
+            "name: itlock-ssh\nhosts:\n  host-1:\n    address: ssh://root@{}\n    roles: [app, lb]\n    ssh: {{ identity_file: {}, known_hosts: {} }}\nservices:\n  demo: {{ image: stagectl/demo:latest, port: 8080, env: {{ RELEASE: \"{release}\" }}, drain_seconds: {drain} }}\n",
+            env.ip(1),
+            lab.join("id_ed25519").display(),
+            lab.join("known_hosts").display()
+        )
+    };
+    let over_ssh = |args: &[&str]| {
+        let mut full = vec!["-f", plain.to_str().unwrap()];
+        full.extend_from_slice(args);
+        stagectl(&env.state(), &full)
+    };
+    struct DownOverSsh<'a>(&'a dyn Fn(&[&str]) -> Run);
+    impl Drop for DownOverSsh<'_> {
+        fn drop(&mut self) {
+            // Else its containers would keep the lab from going with itlock.
+            let _ = (self.0)(&["down", "-v"]);
+        }
+    }
+    let down_over_ssh = DownOverSsh(&over_ssh);
+    std::fs::write(&plain, plain_yaml("1", 1)).unwrap();
+    over_ssh(&["up"]).expect_ok("up over SSH");
+    std::fs::write(&plain, plain_yaml("2", 20)).unwrap();
+    let holder = Command::new(env!("CARGO_BIN_EXE_stagectl"))
+        .args(["-f", plain.to_str().unwrap(), "up"])
+        .env("STAGECTL_STATE_DIR", env.state())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(30, || over_ssh(&["lock", "status"]).code == 1),
+        "the up over SSH takes the lock"
+    );
+    let dockerd = |signal: &'static str| {
+        move || {
+            sh(
+                "docker",
+                &[
+                    "exec",
+                    "itlock-host-1",
+                    "sh",
+                    "-c",
+                    &format!("kill -{signal} $(pidof dockerd)"),
+                ],
+            )
+            .expect_ok("signal host-1's dockerd")
+        }
+    };
+    dockerd("STOP")();
+    // Resumed after 8 s, whatever the status does meanwhile.
+    let resume = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(8));
+        dockerd("CONT")()
+    });
+    let asked = over_ssh(&["--connect-timeout", "3", "status"]);
+    resume.join().unwrap();
+    assert_ne!(
+        asked.code, 0,
+        "status found host-1's engine not answering: {}\n{}",
+        asked.stdout, asked.stderr
+    );
+    let waiting = over_ssh(&["--lock-timeout", "3", "up"]);
+    assert_eq!(
+        waiting.code, 1,
+        "the lock is still held: {}\n{}",
+        waiting.stdout, waiting.stderr
+    );
+    assert!(
+        waiting.stderr.contains("is locked on host-1 by")
+            && waiting.stderr.contains("running `up`"),
+        "{}",
+        waiting.stderr
+    );
+    finish(holder).expect_ok("the holder's up, its master kept through the stall");
+    drop(down_over_ssh);
+
     env.run(&["down"]).expect_ok("down");
     assert!(local_objects("container", "label=io.stagectl.lock=itlock").is_empty());
+    assert!(
+        local_objects("container", "label=io.stagectl.lab=itlock").is_empty(),
+        "no environment is left on the lab (itlock-ssh went too), so it goes"
+    );
 }

@@ -28,8 +28,23 @@
 #                          (e.g. to pick up new Debian security updates: the
 #                          hashes see the recipes, not the mirror's contents)
 #
+# Usage: build-images.sh [--without-stagectl]
+#   --without-stagectl     only the images that do not hold the stagectl binary
+#                          (all but agent and demo): they can be built while
+#                          the binary compiles; a second run adds the other two
+#
 # Needs: root (debootstrap), a running Docker daemon. Starts nothing else.
 set -euo pipefail
+
+WITH_STAGECTL=1
+case "${1:-}" in
+"") ;;
+--without-stagectl) WITH_STAGECTL=0 ;;
+*)
+    echo "usage: $0 [--without-stagectl]" >&2
+    exit 2
+    ;;
+esac
 
 # Bump to force every image to be rebuilt after a change the hashes cannot see.
 readonly RECIPE_VERSION=1
@@ -208,7 +223,9 @@ log "Debian mirror: $MIRROR"
 
 # The stagectl binary for the agent image, resolved now so that a missing one
 # fails the run before the long builds rather than after them.
-if [[ -n ${STAGECTL_BIN:-} ]]; then
+if ((!WITH_STAGECTL)); then
+    log "without stagectl: agent and demo are left for a later run"
+elif [[ -n ${STAGECTL_BIN:-} ]]; then
     [[ -f $STAGECTL_BIN ]] || die "STAGECTL_BIN=$STAGECTL_BIN: no such file"
     BIN="$STAGECTL_BIN"
 else
@@ -223,8 +240,10 @@ else
         [[ -f $BIN ]] || die "cargo build --release did not produce $BIN"
     fi
 fi
-BIN_HASH="$(sha256sum <"$BIN" | cut -d' ' -f1)"
-log "stagectl binary: $BIN (sha256 ${BIN_HASH:0:12})"
+if ((WITH_STAGECTL)); then
+    BIN_HASH="$(sha256sum <"$BIN" | cut -d' ' -f1)"
+    log "stagectl binary: $BIN (sha256 ${BIN_HASH:0:12})"
+fi
 
 # ---------------------------------------------------------------------------
 # 1. stagectl/base:bookworm: debootstrap + docker import
@@ -337,16 +356,18 @@ dir_image consul stagectl/consul:1.8.7 --build-arg "DEBIAN_MIRROR=$MIRROR"
 # 5-6. stagectl/agent and stagectl/demo: the stagectl binary on the base
 # ---------------------------------------------------------------------------
 
-# The build context is the Dockerfile plus a copy of the binary, not the repository.
-AGENT_CTX="$WORK/agent-context"
-mkdir -p "$AGENT_CTX"
-cp "$IMAGES_DIR/agent/Dockerfile" "$AGENT_CTX/Dockerfile"
-install -m 0755 "$BIN" "$AGENT_CTX/stagectl"
-AGENT_HASH="$(inputs_hash "runtime=$RUNTIME_ID" "dir=$(hash_dir "$IMAGES_DIR/agent")" "bin=$BIN_HASH")"
-build_dockerfile_image agent stagectl/agent:latest "$AGENT_HASH" "$AGENT_CTX"
+if ((WITH_STAGECTL)); then
+    # The build context is the Dockerfile plus a copy of the binary, not the repository.
+    AGENT_CTX="$WORK/agent-context"
+    mkdir -p "$AGENT_CTX"
+    cp "$IMAGES_DIR/agent/Dockerfile" "$AGENT_CTX/Dockerfile"
+    install -m 0755 "$BIN" "$AGENT_CTX/stagectl"
+    AGENT_HASH="$(inputs_hash "runtime=$RUNTIME_ID" "dir=$(hash_dir "$IMAGES_DIR/agent")" "bin=$BIN_HASH")"
+    build_dockerfile_image agent stagectl/agent:latest "$AGENT_HASH" "$AGENT_CTX"
 
-DEMO_HASH="$(inputs_hash "agent=$(image_id stagectl/agent:latest)" "dir=$(hash_dir "$IMAGES_DIR/demo")")"
-build_dockerfile_image demo stagectl/demo:latest "$DEMO_HASH" "$IMAGES_DIR/demo"
+    DEMO_HASH="$(inputs_hash "agent=$(image_id stagectl/agent:latest)" "dir=$(hash_dir "$IMAGES_DIR/demo")")"
+    build_dockerfile_image demo stagectl/demo:latest "$DEMO_HASH" "$IMAGES_DIR/demo"
+fi
 
 # ---------------------------------------------------------------------------
 # Summary

@@ -8,6 +8,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# The images that do not hold stagectl need no compiler, mostly the network
+# and the disk: built in the background while the code is checked and built.
+images_log="$(mktemp)"
+./scripts/build-images.sh --without-stagectl >"$images_log" 2>&1 &
+images_pid=$!
+trap 'kill "$images_pid" 2>/dev/null || true' EXIT
+
 step "cargo fmt --check"
 cargo fmt --check
 
@@ -18,6 +25,12 @@ step "release build (goes into the agent image)"
 cargo build --release --locked
 
 step "images"
+if ! wait "$images_pid"; then
+    cat "$images_log"
+    echo "building the images without stagectl failed" >&2
+    exit 1
+fi
+cat "$images_log"
 STAGECTL_BIN=target/release/stagectl ./scripts/build-images.sh
 
 step "unit and integration tests"

@@ -343,9 +343,14 @@ async fn an_image_nobody_has_stops_the_plan_before_any_change() {
 
 /// Three hosts, `servers` among them.
 fn three_hosts(servers: &str) -> Topology {
+    three_hosts_named("host-3", servers)
+}
+
+/// `three_hosts` with the third host (10.77.0.13) named `third`.
+fn three_hosts_named(third: &str, servers: &str) -> Topology {
     topology::parse(
         &format!(
-            "name: qa\nlab: {{ subnet: 10.77.0.0/24 }}\nhosts:\n  host-1: {{ driver: local, address: 10.77.0.11, roles: [app] }}\n  host-2: {{ driver: local, address: 10.77.0.12, roles: [app, lb] }}\n  host-3: {{ driver: local, address: 10.77.0.13, roles: [app] }}\nconsul: {{ servers: [{servers}] }}\n"
+            "name: qa\nlab: {{ subnet: 10.77.0.0/24 }}\nhosts:\n  host-1: {{ driver: local, address: 10.77.0.11, roles: [app] }}\n  host-2: {{ driver: local, address: 10.77.0.12, roles: [app, lb] }}\n  {third}: {{ driver: local, address: 10.77.0.13, roles: [app] }}\nconsul: {{ servers: [{servers}] }}\n"
         ),
         Path::new("t.yaml"),
     )
@@ -465,11 +470,7 @@ async fn a_renamed_server_leaves_under_its_old_name_and_is_waited_for_under_the_
     let three = three_hosts("host-1, host-2, host-3");
     let world = World::new(&three);
     world.converge(&three).await;
-    let renamed = topology::parse(
-        "name: qa\nlab: { subnet: 10.77.0.0/24 }\nhosts:\n  host-1: { driver: local, address: 10.77.0.11, roles: [app] }\n  host-2: { driver: local, address: 10.77.0.12, roles: [app, lb] }\n  web-3: { driver: local, address: 10.77.0.13, roles: [app] }\nconsul: { servers: [host-1, host-2, web-3] }\n",
-        Path::new("t.yaml"),
-    )
-    .unwrap();
+    let renamed = three_hosts_named("web-3", "host-1, host-2, web-3");
     // The same engine, now under the topology's new name.
     let mut snapshot = world.snapshot(&three).await;
     snapshot.hosts[2].host = "web-3".into();

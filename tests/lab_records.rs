@@ -12,8 +12,9 @@
 //!   of the other;
 //! - host-2 renamed web-2 at the same address (reached over SSH by its
 //!   address): `up` converges with no failed request, web-2 is an alive
-//!   member, the instance is registered once under the new name, its data
-//!   is kept and the next `up` replaces nothing;
+//!   member and a voter under a node ID of its own, host-2 is in no member
+//!   list, the instance is registered once under the new name, its data is
+//!   kept and the next `up` replaces nothing;
 //! - `down` keeps a service's data volume, `down -v` removes it.
 //!
 //! Needs a Docker engine and the images of scripts/build-images.sh.
@@ -257,6 +258,12 @@ fn records_nobody_else_can_write_and_removals_that_stay_in_their_environment() {
                 "docker exec itrec-demo-1 busybox sh -c 'echo kept > /data/mark'",
             );
             assert_eq!(mark.code, 0, "{}", mark.stderr);
+            let node_id = || {
+                let r = lab_ssh_to(2, "docker exec itrec-consul cat /consul/data/node-id");
+                assert_eq!(r.code, 0, "host-2's node ID: {}", r.stderr);
+                r.stdout.trim().to_string()
+            };
+            let old_id = node_id();
             let plan = run(&renamed, &["plan"]).expect_ok("plan of the rename");
             assert!(
                 plan.stderr.contains("its engine is web-2's now"),
@@ -276,8 +283,35 @@ fn records_nobody_else_can_write_and_removals_that_stay_in_their_environment() {
                 ["host-1", "host-3", "web-2"],
                 "web-2 is an alive member, host-2 is not"
             );
+            // Under its old node ID, the left host-2's reconciliation by the
+            // leader would take web-2 out of the raft peers every minute.
+            let new_id = node_id();
+            assert!(
+                !new_id.is_empty() && new_id != old_id,
+                "web-2 has a node ID of its own: {old_id} then {new_id}"
+            );
+            let peers = lab_ssh_to(
+                1,
+                "docker exec -e CONSUL_HTTP_ADDR=127.0.0.1:8500 itrec-consul consul operator raft list-peers",
+            );
+            assert_eq!(peers.code, 0, "{}", peers.stderr);
+            assert!(
+                peers.stdout.lines().any(|l| l.starts_with("web-2 ")
+                    && l.contains(&new_id)
+                    && l.contains(" true "))
+                    && !peers.stdout.contains(&old_id),
+                "web-2 a voter under its new ID, the old ID no peer: {}",
+                peers.stdout
+            );
             let status: serde_json::Value =
                 serde_json::from_str(&run(&renamed, &["status", "-o", "json"]).stdout).unwrap();
+            assert!(
+                !serde_json::to_string(&status["consul"]["members"])
+                    .unwrap()
+                    .contains("\"host-2\""),
+                "host-2 is out of the member list, not left beside web-2: {}",
+                status["consul"]["members"]
+            );
             let instances = serde_json::to_string(&status["services"]).unwrap();
             assert!(
                 !instances.contains("host-2") && instances.contains("web-2"),

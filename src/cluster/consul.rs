@@ -321,21 +321,72 @@ pub async fn leave<E: Engine>(host: &E, container: &str, http_port: u16) -> Resu
     Ok(())
 }
 
+/// The identity an agent's data directory gives the next agent started on
+/// it: a node ID, and for a sole server the raft configuration recovered to
+/// that ID at its address (see `plan::reconcile::Rejoin` for why).
+pub struct NewIdentity<'a> {
+    pub data_dir: &'a str,
+    pub node_id: &'a str,
+    pub sole_server: Option<&'a str>,
+}
+
+/// `leave`, after writing `identity` into the agent's data directory. The
+/// running agent read its node ID at its start, so the files change nothing
+/// until the next agent starts there.
+pub async fn leave_for_new_identity<E: Engine>(
+    host: &E,
+    container: &str,
+    http_port: u16,
+    identity: &NewIdentity<'_>,
+) -> Result<()> {
+    let peers = identity
+        .sole_server
+        .map(|address| {
+            serde_json::json!([{ "id": identity.node_id, "address": address, "non_voter": false }])
+                .to_string()
+        })
+        .unwrap_or_default();
+    // The values go in as arguments, never into the script's text.
+    let script = r#"umask 077 && printf %s "$2" > "$1/node-id" && { [ -z "$3" ] || printf %s "$3" > "$1/raft/peers.json"; } && exec consul leave"#;
+    host.exec(
+        container,
+        &[
+            "sh",
+            "-c",
+            script,
+            "sh",
+            identity.data_dir,
+            identity.node_id,
+            &peers,
+        ],
+        &cli_env(http_port),
+    )
+    .await?
+    .ok_or_stderr("a new node ID and consul leave")?;
+    Ok(())
+}
+
 /// Mark `node`, which cannot be reached to leave by itself, as left (asked
-/// of the agent in `container` on `host`), so it is not reported failed.
+/// of the agent in `container` on `host`), so it is not reported failed;
+/// with `prune`, take a node that has left out of the member list (one the
+/// agent does not list is out of it already: the step is done).
 pub async fn force_leave<E: Engine>(
     host: &E,
     container: &str,
     http_port: u16,
     node: &str,
+    prune: bool,
 ) -> Result<()> {
-    host.exec(
-        container,
-        &["consul", "force-leave", node],
-        &cli_env(http_port),
-    )
-    .await?
-    .ok_or_stderr("consul force-leave")?;
+    let mut cmd = vec!["consul", "force-leave"];
+    if prune {
+        cmd.push("-prune");
+    }
+    cmd.extend(["--", node]);
+    let out = host.exec(container, &cmd, &cli_env(http_port)).await?;
+    if prune && out.code != 0 && out.stderr.contains("No node found with name") {
+        return Ok(());
+    }
+    out.ok_or_stderr("consul force-leave")?;
     Ok(())
 }
 

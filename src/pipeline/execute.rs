@@ -53,17 +53,30 @@ pub async fn host_steps<E: Engine>(
                 name,
                 id,
                 consul_http,
+                rejoin,
                 ..
             } => {
                 host.no_restart(id).await?;
-                consul::leave(host, name, *consul_http).await.map(|()| None)
+                match rejoin {
+                    None => consul::leave(host, name, *consul_http).await,
+                    Some(r) => {
+                        let identity = consul::NewIdentity {
+                            data_dir: &r.data_dir,
+                            node_id: &r.node_id,
+                            sole_server: r.sole_server.as_deref(),
+                        };
+                        consul::leave_for_new_identity(host, name, *consul_http, &identity).await
+                    }
+                }
+                .map(|()| None)
             }
             Step::ForceLeave {
                 container,
                 node,
                 consul_http,
+                prune,
                 ..
-            } => consul::force_leave(host, container, *consul_http, node)
+            } => consul::force_leave(host, container, *consul_http, node, *prune)
                 .await
                 .map(|()| None),
             Step::RunOnce { spec, cause } => run_once(host, spec, cause).await,

@@ -480,14 +480,32 @@ async fn a_renamed_server_leaves_under_its_old_name_and_is_waited_for_under_the_
         vec![
             "web-3 leave qa-consul",
             "web-3 replace qa-consul",
-            "wait web-3 a voting server (asked host-1)"
+            "wait web-3 a voting server (asked host-1)",
+            "host-1 force_leave host-3",
+            "wait host-3 out of the member list (asked host-1)"
         ]
     );
-    assert!(
-        matches!(&plan.members[0].steps[0], Step::Leave { cause, .. } if cause.contains("renamed from host-3")),
-        "{:#?}",
-        plan.members[0].steps
+    // A node ID of its own for the new name; the other servers keep the
+    // raft configuration, so none is recovered.
+    let Step::Leave {
+        cause,
+        rejoin: Some(rejoin),
+        ..
+    } = &plan.members[0].steps[0]
+    else {
+        panic!("{:#?}", plan.members[0].steps)
+    };
+    assert!(cause.contains("renamed from host-3"), "{cause}");
+    assert_eq!(rejoin.node_id, crate::plan::members::node_id("qa", "web-3"));
+    assert_ne!(
+        rejoin.node_id,
+        crate::plan::members::node_id("qa", "host-3")
     );
+    assert_eq!(rejoin.sole_server, None);
+    assert!(matches!(
+        &plan.members[1].steps[0],
+        Step::ForceLeave { prune: true, node, .. } if node == "host-3"
+    ));
     // The cluster is waited for before the change without the new name,
     // which only its change makes a member.
     assert!(
@@ -504,6 +522,27 @@ async fn a_renamed_server_leaves_under_its_old_name_and_is_waited_for_under_the_
         "{:?}",
         plan.cluster
     );
+}
+
+#[tokio::test]
+async fn a_renamed_sole_server_recovers_its_raft_configuration_to_its_new_node_id() {
+    let three = three_hosts("host-3");
+    let world = World::new(&three);
+    world.converge(&three).await;
+    let renamed = three_hosts_named("web-3", "web-3");
+    let mut snapshot = world.snapshot(&three).await;
+    snapshot.hosts[2].host = "web-3".into();
+    let plan = Plan::up(&renamed, &desired(&renamed), &snapshot).unwrap();
+    assert!(
+        matches!(
+            &plan.members[0].steps[0],
+            Step::Leave { rejoin: Some(r), .. } if r.sole_server.as_deref() == Some("10.77.0.13:8300")
+        ),
+        "{:#?}",
+        plan.members
+    );
+    // Asked of itself: no other server is left to ask.
+    assert_eq!(plan.members[1].asked, "web-3");
 }
 
 #[tokio::test]

@@ -73,7 +73,7 @@ pub async fn membership(
     let node = change.expect.node();
     let own = match change.expect {
         Expect::Voter(_) | Expect::Client(_) => hosts.engine(node),
-        Expect::Gone(_) | Expect::NotFailed(_) => None,
+        Expect::Gone(_) | Expect::Pruned(_) | Expect::NotFailed(_) => None,
     };
     let limit = Duration::from_secs(t.consul.join_timeout_secs);
     let leader = crate::poll::until(limit, Duration::from_millis(300), || async {
@@ -88,6 +88,7 @@ pub async fn membership(
             Expect::Voter(n) => view.is_alive(n) && view.is_voter(n),
             Expect::Client(n) => view.is_alive(n) && !view.is_peer(n),
             Expect::Gone(n) => view.is_gone(n),
+            Expect::Pruned(n) => !view.members.iter().any(|m| m.node == *n),
             Expect::NotFailed(n) => view.is_gone(n) || view.is_alive(n),
         };
         if !holds {

@@ -17,7 +17,8 @@
 
 use serde::Serialize;
 
-use super::reconcile::{HostPlan, Step, StepRef};
+use super::desired::CONSUL_DATA_DIR;
+use super::reconcile::{HostPlan, Rejoin, Step, StepRef};
 use super::{HostSnapshot, Snapshot};
 use crate::agent::labels::Component;
 use crate::topology::Topology;
@@ -44,6 +45,8 @@ pub enum Expect {
     Client(String),
     /// Left (or never a member).
     Gone(String),
+    /// Not in the member list at all, not even as left.
+    Pruned(String),
     /// Not a failed member: marked as left, or still alive where stagectl
     /// cannot reach it (its agent runs; clearing it waits for a later run).
     NotFailed(String),
@@ -52,7 +55,11 @@ pub enum Expect {
 impl Expect {
     pub fn node(&self) -> &str {
         match self {
-            Expect::Voter(n) | Expect::Client(n) | Expect::Gone(n) | Expect::NotFailed(n) => n,
+            Expect::Voter(n)
+            | Expect::Client(n)
+            | Expect::Gone(n)
+            | Expect::Pruned(n)
+            | Expect::NotFailed(n) => n,
         }
     }
 
@@ -61,6 +68,7 @@ impl Expect {
             Expect::Voter(n) => format!("{n} a voting server"),
             Expect::Client(n) => format!("{n} a client"),
             Expect::Gone(n) => format!("{n} left"),
+            Expect::Pruned(n) => format!("{n} out of the member list"),
             Expect::NotFailed(n) => format!("{n} not a failed member"),
         }
     }
@@ -180,17 +188,29 @@ pub fn plan(
             is_server_now(&host),
             t.host(&host).is_some_and(|h| h.consul_server),
         );
-        let leave_first = if let Some(old) = renamed_from(snapshot, &host, &consul) {
-            // Consul refuses a member whose node ID another member (even a
-            // failed one) has under another name: the old name leaves, so
-            // the agent rejoins under the new one with its data.
-            Some(format!(
-                "renamed from {old}: {old} leaves first, the agent joins again as {host} with its data"
-            ))
+        let renamed = renamed_from(snapshot, &host, &consul);
+        let (leave_first, rejoin) = if let Some(old) = &renamed {
+            // The old name leaves, and the agent joins again under the new
+            // one with its data and a node ID of its own (see `Rejoin`).
+            let sole = servers_now == [host.as_str()] && t.consul_servers().count() == 1;
+            (
+                Some(format!(
+                    "renamed from {old}: {old} leaves first, the agent joins again as {host} with its data and a new node ID"
+                )),
+                t.host(&host).map(|h| Rejoin {
+                    data_dir: CONSUL_DATA_DIR.to_string(),
+                    node_id: node_id(&t.name, &host),
+                    sole_server: sole
+                        .then(|| format!("{}:{}", h.advertise, t.ports.consul_server)),
+                }),
+            )
         } else if before && !after {
-            Some("no longer a server: it leaves the raft peers first".into())
+            (
+                Some("no longer a server: it leaves the raft peers first".into()),
+                None,
+            )
         } else {
-            None
+            (None, None)
         };
         let mut steps = vec![];
         if let (Some(cause), Step::Replace { old_id, .. }) = (leave_first, &replace) {
@@ -198,6 +218,7 @@ pub fn plan(
                 name: consul.clone(),
                 id: old_id.clone(),
                 consul_http: t.ports.consul_http,
+                rejoin,
                 cause,
             });
         }
@@ -212,11 +233,34 @@ pub fn plan(
             order,
             MemberChange {
                 asked: asked(&host),
-                host,
+                host: host.clone(),
                 steps,
                 expect,
             },
         ));
+        if let Some(old) = renamed {
+            // Right after the rename (same order, stable sort): the old
+            // name, left, would otherwise stay in every member list for days
+            // beside the new one at the same address. Asked of a server that
+            // saw it leave (the new agent never knew it); the prune spreads
+            // by gossip.
+            let server = asked(&host);
+            changes.push((
+                order,
+                MemberChange {
+                    host: server.clone(),
+                    steps: vec![Step::ForceLeave {
+                        container: consul.clone(),
+                        node: old.clone(),
+                        consul_http: t.ports.consul_http,
+                        prune: true,
+                        cause: format!("{host}'s old name, left"),
+                    }],
+                    asked: server,
+                    expect: Expect::Pruned(old),
+                },
+            ));
+        }
     }
     for gone in &snapshot.departed {
         if let Some(change) = clear(t, gone, &consul, asked(&gone.host)) {
@@ -225,6 +269,25 @@ pub fn plan(
     }
     changes.sort_by_key(|(order, _)| *order);
     Ok(changes.into_iter().map(|(_, c)| c).collect())
+}
+
+/// The node ID a renamed host's agent joins again with: its own for each
+/// environment and name (a UUID's form, from a hash), so that the next
+/// rename, or a rename back, gives yet another one.
+pub fn node_id(env: &str, host: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let hex = format!(
+        "{:x}",
+        Sha256::digest(format!("stagectl node-id\0{env}\0{host}"))
+    );
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 /// The node name `host`'s running agent has, when it is not `host`: the
@@ -267,6 +330,7 @@ pub fn clear(
                 container: consul.to_string(),
                 node: gone.host.clone(),
                 consul_http: t.ports.consul_http,
+                prune: false,
                 cause: format!("{} is out of the topology and was not reached", gone.host),
             }],
             asked,
@@ -286,6 +350,7 @@ pub fn clear(
             name: agent.name.clone(),
             id: agent.id.clone(),
             consul_http: t.ports.consul_http,
+            rejoin: None,
             cause: "out of the topology".into(),
         });
     }

@@ -101,14 +101,19 @@ pub enum Step {
         name: String,
         id: String,
         consul_http: u16,
+        /// Set when the agent comes back under another name (its host was
+        /// renamed in the topology).
+        rejoin: Option<Rejoin>,
         cause: String,
     },
     /// Mark `node`, which cannot be reached to leave by itself, as left:
-    /// asked of this host's agent (in `container`).
+    /// asked of this host's agent (in `container`). With `prune`, a node
+    /// that has left is taken out of the member list altogether.
     ForceLeave {
         container: String,
         node: String,
         consul_http: u16,
+        prune: bool,
         cause: String,
     },
     /// Run a one-off container to its end (a service's `before_rollout`);
@@ -117,6 +122,25 @@ pub enum Step {
         spec: ContainerSpec,
         cause: String,
     },
+}
+
+/// What an agent's data directory is given before it leaves under its old
+/// name, to join again under a new one with its data.
+///
+/// Consul ties a node ID (kept in the data directory) to a node name. Under
+/// the old ID the new name would share it with the old name, which stays in
+/// the member list as left for days, and the leader's reconciliation of the
+/// left name removes the raft peer with that ID every minute: the renamed
+/// server, or with a sole server the leader itself. So the agent gets an ID
+/// of its own; a sole server, which no other server can tell about its new
+/// ID, also gets its raft configuration recovered to it (Consul's
+/// `raft/peers.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejoin {
+    pub data_dir: String,
+    pub node_id: String,
+    /// The server's raft address, when it is the cluster's only server.
+    pub sole_server: Option<String>,
 }
 
 impl Step {
@@ -195,6 +219,9 @@ impl Step {
             Step::Remove { cause, .. } => format!("remove: {cause}"),
             Step::RemoveVolume { .. } => "remove volume (data is lost)".into(),
             Step::Leave { cause, .. } => format!("leave the Consul cluster: {cause}"),
+            Step::ForceLeave {
+                cause, prune: true, ..
+            } => format!("taken out of the member list: {cause}"),
             Step::ForceLeave { cause, .. } => format!("marked as left: {cause}"),
             Step::RunOnce { spec, cause } => {
                 format!("{cause}: {} in {}, once", spec.cmd.join(" "), spec.image)

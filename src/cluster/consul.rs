@@ -70,6 +70,11 @@ impl ClusterView {
     }
 
     /// Left gracefully (or forced to), or never seen: not counted as failed.
+    /// In the member list at all, even as left.
+    pub fn lists(&self, node: &str) -> bool {
+        self.members.iter().any(|m| m.node == node)
+    }
+
     pub fn is_gone(&self, node: &str) -> bool {
         !self
             .members
@@ -313,32 +318,22 @@ impl LastUp {
 /// Make the agent in `container` leave the cluster gracefully and stop: a
 /// server leaves the raft peers too (the quorum shrinks with it, so the
 /// others keep a leader). The engine must not restart the container
-/// afterwards, or the agent would join again.
-pub async fn leave<E: Engine>(host: &E, container: &str, http_port: u16) -> Result<()> {
-    host.exec(container, &["consul", "leave"], &cli_env(http_port))
-        .await?
-        .ok_or_stderr("consul leave")?;
-    Ok(())
-}
-
-/// The identity an agent's data directory gives the next agent started on
-/// it: a node ID, and for a sole server the raft configuration recovered to
-/// that ID at its address (see `plan::reconcile::Rejoin` for why).
-pub struct NewIdentity<'a> {
-    pub data_dir: &'a str,
-    pub node_id: &'a str,
-    pub sole_server: Option<&'a str>,
-}
-
-/// `leave`, after writing `identity` into the agent's data directory. The
-/// running agent read its node ID at its start, so the files change nothing
-/// until the next agent starts there.
-pub async fn leave_for_new_identity<E: Engine>(
+/// afterwards, or the agent would join again. With `identity`, it is
+/// written into the agent's data directory first: the running agent read
+/// its node ID at its start, so the files change nothing until the next
+/// agent starts there.
+pub async fn leave<E: Engine>(
     host: &E,
     container: &str,
     http_port: u16,
-    identity: &NewIdentity<'_>,
+    identity: Option<&NewIdentity<'_>>,
 ) -> Result<()> {
+    let Some(identity) = identity else {
+        host.exec(container, &["consul", "leave"], &cli_env(http_port))
+            .await?
+            .ok_or_stderr("consul leave")?;
+        return Ok(());
+    };
     let peers = identity
         .sole_server
         .map(|address| {
@@ -364,6 +359,15 @@ pub async fn leave_for_new_identity<E: Engine>(
     .await?
     .ok_or_stderr("a new node ID and consul leave")?;
     Ok(())
+}
+
+/// The identity an agent's data directory gives the next agent started on
+/// it: a node ID, and for a sole server the raft configuration recovered to
+/// that ID at its address (see `plan::reconcile::Rejoin` for why).
+pub struct NewIdentity<'a> {
+    pub data_dir: &'a str,
+    pub node_id: &'a str,
+    pub sole_server: Option<&'a str>,
 }
 
 /// Mark `node`, which cannot be reached to leave by itself, as left (asked

@@ -57,18 +57,14 @@ pub async fn host_steps<E: Engine>(
                 ..
             } => {
                 host.no_restart(id).await?;
-                match rejoin {
-                    None => consul::leave(host, name, *consul_http).await,
-                    Some(r) => {
-                        let identity = consul::NewIdentity {
-                            data_dir: &r.data_dir,
-                            node_id: &r.node_id,
-                            sole_server: r.sole_server.as_deref(),
-                        };
-                        consul::leave_for_new_identity(host, name, *consul_http, &identity).await
-                    }
-                }
-                .map(|()| None)
+                let identity = rejoin.as_ref().map(|r| consul::NewIdentity {
+                    data_dir: &r.data_dir,
+                    node_id: &r.node_id,
+                    sole_server: r.sole_server.as_deref(),
+                });
+                consul::leave(host, name, *consul_http, identity.as_ref())
+                    .await
+                    .map(|()| None)
             }
             Step::ForceLeave {
                 container,

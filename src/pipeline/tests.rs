@@ -465,16 +465,27 @@ async fn a_new_environment_makes_its_agents_with_the_hosts_not_one_at_a_time() {
     assert!(plan.members.is_empty(), "{:#?}", member_steps(&plan));
 }
 
-#[tokio::test]
-async fn a_renamed_server_leaves_under_its_old_name_and_is_waited_for_under_the_new_one() {
-    let three = three_hosts("host-1, host-2, host-3");
+/// `three_hosts(servers)` converged, then planned with host-3 renamed
+/// web-3 (the same engine, now under the topology's new name, with
+/// `renamed_servers`): the world, the unrenamed topology and the plan.
+async fn plan_after_renaming_host_3(
+    servers: &str,
+    renamed_servers: &str,
+) -> (World, Topology, Plan) {
+    let three = three_hosts(servers);
     let world = World::new(&three);
     world.converge(&three).await;
-    let renamed = three_hosts_named("web-3", "host-1, host-2, web-3");
-    // The same engine, now under the topology's new name.
+    let renamed = three_hosts_named("web-3", renamed_servers);
     let mut snapshot = world.snapshot(&three).await;
     snapshot.hosts[2].host = "web-3".into();
     let plan = Plan::up(&renamed, &desired(&renamed), &snapshot).unwrap();
+    (world, three, plan)
+}
+
+#[tokio::test]
+async fn a_renamed_server_leaves_under_its_old_name_and_is_waited_for_under_the_new_one() {
+    let (world, three, plan) =
+        plan_after_renaming_host_3("host-1, host-2, host-3", "host-1, host-2, web-3").await;
     assert_eq!(
         member_steps(&plan),
         vec![
@@ -526,13 +537,7 @@ async fn a_renamed_server_leaves_under_its_old_name_and_is_waited_for_under_the_
 
 #[tokio::test]
 async fn a_renamed_sole_server_recovers_its_raft_configuration_to_its_new_node_id() {
-    let three = three_hosts("host-3");
-    let world = World::new(&three);
-    world.converge(&three).await;
-    let renamed = three_hosts_named("web-3", "web-3");
-    let mut snapshot = world.snapshot(&three).await;
-    snapshot.hosts[2].host = "web-3".into();
-    let plan = Plan::up(&renamed, &desired(&renamed), &snapshot).unwrap();
+    let (_, _, plan) = plan_after_renaming_host_3("host-3", "web-3").await;
     assert!(
         matches!(
             &plan.members[0].steps[0],

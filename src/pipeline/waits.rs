@@ -88,7 +88,7 @@ pub async fn membership(
             Expect::Voter(n) => view.is_alive(n) && view.is_voter(n),
             Expect::Client(n) => view.is_alive(n) && !view.is_peer(n),
             Expect::Gone(n) => view.is_gone(n),
-            Expect::Pruned(n) => !view.members.iter().any(|m| m.node == *n),
+            Expect::Pruned(n) => !view.lists(n),
             Expect::NotFailed(n) => view.is_gone(n) || view.is_alive(n),
         };
         if !holds {

@@ -20,11 +20,18 @@
 # (3 hosts), each growing <= 1.5x to 12 hosts; route-in p50 < 40 ms, p99 < 100
 # ms and route-out p50 < 60 ms, p99 < 150 ms, p50 <= 0.6x Traefik's; agents
 # < 15 MB.
-# Usage: scripts/bench.sh [TRIALS]   (default 3 cycles per size; ROUTE_TRIALS=50;
+# Usage: scripts/bench.sh [TRIALS]   (default 5 cycles per size; ROUTE_TRIALS=50;
 #        ONLY=sizes|shared|stack|previews|delivery|route runs one part; PREVIEWS=20)
+# The report goes to stdout and to $BENCH_OUT/report.txt, every raw sample
+# (one JSON object per line: figure, value, unit) to $BENCH_OUT/samples.jsonl;
+# BENCH_OUT defaults to target/bench/<date>-<commit>.
+# A figure of 5 or more samples is their median (the mean of the two middle
+# ones for an even count) with the range and the count; with fewer, every
+# sample is shown instead. A reading that fails stops the report.
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-trials=${1:-3}
+trials=${1:-5}
 sizes=${SIZES:-"3 6 12"}
 route_trials=${ROUTE_TRIALS:-50}
 TRAEFIK_VERSION=3.7.15
@@ -32,6 +39,12 @@ TRAEFIK_VERSION=3.7.15
 cargo build --release --locked >/dev/null 2>&1
 STAGECTL_BIN=target/release/stagectl ./scripts/build-images.sh >/dev/null 2>&1
 bin=target/release/stagectl
+commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src scripts benches 2>/dev/null || echo "+changes")
+out=${BENCH_OUT:-target/bench/$(date -u +%Y%m%d-%H%M%S)-$commit}
+mkdir -p "$out"
+raw=$out/samples.jsonl
+: >"$raw"
+exec > >(tee "$out/report.txt")
 
 work=$(mktemp -d)
 export STAGECTL_STATE_DIR=$work/state
@@ -47,9 +60,32 @@ cleanup() {
 trap cleanup EXIT
 
 now() { date +%s.%N; }
-timed() { local t0; t0=$(now); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { printf "%.2f", a[int((NR + 1) / 2)] }'; }
-span() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { printf "%.2f-%.2f", a[1], a[NR] }'; }
+fail() { echo "bench: $*" >&2; exit 1; }
+timed() { local t0; t0=$(now); "$@" >/dev/null 2>&1 || fail "failed: $*"; awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+# The true median: the middle sample, or the mean of the two middle ones.
+median() {
+    (($#)) || fail "a median of no samples"
+    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 }
+        END { if (NR % 2) m = a[(NR + 1) / 2]; else m = (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "%.2f", m }'
+}
+span() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { printf "%.2f-%.2f", a[1], a[NR] }'; }
+# figure VALUES...: the median with its range and count (5 or more samples),
+# else every sample.
+figure() {
+    if (($# >= 5)); then
+        printf '%s (%s, n=%s)' "$(median "$@")" "$(span "$@")" "$#"
+    else
+        local IFS=/
+        printf '%s (every sample, n=%s)' "$*" "$#"
+    fi
+}
+# sample NAME UNIT VALUE: keep one raw sample; VALUE must be a number.
+sample() {
+    [[ $3 =~ ^-?[0-9]+(\.[0-9]+)?$ ]] || fail "$1: not a number: '$3'"
+    printf '{"figure": "%s", "unit": "%s", "value": %s}\n' "$1" "$2" "$3" >>"$raw"
+}
+# keep NAME UNIT VALUE: sample, then print VALUE (for $(...)).
+keep() { sample "$@"; printf '%s' "$3"; }
 
 # A lab of N hosts: host-1 balances, the rest run apps; 3 Consul servers.
 topology() {
@@ -74,28 +110,30 @@ for n in $sizes; do
     topology "$n" >"$current"
     cold=() noop=() status=() down=()
     for _ in $(seq 1 "$trials"); do
-        cold+=("$(timed $bin -f "$current" up)")
-        for _ in 1 2 3; do noop+=("$(timed $bin -f "$current" up)"); done
-        status+=("$(timed $bin -f "$current" status)")
-        down+=("$(timed $bin -f "$current" down -v)")
+        cold+=("$(keep "hosts=$n cold up" s "$(timed $bin -f "$current" up)")")
+        for _ in 1 2 3; do noop+=("$(keep "hosts=$n no-op up" s "$(timed $bin -f "$current" up)")"); done
+        status+=("$(keep "hosts=$n status" s "$(timed $bin -f "$current" status)")")
+        down+=("$(keep "hosts=$n down" s "$(timed $bin -f "$current" down -v)")")
     done
     current=""
     noop_median[$n]=$(median "${noop[@]}") status_median[$n]=$(median "${status[@]}")
-    rows+=("$(printf '%5s  %7s s %-12s  %6s s %-11s  %6s s  %6s s' "$n" \
-        "$(median "${cold[@]}")" "($(span "${cold[@]}"))" "$(median "${noop[@]}")" "($(span "${noop[@]}"))" \
-        "$(median "${status[@]}")" "$(median "${down[@]}")")")
+    rows+=("$(printf '%5s  cold up %s s  no-op up %s s  status %s s  down %s s' "$n" \
+        "$(figure "${cold[@]}")" "$(figure "${noop[@]}")" "$(figure "${status[@]}")" "$(figure "${down[@]}")")")
 done
 
-printf '\nstagectl benchmark, %s, %s cores, %s\n' \
-    "$(uname -m)" "$(nproc)" "$(free -g | awk '/Mem:/ { print $2 " GiB" }')"
-if ((${#rows[@]})); then
-    printf '\nmedians of %s cycles (range)\n' "$trials"
-    printf '%5s  %-22s  %-21s  %8s  %8s\n' hosts "cold up (<= 30 s)" "no-op up (<= 0.5 s)" status down
+printf '\nstagectl benchmark of commit %s, %s UTC, %s, %s cores, %s, Docker %s\n' \
+    "$commit" "$(date -u '+%Y-%m-%d %H:%M')" "$(uname -m)" "$(nproc)" \
+    "$(free -g | awk '/Mem:/ { print $2 " GiB" }')" "$(docker version --format '{{.Server.Version}}')"
+printf 'raw samples: %s\n' "$raw"
+if part sizes; then
+    printf '\n%s cycles per size; no-op up 3 times per cycle (targets: cold up <= 30 s at 12 hosts, no-op up <= 0.5 s, status <= 0.4 s)\n' "$trials"
     printf '%s\n' "${rows[@]}"
     if [[ -n ${noop_median[3]:-} && -n ${noop_median[12]:-} ]]; then
         printf 'growth from 3 to 12 hosts (<= 1.5x): no-op up %sx, status %sx\n' \
             "$(awk -v a="${noop_median[3]}" -v b="${noop_median[12]}" 'BEGIN { printf "%.2f", b / a }')" \
             "$(awk -v a="${status_median[3]}" -v b="${status_median[12]}" 'BEGIN { printf "%.2f", b / a }')"
+    else
+        printf 'growth from 3 to 12 hosts: no data (SIZES=%s lacks 3 or 12)\n' "$sizes"
     fi
 fi
 
@@ -123,20 +161,26 @@ lab_ssh() {
 }
 # env_memory_mb LAB NET ENV: the memory ENV's containers use on the lab's hosts.
 env_memory_mb() {
-    local lab=$1 net=$2 env=$3 ip total=0 mb
+    local lab=$1 net=$2 env=$3 ip total=0 mb stats
     for ip in 10.77.$net.11 10.77.$net.12 10.77.$net.13; do
-        mb=$(lab_ssh "$lab" "$ip" "docker stats --no-stream --format '{{.Name}} {{.MemUsage}}'" |
-            awk -v e="$env-" 'index($1, e) == 1 { v = $2; u = v; gsub(/[0-9.]/, "", u); gsub(/[^0-9.]/, "", v);
-                if (u == "GiB") v *= 1024; else if (u == "KiB" || u == "kB") v /= 1024; s += v } END { printf "%.1f", s }')
+        stats=$(lab_ssh "$lab" "$ip" "docker stats --no-stream --format '{{.Name}} {{.MemUsage}}'") ||
+            fail "memory of $env on $ip: docker stats over ssh failed"
+        # A host runs at least the environment's Consul agent: finding none
+        # of its containers is a failed reading, not 0 MB.
+        mb=$(awk -v e="$env-" 'index($1, e) == 1 { v = $2; u = v; gsub(/[0-9.]/, "", u); gsub(/[^0-9.]/, "", v);
+                if (u == "GiB") v *= 1024; else if (u == "KiB" || u == "kB") v /= 1024; s += v; n++ }
+                END { if (n) printf "%.1f", s }' <<<"$stats")
+        [[ -n $mb ]] || fail "memory of $env on $ip: none of its containers in docker stats"
         total=$(awk -v a="$total" -v b="$mb" 'BEGIN { printf "%.1f", a + b }')
     done
+    sample "memory of $env" MB "$total"
     echo "$total"
 }
 # shared_envs LAB NET NAME SERVICES_FILE: three environments NAME1..3 with
 # these services on the same three lab hosts, each brought up in turn;
 # prints a row per environment (up time, memory), then takes them down.
 shared_envs() {
-    local lab=$1 net=$2 name=$3 services=$4 i f secs envs=()
+    local lab=$1 net=$2 name=$3 services=$4 i f secs mb envs=()
     for i in 1 2 3; do
         f=$work/$name$i.yaml
         {
@@ -150,10 +194,11 @@ shared_envs() {
         } >"$f"
         envs+=("$f")
         current=$f
-        secs=$(timed $bin -f "$f" up)
-        printf '%5s  %8s s  %8s MB\n' "$i" "$secs" "$(env_memory_mb "$lab" "$net" "$name$i")"
+        secs=$(keep "$name$i up" s "$(timed $bin -f "$f" up)")
+        mb=$(env_memory_mb "$lab" "$net" "$name$i")
+        printf '%5s  %8s s  %8s MB  (one run)\n' "$i" "$secs" "$mb"
     done
-    for f in "${envs[@]}"; do $bin -f "$f" down -v >/dev/null 2>&1 || true; done
+    for f in "${envs[@]}"; do $bin -f "$f" down -v >/dev/null 2>&1 || fail "down of $f"; done
     current=""
 }
 
@@ -197,25 +242,31 @@ YAML
     for i in $(seq 1 "$n"); do
         previews_up=$i
         t0=$(now)
-        last=$($bin -f "$f" --env "pr-$i" up --ttl 1d -o json 2>/dev/null | tail -1) ||
-            { echo "failed: up pr-$i" >&2; exit 1; }
-        secs=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
-        edge_ms=$(python3 -c 'import json, sys; print(round(json.load(sys.stdin)["phases"]["edge"] * 1000))' <<<"$last")
+        last=$($bin -f "$f" --env "pr-$i" up --ttl 1d -o json 2>/dev/null | tail -1) || fail "failed: up pr-$i"
+        secs=$(keep "preview up" s "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')")
+        edge_ms=$(keep "preview edge" ms "$(python3 -c 'import json, sys; print(round(json.load(sys.stdin)["phases"]["edge"] * 1000))' <<<"$last")")
         ups+=("$secs") edges+=("$edge_ms")
         if ((i <= 2 || i == n)); then
-            printf '%7s  %6s s  %8s MB  %s ms\n' "pr-$i" "$secs" "$(env_memory_mb benchprev 71 "pr-$i")" "$edge_ms"
+            mb=$(env_memory_mb benchprev 71 "pr-$i")
+            printf '%7s  %6s s  %8s MB  %s ms\n' "pr-$i" "$secs" "$mb" "$edge_ms"
         fi
     done
-    printf '%7s  %6s s  %11s  %s ms  (medians of previews 2..%s)\n' "" "$(median "${ups[@]:1}")" "" "$(median "${edges[@]:1}")" "$n"
+    if ((n >= 2)); then
+        printf 'previews 2..%s: up %s s, edge %s ms\n' "$n" "$(figure "${ups[@]:1}")" "$(figure "${edges[@]:1}")"
+    else
+        printf 'previews 2..%s: no data (PREVIEWS=%s)\n' "$n" "$n"
+    fi
     answering=0
     for i in $(seq 1 "$n"); do
         curl -fs --max-time 2 -H "Host: demo.pr-$i.preview.test" http://10.77.71.13/ >/dev/null && answering=$((answering + 1))
     done
     printf 'answering by name on port 80 of host-3: %s of %s\n' "$answering" "$n"
-    printf 'ls with %s environments: %s s\n' "$n" "$(timed $bin -f "$f" ls)"
-    t0=$(now)
-    for i in $(seq 1 "$n"); do $bin -f "$f" --env "pr-$i" down -v >/dev/null 2>&1 || true; done
-    printf 'down of all %s: %s s\n' "$n" "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')"
+    sample "previews answering on port 80" count "$answering"
+    secs=$(keep "ls with $n previews" s "$(timed $bin -f "$f" ls)")
+    printf 'ls with %s environments: %s s (one run)\n' "$n" "$secs"
+    downs=()
+    for i in $(seq 1 "$n"); do downs+=("$(keep "preview down" s "$(timed $bin -f "$f" --env "pr-$i" down -v)")"); done
+    printf 'down of each of %s: %s s\n' "$n" "$(figure "${downs[@]}")"
     previews_up=0
 fi
 
@@ -244,7 +295,7 @@ YAML
         docker build -q -t stagectl-bench/big:latest "$img" >/dev/null 2>&1
         local events
         current=$f
-        events=$($bin -f "$f" up -o json 2>/dev/null) || { echo "failed: up" >&2; exit 1; }
+        events=$($bin -f "$f" up -o json 2>/dev/null) || fail "failed: up"
         python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -255,10 +306,10 @@ for line in sys.stdin:
     }
     printf '\nimage delivery: a ~230 MB app image to 2 app hosts over SSH (lab)\n'
     current=$work/delivery-empty.yaml
-    $bin -f "$current" up >/dev/null 2>&1 || { echo "failed: up of the lab" >&2; exit 1; }
+    $bin -f "$current" up >/dev/null 2>&1 || fail "failed: up of the lab"
     deliver "first delivery"
     deliver "rebuilt, 1 KB changed"
-    $bin -f "$f" down -v >/dev/null 2>&1 || true
+    $bin -f "$f" down -v >/dev/null 2>&1 || fail "down of $f"
     current=""
     docker rmi stagectl-bench/big:latest >/dev/null 2>&1 || true
 fi

@@ -49,18 +49,28 @@ fn lab_up_converges_idempotently_and_down_leaves_nothing() {
     // The Consul HTTP API listens on the host's loopback only.
     let listening = env.ssh(1, "docker exec itcore-consul consul members -http-addr=http://127.0.0.1:8500 >/dev/null && echo ok");
     assert!(listening.stdout.contains("ok"), "{}", listening.stderr);
-    let exposed = sh(
-        "bash",
-        &[
-            "-c",
-            &format!(
-                "exec 3<>/dev/tcp/{}/8500 && echo open || echo closed",
-                env.ip(1)
-            ),
-        ],
+    // Proven against a port of the same host that must answer from
+    // outside (Consul's gossip, TCP 8301), so an unreachable host cannot
+    // pass for a closed port.
+    let tcp = |port: u16| {
+        sh(
+            "bash",
+            &[
+                "-c",
+                &format!(
+                    "timeout 5 bash -c 'exec 3<>/dev/tcp/{}/{port}' 2>/dev/null && echo open || echo closed",
+                    env.ip(1)
+                ),
+            ],
+        )
+        .stdout
+    };
+    assert!(
+        tcp(8301).contains("open"),
+        "host-1's Consul gossip port does not answer from outside: the check of 8500 would prove nothing"
     );
     assert!(
-        !exposed.stdout.contains("open"),
+        tcp(8500).contains("closed"),
         "Consul's HTTP API must not be reachable from outside the host"
     );
 

@@ -16,23 +16,43 @@ const SERVICES: &str = "services:\n  demo:\n    image: stagectl/demo:latest\n   
 
 /// Host IPs in the LB's pool, as the template agent on host-3 last wrote
 /// them (read over SSH from host-3, which stays up in every drill).
-fn pool(env: &LabEnv) -> Vec<String> {
+fn pool(env: &LabEnv) -> Result<Vec<String>, String> {
     let r = env.ssh(
         3,
         "docker exec itdrill-template cat /conf/stagectl-status.json",
     );
-    let json: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_default();
-    json["routes"]
+    if r.code != 0 {
+        return Err(format!(
+            "the LB status file cannot be read: {}",
+            r.stderr.trim()
+        ));
+    }
+    let json: serde_json::Value = serde_json::from_str(&r.stdout)
+        .map_err(|e| format!("the LB status file is not JSON ({e}): {}", r.stdout))?;
+    let routes = json["routes"]
         .as_array()
-        .into_iter()
-        .flatten()
+        .ok_or_else(|| format!("the LB status has no routes: {json}"))?;
+    Ok(routes
+        .iter()
         .flat_map(|r| r["upstreams"].as_array().cloned().unwrap_or_default())
         .filter_map(|u| {
             u.as_str()
                 .and_then(|u| u.split(':').next())
                 .map(str::to_string)
         })
-        .collect()
+        .collect())
+}
+
+/// `host` is out of a pool that could be read and still routes another
+/// host: a status file that cannot be read (or an empty pool) never counts
+/// as "out of the pool".
+fn out_of_pool(env: &LabEnv, host: &str) -> bool {
+    matches!(pool(env), Ok(p) if !p.is_empty() && !p.iter().any(|h| h == host))
+}
+
+/// `host` is in a pool that could be read.
+fn in_pool(env: &LabEnv, host: &str) -> bool {
+    matches!(pool(env), Ok(p) if p.iter().any(|h| h == host))
 }
 
 /// Upstream addresses (host IPs) seen in ten answers.
@@ -158,7 +178,7 @@ fn failure_drills() {
     //    made once the pool has changed.
     sh("docker", &["kill", "itdrill-host-1"]).expect_ok("stopping host-1");
     within("app host stopped → out of the pool", 10, || {
-        !pool(&env).contains(&host1)
+        out_of_pool(&env, &host1)
     });
     let client = Client::start(&lb);
     std::thread::sleep(Duration::from_secs(2));
@@ -170,7 +190,7 @@ fn failure_drills() {
     // supervisor; what it owes is that `status` says so and `up` brings
     // the container back. So: healthy within 30 s, or status names what
     // does not run on host-1, and after `up` it is healthy.
-    if !eventually(30, || pool(&env).contains(&host1) && healthy(&env)) {
+    if !eventually(30, || in_pool(&env, &host1) && healthy(&env)) {
         let problems = env.status_json()["problems"].clone();
         println!("drill app host started: status says {problems}");
         print_engine_complaints(&env);
@@ -206,7 +226,7 @@ fn failure_drills() {
     )
     .expect_ok("disconnecting host-1");
     within("app host disconnected → out of the pool", 10, || {
-        !pool(&env).contains(&host1)
+        out_of_pool(&env, &host1)
     });
     let client = Client::start(&lb);
     std::thread::sleep(Duration::from_secs(2));
@@ -224,7 +244,7 @@ fn failure_drills() {
     )
     .expect_ok("reconnecting host-1");
     within("app host reconnected → back in the pool", 120, || {
-        pool(&env).contains(&host1)
+        in_pool(&env, &host1)
     });
     // The members come back alive through gossip, which retries failed
     // members every 30 s: on top of the time to be back in the pool, up to

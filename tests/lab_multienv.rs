@@ -27,12 +27,17 @@ fn topology(name: &str, extra: &str) -> String {
     format!("extends: servers.yaml\nname: {name}\nservices:\n  demo: {{ image: stagectl/demo:latest, port: 8080 }}\n{extra}")
 }
 
-/// Identities answering through an LB in `n` requests.
-fn identities(lb: &str, n: usize) -> HashSet<String> {
+/// Identities answering through an LB in `n` requests, every one of which
+/// must be answered with an identity: a failed request is an error, never
+/// "not routed".
+fn identities(lb: &str, n: usize) -> Result<HashSet<String>, String> {
     (0..n)
-        .filter_map(|_| http_get(lb, "/demo/", "x").ok())
-        .filter(|(code, _)| *code == 200)
-        .filter_map(|(_, body)| identity(&body))
+        .map(|i| match http_get(lb, "/demo/", "x") {
+            Ok((200, body)) => identity(&body)
+                .ok_or_else(|| format!("request {i} to {lb}: no identity in {body:?}")),
+            Ok((code, body)) => Err(format!("request {i} to {lb}: {code} {body:?}")),
+            Err(e) => Err(format!("request {i} to {lb}: {e}")),
+        })
         .collect()
 }
 
@@ -76,8 +81,8 @@ fn two_environments_share_hosts_and_leave_each_other_alone() {
     let (lb_a, lb_b) = (format!("{NET}.13:80"), format!("{NET}.13:21004"));
 
     // Each LB routes its own two instances, and only those.
-    let ids_a = identities(&lb_a, 20);
-    let ids_b = identities(&lb_b, 20);
+    let ids_a = identities(&lb_a, 20).unwrap();
+    let ids_b = identities(&lb_b, 20).unwrap();
     assert_eq!(ids_a.len(), 2, "{ids_a:?}");
     assert_eq!(ids_b.len(), 2, "{ids_b:?}");
     assert!(ids_a.is_disjoint(&ids_b), "{ids_a:?} {ids_b:?}");
@@ -136,15 +141,16 @@ fn two_environments_share_hosts_and_leave_each_other_alone() {
         .trim()
         .to_string();
     assert!(
-        eventually(5, || identities(&lb_b, 9).contains(&for_b)),
+        eventually(5, || identities(&lb_b, 9).is_ok_and(|i| i.contains(&for_b))),
         "labelled for itb: routed by itb"
     );
     assert!(
-        !identities(&lb_a, 20).contains(&for_b),
+        !identities(&lb_a, 20).unwrap().contains(&for_b),
         "labelled for itb: never routed by ita"
     );
     let all: HashSet<String> = identities(&lb_a, 20)
-        .union(&identities(&lb_b, 20))
+        .unwrap()
+        .union(&identities(&lb_b, 20).unwrap())
         .cloned()
         .collect();
     assert!(
@@ -166,7 +172,7 @@ fn two_environments_share_hosts_and_leave_each_other_alone() {
     let ls = run(&a, &["ls", "-o", "json"]).expect_ok("ls");
     let list: serde_json::Value = serde_json::from_str(&ls.stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1, "{list:#}");
-    assert_eq!(identities(&lb_a, 10).len(), 2);
+    assert_eq!(identities(&lb_a, 10).unwrap().len(), 2);
 
     run(&a, &["down"]).expect_ok("down ita");
     assert!(local_objects("container", "label=io.stagectl.lab=itmulti").is_empty());

@@ -311,9 +311,9 @@ impl Trials {
     }
 
     fn p50(v: &[Duration]) -> f64 {
-        let mut v = v.to_vec();
-        v.sort();
-        v[v.len() / 2].as_secs_f64()
+        let mut s: Vec<f64> = v.iter().map(Duration::as_secs_f64).collect();
+        s.sort_by(f64::total_cmp);
+        quantile(&s, 0.5)
     }
 }
 
@@ -366,16 +366,39 @@ fn consul_clients(rt: &tokio::runtime::Runtime, host: &DockerHost, container: &s
 }
 
 fn print_row(name: &str, v: &mut [Duration], target: &str) {
-    v.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    let ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    print_ms_row(name, ms, target);
+}
+
+/// A row of min, p50, p99 and max of `ms` (milliseconds, which may be
+/// negative), or "no data" when there are none.
+fn print_ms_row(name: &str, mut ms: Vec<f64>, target: &str) {
+    if ms.is_empty() {
+        println!("{name:<10} no data  {target}");
+        return;
+    }
+    ms.sort_by(f64::total_cmp);
     println!(
-        "{name:<10} {:>6.1}ms {:>6.1}ms {:>6.1}ms {:>6.1}ms  {target}",
-        ms(v[0]),
-        ms(p(0.5)),
-        ms(p(0.99)),
-        ms(v[v.len() - 1])
+        "{name:<10} {:>6.1}ms {:>6.1}ms {:>6.1}ms {:>6.1}ms  {target} (n={})",
+        ms[0],
+        quantile(&ms, 0.5),
+        quantile(&ms, 0.99),
+        ms[ms.len() - 1],
+        ms.len()
     );
+}
+
+/// The `q` quantile of sorted samples, interpolated between the two
+/// nearest ranks: at 0.5, the true median (the mean of the two middle
+/// samples for an even count).
+/// NaN for no samples.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (sorted.len() - 1) as f64 * q;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
 }
 
 /// GET /demo/ through the LB: status, X-Stagectl-Upstream, body. Paced at
@@ -419,6 +442,10 @@ fn proc_stats(rt: &tokio::runtime::Runtime, host: &DockerHost, container: &str) 
         .unwrap()
         .stdout;
     let pid = pid.trim();
+    assert!(
+        !pid.is_empty(),
+        "{container}: no stagectl agent process found"
+    );
     let status = rt
         .block_on(host.exec(container, &["cat", &format!("/proc/{pid}/status")], &[]))
         .unwrap()
@@ -427,15 +454,19 @@ fn proc_stats(rt: &tokio::runtime::Runtime, host: &DockerHost, container: &str) 
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+        .unwrap_or_else(|| panic!("{container}: no VmRSS in /proc/{pid}/status: {status}"));
     let stat = rt
         .block_on(host.exec(container, &["cat", &format!("/proc/{pid}/stat")], &[]))
         .unwrap()
         .stdout;
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let field = |i: usize| -> u64 {
+        f.get(i)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{container}: no field {i} in /proc/{pid}/stat: {stat}"))
+    };
+    let ticks = field(11) + field(12);
     (rss, ticks)
 }
 
@@ -574,10 +605,11 @@ fn compare_with_traefik(ours: &Trials, answers: Vec<(Instant, u16, bool)>, versi
             route_in.push(t.saturating_duration_since(*running));
         }
     }
+    // NaN (printed as such) when a side has no samples, never a zero.
     let ms = |v: &mut Vec<Duration>, q: f64| -> f64 {
-        v.sort();
-        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
-            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+        let mut s: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        s.sort_by(f64::total_cmp);
+        quantile(&s, q)
     };
     let (mut our_in, mut our_out) = (ours.route_in_started.clone(), ours.route_out.clone());
     println!(
@@ -621,8 +653,15 @@ fn compare_with_traefik(ours: &Trials, answers: Vec<(Instant, u16, bool)>, versi
 /// app host's agent accepted it to the moment the watch's handler ran.
 /// All lab hosts share this machine's clock.
 struct Floor {
-    register: Vec<Duration>,
-    deregister: Vec<Duration>,
+    /// Milliseconds from the acknowledgement to the wake-up; negative when
+    /// the other host woke before the registering CLI had returned and
+    /// taken its timestamp (both clocks are the same kernel's: the lab
+    /// hosts are containers on one machine, so the error bound is the
+    /// time between the CLI's commit and its `date`, not clock skew).
+    register: Vec<f64>,
+    deregister: Vec<f64>,
+    /// Trials in which no wake-up was seen within 300 ms.
+    missed: usize,
 }
 
 fn consul_floor(trials: usize) -> Floor {
@@ -673,6 +712,7 @@ fn consul_floor(trials: usize) -> Floor {
     let mut floor = Floor {
         register: vec![],
         deregister: vec![],
+        missed: 0,
     };
     for i in 0..trials * 2 {
         let script = if i % 2 == 0 {
@@ -683,17 +723,22 @@ fn consul_floor(trials: usize) -> Floor {
         };
         let accepted = nanos(&in_consul("host-1", script))[0];
         std::thread::sleep(Duration::from_millis(300));
+        // The previous trial's wake-up came at least 300 ms before this
+        // one's acknowledgement: a wake-up 50 ms before it is this one's.
         let woken = nanos(&in_consul("host-3", "cat /tmp/floor.log"))
             .into_iter()
             .filter(|t| *t >= accepted.saturating_sub(50_000_000))
             .min();
-        if let Some(t) = woken {
-            let d = Duration::from_nanos(t.saturating_sub(accepted) as u64);
-            if i % 2 == 0 {
-                floor.register.push(d);
-            } else {
-                floor.deregister.push(d);
+        match woken {
+            Some(t) => {
+                let d = (t as f64 - accepted as f64) / 1e6;
+                if i % 2 == 0 {
+                    floor.register.push(d);
+                } else {
+                    floor.deregister.push(d);
+                }
             }
+            None => floor.missed += 1,
         }
     }
     in_consul(
@@ -710,22 +755,19 @@ fn consul_floor(trials: usize) -> Floor {
 impl Floor {
     fn print(&self) {
         println!(
-            "Consul's floor (a change on host-1's agent waking a blocking query on host-3's; {} trials each)",
-            self.register.len().min(self.deregister.len())
+            "Consul's floor (a change on host-1's agent waking a blocking query on host-3's; \
+             ms from the acknowledgement, negative when the wake-up came first; {} trials without a wake-up)",
+            self.missed
         );
-        if !self.register.is_empty() {
-            print_row(
-                "register",
-                &mut self.register.clone(),
-                "the floor under route-in",
-            );
-        }
-        if !self.deregister.is_empty() {
-            print_row(
-                "deregister",
-                &mut self.deregister.clone(),
-                "the floor under route-out",
-            );
-        }
+        print_ms_row(
+            "register",
+            self.register.clone(),
+            "the floor under route-in",
+        );
+        print_ms_row(
+            "deregister",
+            self.deregister.clone(),
+            "the floor under route-out",
+        );
     }
 }

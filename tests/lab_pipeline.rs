@@ -1,5 +1,6 @@
 //! `plan` and `up` are one pipeline: the steps `plan -o json` lists are
-//! exactly the steps `up -o json` then reports done, on a fresh lab (lab
+//! exactly the steps `up -o json` then reports done, in the same order
+//! within each phase of each host (see `common::Steps`), on a fresh lab (lab
 //! steps, image deliveries, every container), after a topology change (a
 //! drained replacement) and for a service with a volume, whose data then
 //! outlives a replacement and `down` (not `down -v`). Real engines, real lab.

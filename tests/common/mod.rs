@@ -146,9 +146,51 @@ impl LabEnv {
 }
 
 /// Planned or carried-out steps: (phase, host, action, subject).
-pub type Steps = std::collections::BTreeSet<(String, String, String, String)>;
+/// A step as `plan -o json` lists it and `up -o json` reports it done:
+/// (phase, host, action, subject).
+pub type StepKey = (String, String, String, String);
 
-fn step_key(v: &serde_json::Value) -> (String, String, String, String) {
+/// Steps in the order they were listed or reported. Two lists agree when
+/// each phase of each host has the same steps in the same order: hosts run
+/// at once, so steps of different hosts (and the checks `up` makes at once)
+/// interleave differently from run to run, but one host's steps in one
+/// phase run one after the other, in the order the plan gives.
+#[derive(Debug, Clone, Default)]
+pub struct Steps(pub Vec<StepKey>);
+
+impl Steps {
+    pub fn iter(&self) -> std::slice::Iter<'_, StepKey> {
+        self.0.iter()
+    }
+
+    pub fn contains(&self, step: &StepKey) -> bool {
+        self.0.contains(step)
+    }
+
+    fn per_phase_and_host(&self) -> std::collections::BTreeMap<(&str, &str), Vec<&StepKey>> {
+        let mut by = std::collections::BTreeMap::new();
+        for step in &self.0 {
+            by.entry((step.0.as_str(), step.1.as_str()))
+                .or_insert_with(Vec::new)
+                .push(step);
+        }
+        by
+    }
+}
+
+impl PartialEq for Steps {
+    fn eq(&self, other: &Steps) -> bool {
+        self.0.len() == other.0.len() && self.per_phase_and_host() == other.per_phase_and_host()
+    }
+}
+
+impl FromIterator<StepKey> for Steps {
+    fn from_iter<I: IntoIterator<Item = StepKey>>(iter: I) -> Self {
+        Steps(iter.into_iter().collect())
+    }
+}
+
+fn step_key(v: &serde_json::Value) -> StepKey {
     let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
     (s("phase"), s("host"), s("action"), s("subject"))
 }

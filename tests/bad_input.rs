@@ -47,10 +47,31 @@ fn check(path: &Path, location: Option<&str>, text: &str) {
         let again = stagectl(state.path(), &["-f", path.to_str().unwrap(), cmd]);
         assert_eq!(again.code, 2, "{shown}: {cmd} exit code: {}", again.stderr);
     }
+    let written = files_under(state.path());
     assert!(
-        !state.path().join("envs").exists(),
-        "{shown}: nothing may be written for bad input"
+        written.is_empty(),
+        "{shown}: nothing may be written for bad input, found {written:?}"
     );
+}
+
+/// Every file and directory under `dir` (none when it does not exist): the
+/// whole state directory, not only its environments.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p.clone());
+            }
+            found.push(p);
+        }
+    }
+    found
 }
 
 #[test]

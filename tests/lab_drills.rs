@@ -56,17 +56,32 @@ fn in_pool(env: &LabEnv, host: &str) -> bool {
 }
 
 /// Upstream addresses (host IPs) seen in ten answers.
-fn upstream_hosts(lb: &str) -> HashMap<String, usize> {
+fn upstream_hosts(lb: &str) -> Result<HashMap<String, usize>, String> {
     let mut seen = HashMap::new();
-    for _ in 0..10 {
-        if let Ok((200, body)) = http_get_headers(lb) {
-            for addr in body.split(',') {
-                let ip = addr.trim().split(':').next().unwrap_or("").to_string();
-                *seen.entry(ip).or_default() += 1;
+    for i in 0..10 {
+        match http_get_headers(lb) {
+            Ok((200, body)) => {
+                for addr in body.split(',') {
+                    let ip = addr.trim().split(':').next().unwrap_or("").to_string();
+                    *seen.entry(ip).or_default() += 1;
+                }
             }
+            // A failed answer is no evidence of where requests go.
+            Ok((code, _)) => return Err(format!("answer {i} from {lb}: {code}")),
+            Err(e) => return Err(format!("answer {i} from {lb}: {e}")),
         }
     }
-    seen
+    Ok(seen)
+}
+
+/// Ten answers in a row, all served, and none by `host`.
+fn served_without(lb: &str, host: &str) -> bool {
+    matches!(upstream_hosts(lb), Ok(seen) if !seen.is_empty() && !seen.contains_key(host))
+}
+
+/// Ten answers in a row, all served, one of them by `host`.
+fn served_by(lb: &str, host: &str) -> bool {
+    upstream_hosts(lb).is_ok_and(|seen| seen.contains_key(host))
 }
 
 /// GET /demo/ and return the X-Stagectl-Upstream header.
@@ -212,7 +227,7 @@ fn failure_drills() {
         println!("drill app host started: its engine did not restart everything; up did");
     }
     within("app host started → answering", 5, || {
-        upstream_hosts(&lb).contains_key(&host1)
+        served_by(&lb, &host1)
     });
     within_healthy(&env, "app host started → healthy", 30);
 
@@ -276,7 +291,7 @@ fn failure_drills() {
     env.ssh(2, "docker stop itdrill-demo-1")
         .expect_ok("stopping an instance");
     let t0 = Instant::now();
-    if !eventually(5, || !upstream_hosts(&lb).contains_key(&host2)) {
+    if !eventually(5, || served_without(&lb, &host2)) {
         for (host, cmd) in [
             (3, "docker logs -t --tail 30 itdrill-template 2>&1"),
             (2, "docker logs -t --tail 10 itdrill-register 2>&1"),
@@ -292,7 +307,7 @@ fn failure_drills() {
     env.ssh(2, "docker start itdrill-demo-1")
         .expect_ok("starting it again");
     within("restarted template agent → instance back", 5, || {
-        upstream_hosts(&lb).contains_key(&host2)
+        served_by(&lb, &host2)
     });
 
     // 5. `up` interrupted in the middle: a second `up` converges, with no

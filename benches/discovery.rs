@@ -144,12 +144,12 @@ fn measure(state: &Path, topo: &Path, trials: usize) {
     many.print(&format!(
         "route latency through the LB, 300 services, {trials} trials each"
     ));
-    let mut reloads = reload_times(&rt, lbhost, "benchrt-template", since);
+    let reloads = reload_times(&rt, lbhost, "benchrt-template", since);
     let connections_many = consul_clients(&rt, lbhost, "benchrt-template");
     if !reloads.is_empty() {
         print_row(
             "reload",
-            &mut reloads,
+            &reloads,
             "each reload with 300 services < 200 ms (nginx -t, HUP, in effect)",
         );
     }
@@ -295,25 +295,24 @@ impl Trials {
         );
         print_row(
             "route-in",
-            &mut self.route_in.clone(),
+            &self.route_in,
             "from the start call (Docker starting the container included)",
         );
         print_row(
             "  started",
-            &mut self.route_in_started.clone(),
+            &self.route_in_started,
             "p50 < 40 ms, p99 < 100 ms (from the container running)",
         );
         print_row(
             "route-out",
-            &mut self.route_out.clone(),
+            &self.route_out,
             "p50 < 60 ms, p99 < 150 ms, 0 failed (from the stop call)",
         );
     }
 
+    /// In milliseconds.
     fn p50(v: &[Duration]) -> f64 {
-        let mut s: Vec<f64> = v.iter().map(Duration::as_secs_f64).collect();
-        s.sort_by(f64::total_cmp);
-        quantile(&s, 0.5)
+        quantile(&sorted_ms(v), 0.5)
     }
 }
 
@@ -365,9 +364,15 @@ fn consul_clients(rt: &tokio::runtime::Runtime, host: &DockerHost, container: &s
         .count()
 }
 
-fn print_row(name: &str, v: &mut [Duration], target: &str) {
-    let ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    print_ms_row(name, ms, target);
+fn print_row(name: &str, v: &[Duration], target: &str) {
+    print_ms_row(name, sorted_ms(v), target);
+}
+
+/// The samples in milliseconds, sorted.
+fn sorted_ms(v: &[Duration]) -> Vec<f64> {
+    let mut ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    ms
 }
 
 /// A row of min, p50, p99 and max of `ms` (milliseconds, which may be
@@ -390,8 +395,7 @@ fn print_ms_row(name: &str, mut ms: Vec<f64>, target: &str) {
 
 /// The `q` quantile of sorted samples, interpolated between the two
 /// nearest ranks: at 0.5, the true median (the mean of the two middle
-/// samples for an even count).
-/// NaN for no samples.
+/// samples for an even count); NaN for no samples, never a zero.
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -605,13 +609,6 @@ fn compare_with_traefik(ours: &Trials, answers: Vec<(Instant, u16, bool)>, versi
             route_in.push(t.saturating_duration_since(*running));
         }
     }
-    // NaN (printed as such) when a side has no samples, never a zero.
-    let ms = |v: &mut Vec<Duration>, q: f64| -> f64 {
-        let mut s: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-        s.sort_by(f64::total_cmp);
-        quantile(&s, q)
-    };
-    let (mut our_in, mut our_out) = (ours.route_in_started.clone(), ours.route_out.clone());
     println!(
         "\nstagectl (nginx) and Traefik ({version}; Consul Catalog, watch, no throttle) beside it on the same LB host and the same {} trials ({} answers from Traefik, {failed} failed)",
         ours.marks.len(),
@@ -624,23 +621,25 @@ fn compare_with_traefik(ours: &Trials, answers: Vec<(Instant, u16, bool)>, versi
     for (name, a, b) in [
         (
             "route-in, from the container running",
-            &mut our_in,
-            &mut route_in,
+            &ours.route_in_started,
+            &route_in,
         ),
-        (
-            "route-out, from the stop call",
-            &mut our_out,
-            &mut route_out,
-        ),
+        ("route-out, from the stop call", &ours.route_out, &route_out),
     ] {
-        let row = |v: &mut Vec<Duration>| {
-            format!("{:.0}/{:.0}/{:.0} ms", ms(v, 0.5), ms(v, 0.9), ms(v, 0.99))
+        let (a, b) = (sorted_ms(a), sorted_ms(b));
+        let row = |v: &[f64]| {
+            format!(
+                "{:.0}/{:.0}/{:.0} ms",
+                quantile(v, 0.5),
+                quantile(v, 0.9),
+                quantile(v, 0.99)
+            )
         };
         println!(
             "{name:<34} {:>22} {:>22}  {:.2}x ({} of {} trials seen on Traefik)",
-            row(a),
-            row(b),
-            ms(a, 0.5) / ms(b, 0.5),
+            row(&a),
+            row(&b),
+            quantile(&a, 0.5) / quantile(&b, 0.5),
             b.len(),
             ours.marks.len()
         );

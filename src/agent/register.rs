@@ -280,7 +280,8 @@ async fn resync(docker: &Docker, consul: &ConsulClient, ctx: &AgentContext) -> R
             ..Default::default()
         }))
         .await?;
-    let mut want: HashMap<String, (Registration, String)> = HashMap::new();
+    // Per service ID: the registration, where to probe it, its container.
+    let mut want: HashMap<String, (Registration, String, String)> = HashMap::new();
     for c in containers {
         let Some(id) = c.id else { continue };
         let Some((info, direct)) = inspect(docker, &id).await? else {
@@ -292,7 +293,7 @@ async fn resync(docker: &Docker, consul: &ConsulClient, ctx: &AgentContext) -> R
                     .get(&r.port)
                     .cloned()
                     .unwrap_or_else(|| format!("{}:{}", r.address, r.port));
-                want.insert(r.id.clone(), (r, probe));
+                want.insert(r.id.clone(), (r, probe, info.name.clone()));
             }
         }
     }
@@ -303,7 +304,7 @@ async fn resync(docker: &Docker, consul: &ConsulClient, ctx: &AgentContext) -> R
             continue;
         }
         match want.get(sid) {
-            Some((r, _)) if r.port == s.port && r.address == s.address && r.name == s.service => {
+            Some((r, ..)) if r.port == s.port && r.address == s.address && r.name == s.service => {
                 // A registration made before the origin existed (or with
                 // another) is registered again below: under the same ID,
                 // Consul updates it in place, with no gap in the pool.
@@ -318,7 +319,7 @@ async fn resync(docker: &Docker, consul: &ConsulClient, ctx: &AgentContext) -> R
             }
         }
     }
-    for (sid, (mut r, probe)) in want {
+    for (sid, (mut r, probe, container)) in want {
         if seen.contains(&sid) {
             continue;
         }
@@ -326,7 +327,13 @@ async fn resync(docker: &Docker, consul: &ConsulClient, ctx: &AgentContext) -> R
             r.check.status = Some("passing".into());
         }
         consul.register(&r).await?;
-        log(&format!("resync: registered {sid}"));
+        // Worded as the event path words it, so a registration that
+        // only the resync made (after a failed first attempt) reads the
+        // same in the logs.
+        log(&format!(
+            "resync: registered {container} as {} ({}:{})",
+            r.name, r.address, r.port
+        ));
     }
     Ok(())
 }

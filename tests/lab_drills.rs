@@ -84,7 +84,6 @@ fn served_by(lb: &str, host: &str) -> bool {
     upstream_hosts(lb).is_ok_and(|seen| seen.contains_key(host))
 }
 
-/// GET /demo/ and return the X-Stagectl-Upstream header.
 /// The containers status's problems name as not running on host-1, when
 /// that is all they say: at least one, and besides them only the
 /// shortfall of demo instances that one of them (an instance or the
@@ -147,6 +146,7 @@ fn running_on(env: &LabEnv, n: u8, container: &str) -> Option<bool> {
     }
 }
 
+/// GET /demo/ and return the X-Stagectl-Upstream header.
 fn http_get_headers(lb: &str) -> Result<(u16, String), String> {
     let (code, head, _) = http_get_full(lb, "/demo/", "x")?;
     let upstream = head

@@ -123,7 +123,7 @@ fn measure(state: &Path, topo: &Path, trials: usize) {
 
     let floor = consul_floor(trials.min(20));
     let one = bench.every_case(trials);
-    print_cases(&one, &format!("1 service, {trials} trials per case"));
+    print_cases(&one, "1 service", trials);
     floor.print();
     if let Some(bin) = std::env::var_os("TRAEFIK_BIN") {
         let comparison_trials = std::env::var("TRAEFIK_TRIALS")
@@ -149,10 +149,11 @@ fn measure(state: &Path, topo: &Path, trials: usize) {
         .as_secs() as i32;
     std::thread::sleep(Duration::from_secs(3));
     let many = bench.every_case(trials);
-    print_cases(&many, &format!("300 services, {trials} trials per case"));
+    print_cases(&many, "300 services", trials);
     let reloads = reload_times(&rt, lbhost, "benchrt-template", since);
     let connections_many = consul_clients(&rt, lbhost, "benchrt-template");
     print_row(
+        "reload with 300 services",
         "reload",
         &reloads,
         "each reload with 300 services < 200 ms (nginx -t, HUP, in effect)",
@@ -501,24 +502,29 @@ fn answered_by(body: &str) -> Option<&str> {
     rest.split_whitespace().next()
 }
 
-fn print_cases(cases: &[Trials], title: &str) {
-    println!("\nroute latency through the LB, {title}");
+/// `set` names the figures in the raw samples ("1 service").
+fn print_cases(cases: &[Trials], set: &str, trials: usize) {
+    println!("\nroute latency through the LB, {set}, {trials} trials per case");
     println!(
         "{:<24} {:>8} {:>8} {:>8} {:>8}  target",
         "case", "min", "p50", "p99", "max"
     );
     for t in cases {
+        let figure = |what: &str| format!("{set}, {}: {what}", t.case.name());
         print_row(
+            &figure("route-in from the call"),
             &format!("{:<13} route-in", t.case.name()),
             &t.route_in,
             "from the start call (Docker starting the container included)",
         );
         print_row(
+            &figure("route-in from running"),
             &format!("{:<13}   running", ""),
             &t.route_in_running,
             "p50 < 40 ms, p99 < 100 ms (from the container running)",
         );
         print_row(
+            &figure("route-out"),
             &format!("{:<13} route-out", ""),
             &t.route_out,
             "p50 < 60 ms, p99 < 150 ms, 0 failed (from the stop call)",
@@ -590,8 +596,28 @@ fn consul_clients(rt: &tokio::runtime::Runtime, host: &DockerHost, container: &s
         .count()
 }
 
-fn print_row(name: &str, v: &[Duration], target: &str) {
-    print_ms_row(name, sorted_ms(v), target);
+/// Prints a row of `v` and keeps its samples as `figure`.
+fn print_row(figure: &str, name: &str, v: &[Duration], target: &str) {
+    let ms = sorted_ms(v);
+    keep_samples(figure, &ms);
+    print_ms_row(name, ms, target);
+}
+
+/// Appends each sample (milliseconds) to `$BENCH_SAMPLES` as a JSON line
+/// (figure, unit, value), as bench.sh keeps its own; nothing without it.
+fn keep_samples(figure: &str, ms: &[f64]) {
+    let Some(path) = std::env::var_os("BENCH_SAMPLES") else {
+        return;
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", Path::new(&path).display()));
+    for v in ms {
+        let line = serde_json::json!({ "figure": figure, "unit": "ms", "value": v });
+        writeln!(file, "{line}").unwrap();
+    }
 }
 
 /// The samples in milliseconds, sorted.
@@ -1008,6 +1034,14 @@ fn compare_with_traefik(bench: &Bench, bin: &Path, trials: usize) {
         )
     };
     for r in &rows {
+        keep_samples(
+            &format!("beside Traefik, {}: route-in from running", r.name),
+            &sorted_ms(&r.route_in),
+        );
+        keep_samples(
+            &format!("beside Traefik, {}: route-out", r.name),
+            &sorted_ms(&r.route_out),
+        );
         let dropped = 2 * trials - r.route_in.len() - r.route_out.len();
         println!(
             "{:<18} {:>20} {:>20} {:>16} {dropped:>9}",
@@ -1144,6 +1178,8 @@ impl Floor {
              ms from the acknowledgement, negative when the wake-up came first; {} trials without a wake-up)",
             self.missed
         );
+        keep_samples("consul floor: register", &self.register);
+        keep_samples("consul floor: deregister", &self.deregister);
         print_ms_row(
             "register",
             self.register.clone(),

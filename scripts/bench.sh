@@ -15,7 +15,9 @@
 #   then image delivery: a ~230 MB app image to 2 app hosts, first whole,
 #   then rebuilt with a 1 KB change (only the missing layers travel);
 #   then route-in / route-out latency through the load balancer and the
-#   agents' memory and idle CPU (cargo bench --bench discovery).
+#   agents' memory and idle CPU (cargo bench --bench discovery), in three
+#   cases (restart, new instance, new service), beside Traefik tuned and
+#   with its defaults (TRAEFIK_TRIALS=10 trials).
 # Targets: cold up <= 30 s (12 hosts); no-op up <= 0.5 s and status <= 0.4 s
 # (3 hosts), each growing <= 1.5x to 12 hosts; route-in p50 < 40 ms, p99 < 100
 # ms and route-out p50 < 60 ms, p99 < 150 ms, p50 <= 0.6x Traefik's; agents
@@ -336,4 +338,6 @@ PY
     fi
 fi
 [[ -x $traefik ]] && export TRAEFIK_BIN=$PWD/$traefik
-cargo bench --locked --bench discovery -- "$route_trials" 2>/dev/null | sed -n '/route latency/,$p'
+# Its samples go to the same raw file as the script's own.
+BENCH_SAMPLES=$(realpath "$raw") cargo bench --locked --bench discovery -- "$route_trials" 2>/dev/null |
+    sed -n '/route latency/,$p'

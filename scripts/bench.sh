@@ -6,10 +6,11 @@
 #     no-op up  `up` again on the converged environment
 #     status    one `status`
 #     down      everything removed, lab included
-#   and, for 3 hosts, where a cold and a no-op up spend their time (phases)
+#   and, for 3 hosts, where a cold and a no-op up spend their time (phases,
+#   with sizes or alone)
 #   then extra environments on the same 3 hosts (demo app, then the example
 #   stack of topologies/stack.yaml: Redis, 2 web, a worker, a migration),
-#   each one's up time and memory;
+#   each one's up time and memory, every cycle on a fresh lab;
 #   then N preview environments (`--env pr-i`) from one file on 3 hosts: up
 #   of the 1st, 2nd and Nth, memory each, `ls` with N, down of all;
 #   then image delivery: a ~230 MB app image to 2 app hosts, first whole,
@@ -23,7 +24,8 @@
 # ms and route-out p50 < 60 ms, p99 < 150 ms, p50 <= 0.6x Traefik's; agents
 # < 15 MB.
 # Usage: scripts/bench.sh [TRIALS]   (default 5 cycles per size; ROUTE_TRIALS=50;
-#        ONLY=sizes|shared|stack|previews|delivery|route runs one part; PREVIEWS=20)
+#        ONLY="sizes phases shared stack previews delivery route", or some of
+#        them, runs those parts; PREVIEWS=20)
 # The report goes to stdout and to $BENCH_OUT/report.txt, every raw sample
 # (one JSON object per line: figure, value, unit) to $BENCH_OUT/samples.jsonl;
 # BENCH_OUT defaults to target/bench/<date>-<commit>.
@@ -102,7 +104,8 @@ topology() {
     done
 }
 
-part() { [[ -z ${ONLY:-} || $ONLY == "$1" ]]; }
+# ONLY holds the parts to run (space-separated); all when unset.
+part() { [[ -z ${ONLY:-} || " $ONLY " == *" $1 "* ]]; }
 
 rows=()
 declare -A noop_median status_median
@@ -139,17 +142,33 @@ if part sizes; then
     fi
 fi
 
-# Where a cold and a no-op `up` spend their time: the phases of `up -o json`.
-if part sizes; then
+# Where a cold and a no-op `up` spend their time: the phases of `up -o json`,
+# over the same number of cycles.
+if part sizes || part phases; then
     current=$work/bench3.yaml
     topology 3 >"$current"
-    phases() { $bin -f "$current" up -o json 2>/dev/null | tail -1 |
-        python3 -c 'import json, sys; e = json.load(sys.stdin); print("  ".join(f"{k} {v:.2f}" for k, v in e["phases"].items() if v >= 0.005))'; }
-    printf '\nup by phase, 3 hosts (seconds; phases under 5 ms left out)\n'
-    printf 'cold   %s\n' "$(phases)"
-    printf 'no-op  %s\n' "$(phases)"
-    $bin -f "$current" down -v >/dev/null 2>&1
+    declare -A phase_samples
+    # phases KIND: one `up -o json`; each phase's seconds kept as a sample.
+    phases() {
+        local events k v
+        events=$($bin -f "$current" up -o json 2>/dev/null) || fail "failed: up -o json"
+        while IFS=$'\t' read -r k v; do
+            phase_samples["$1 $k"]+="$(keep "3 hosts $1 up phase $k" s "$v") "
+        done < <(tail -1 <<<"$events" | python3 -c 'import json, sys
+for k, v in json.load(sys.stdin)["phases"].items(): print(f"{k}\t{v:.2f}")')
+    }
+    for _ in $(seq 1 "$trials"); do
+        phases cold
+        phases no-op
+        $bin -f "$current" down -v >/dev/null 2>&1 || fail "down of $current"
+    done
     current=""
+    printf '\nup by phase, 3 hosts, %s cycles (seconds)\n' "$trials"
+    for kind in cold no-op; do
+        for key in "${!phase_samples[@]}"; do
+            [[ $key == "$kind "* ]] && printf '%-6s %-18s %s\n' "$kind" "${key#"$kind "}" "$(figure ${phase_samples[$key]})"
+        done | sort
+    done
 fi
 
 # Extra environments on the same three hosts: each one's `up` time (the
@@ -179,10 +198,12 @@ env_memory_mb() {
     echo "$total"
 }
 # shared_envs LAB NET NAME SERVICES_FILE: three environments NAME1..3 with
-# these services on the same three lab hosts, each brought up in turn;
-# prints a row per environment (up time, memory), then takes them down.
+# these services on the same three lab hosts, each brought up in turn, then
+# all taken down (the lab with the last), $trials times; prints a row per
+# environment (up time, memory).
 shared_envs() {
-    local lab=$1 net=$2 name=$3 services=$4 i f secs mb envs=()
+    local lab=$1 net=$2 name=$3 services=$4 i f cycle
+    local -a ups=() mems=()
     for i in 1 2 3; do
         f=$work/$name$i.yaml
         {
@@ -194,20 +215,28 @@ shared_envs() {
             echo "  host-3: { driver: local, address: 10.77.$net.13, roles: [lb] }"
             cat "$services"
         } >"$f"
-        envs+=("$f")
-        current=$f
-        secs=$(keep "$name$i up" s "$(timed $bin -f "$f" up)")
-        mb=$(env_memory_mb "$lab" "$net" "$name$i")
-        printf '%5s  %8s s  %8s MB  (one run)\n' "$i" "$secs" "$mb"
     done
-    for f in "${envs[@]}"; do $bin -f "$f" down -v >/dev/null 2>&1 || fail "down of $f"; done
-    current=""
+    for cycle in $(seq 1 "$trials"); do
+        for i in 1 2 3; do
+            f=$work/$name$i.yaml
+            current=$f
+            ups[i]+="$(keep "$name$i up" s "$(timed $bin -f "$f" up)") "
+            mems[i]+="$(env_memory_mb "$lab" "$net" "$name$i") "
+        done
+        for i in 3 2 1; do
+            $bin -f "$work/$name$i.yaml" down -v >/dev/null 2>&1 || fail "down of $name$i"
+        done
+        current=""
+    done
+    for i in 1 2 3; do
+        # shellcheck disable=SC2086 # one sample per word
+        printf '%5s  up %s s  memory %s MB\n' "$i" "$(figure ${ups[i]})" "$(figure ${mems[i]})"
+    done
 }
 
 if part shared; then
     printf 'services:\n  demo: { image: stagectl/demo:latest, port: 8080 }\n' >"$work/demo-services.yaml"
-    printf '\nenvironments sharing 3 hosts (each: 3 Consul agents, 2 registration agents, nginx, template agent, 2 demo instances)\n'
-    printf '%5s  %10s  %11s\n' env "up" "memory"
+    printf '\nenvironments sharing 3 hosts (each: 3 Consul agents, 2 registration agents, nginx, template agent, 2 demo instances), %s cycles\n' "$trials"
     shared_envs benchshared 59 benchenv "$work/demo-services.yaml"
     echo "(env 1's up includes creating the lab; envs 2 and 3 are the cost of one more environment)"
 fi
@@ -216,8 +245,7 @@ if part stack; then
     # The example stack's services, as the repository has them.
     sed -n '/^services:/,$p' topologies/stack.yaml >"$work/stack-services.yaml"
     export SHOP_REDIS_PASSWORD=bench-password
-    printf '\nexample stack (topologies/stack.yaml: Redis with a volume, 2 web after a migration, a worker) on 3 shared hosts\n'
-    printf '%5s  %10s  %11s\n' env "cold up" "memory"
+    printf '\nexample stack (topologies/stack.yaml: Redis with a volume, 2 web after a migration, a worker) on 3 shared hosts, %s cycles\n' "$trials"
     shared_envs benchstack 69 benchshop "$work/stack-services.yaml"
     echo "(env 1's up includes creating the lab; envs 2 and 3 are the cost of one more stack)"
 fi
@@ -295,27 +323,41 @@ services:
 YAML
     # The lab and the agents first, so the figures are the app image's alone.
     sed 's/^services:$/services: {}/; /^  big:/d' "$f" >"$work/delivery-empty.yaml"
-    deliver() {  # build with a fresh 1 KB change, up, print per host what was sent and how long it took
+    declare -A delivery_secs delivery_note
+    # deliver LABEL: build with a fresh 1 KB change, up; per host, keep how
+    # long the delivery took and what was sent.
+    deliver() {
         head -c 1000 /dev/urandom >"$img/change.bin"
-        docker build -q -t stagectl-bench/big:latest "$img" >/dev/null 2>&1
-        local events
+        docker build -q -t stagectl-bench/big:latest "$img" >/dev/null 2>&1 || fail "docker build of the big image"
+        local events host note secs
         current=$f
         events=$($bin -f "$f" up -o json 2>/dev/null) || fail "failed: up"
-        python3 -c '
+        while IFS=$'\t' read -r host note secs; do
+            delivery_secs["$1"$'\t'"$host"]+="$(keep "$1, $host" s "$secs") "
+            delivery_note["$1"$'\t'"$host"]=$note
+        done < <(python3 -c '
 import json, sys
 for line in sys.stdin:
     e = json.loads(line)
     if e.get("action") == "deliver_images" and e.get("event") == "done":
-        print("%-22s %s  %s in %.1f s" % (sys.argv[1], e["host"], e["note"], e["seconds"]))
-' "$1" <<<"$events"
+        print("%s\t%s\t%.2f" % (e["host"], e["note"], e["seconds"]))
+' <<<"$events")
     }
-    printf '\nimage delivery: a ~230 MB app image to 2 app hosts over SSH (lab)\n'
-    current=$work/delivery-empty.yaml
-    $bin -f "$current" up >/dev/null 2>&1 || fail "failed: up of the lab"
-    deliver "first delivery"
-    deliver "rebuilt, 1 KB changed"
-    $bin -f "$f" down -v >/dev/null 2>&1 || fail "down of $f"
-    current=""
+    # Each cycle on fresh lab hosts: the lab and the agents first, so the
+    # figures are the app image's alone.
+    for _ in $(seq 1 "$trials"); do
+        current=$work/delivery-empty.yaml
+        $bin -f "$current" up >/dev/null 2>&1 || fail "failed: up of the lab"
+        deliver "first delivery"
+        deliver "rebuilt, 1 KB changed"
+        $bin -f "$f" down -v >/dev/null 2>&1 || fail "down of $f"
+        current=""
+    done
+    printf '\nimage delivery: a ~230 MB app image to 2 app hosts over SSH (lab), %s cycles on fresh hosts\n' "$trials"
+    for key in "${!delivery_secs[@]}"; do
+        # shellcheck disable=SC2086 # one sample per word
+        printf '%-22s %s  %s (last cycle), in %s s\n' "${key%%$'\t'*}" "${key#*$'\t'}" "${delivery_note[$key]}" "$(figure ${delivery_secs[$key]})"
+    done | sort
     docker rmi stagectl-bench/big:latest >/dev/null 2>&1 || true
 fi
 

@@ -166,7 +166,10 @@ for k, v in json.load(sys.stdin)["phases"].items(): print(f"{k}\t{v:.2f}")')
     printf '\nup by phase, 3 hosts, %s cycles (seconds)\n' "$trials"
     for kind in cold no-op; do
         for key in "${!phase_samples[@]}"; do
-            [[ $key == "$kind "* ]] && printf '%-6s %-18s %s\n' "$kind" "${key#"$kind "}" "$(figure ${phase_samples[$key]})"
+            if [[ $key == "$kind "* ]]; then
+                # shellcheck disable=SC2086 # one sample per word
+                printf '%-6s %-18s %s\n' "$kind" "${key#"$kind "}" "$(figure ${phase_samples[$key]})"
+            fi
         done | sort
     done
 fi

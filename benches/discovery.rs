@@ -349,7 +349,8 @@ impl Bench<'_> {
     }
 
     /// demo-1's spec as a new container: of `service`, answering as
-    /// `identity` (the demo app's INSTANCE), not restarted by Docker.
+    /// `identity` (the demo app's INSTANCE). Its restart policy is
+    /// demo-1's (unless-stopped), so the trial's stop keeps it stopped.
     fn new_container(&self, service: &str, identity: &str) -> ContainerSpec {
         let mut spec = self.demo_1.clone();
         spec.name = NEW_CONTAINER.into();

@@ -118,6 +118,7 @@ fn measure(state: &Path, topo: &Path, trials: usize) {
         rt: &rt,
         app,
         lb: format!("{NET}.13:80"),
+        demo_1_identity: hostname(&rt, app, "benchrt-demo-1"),
         demo_1: declared_instance(&t, "host-1", "benchrt-demo-1"),
     };
 
@@ -197,6 +198,15 @@ fn declared_instance(t: &Topology, host: &str, name: &str) -> ContainerSpec {
         .find(|h| h.host == host)
         .and_then(|h| h.containers.into_iter().find(|c| c.name == name))
         .unwrap_or_else(|| panic!("{host}: no {name} in the desired state"))
+}
+
+/// The container's hostname: the demo app's identity unless INSTANCE says
+/// otherwise.
+fn hostname(rt: &tokio::runtime::Runtime, host: &DockerHost, container: &str) -> String {
+    let inspect = rt
+        .block_on(host.docker.inspect_container(container, None))
+        .unwrap();
+    inspect.config.unwrap().hostname.unwrap()
 }
 
 /// How an instance comes and goes: the three cases users hit, each timed
@@ -282,6 +292,9 @@ struct Bench<'a> {
     app: &'a DockerHost,
     lb: String,
     demo_1: ContainerSpec,
+    /// demo-1's hostname: what the demo app answers as (it keeps it across
+    /// restarts).
+    demo_1_identity: String,
 }
 
 /// The container the new-instance and new-service cases make and remove.
@@ -311,11 +324,11 @@ impl Bench<'_> {
         for k in 0..trials {
             let marks = match case {
                 Case::Restart => {
-                    let identity = self.identity_of(&self.demo_1.name);
+                    let identity = &self.demo_1_identity;
                     let stop_called = self.route_out(&self.demo_1.name, "demo", false, &mut out);
                     settle(Settled::Out { stop_called });
                     let start = || self.rt.block_on(self.app.start(&self.demo_1.name));
-                    let marks = self.route_in("demo", &identity, start, stop_called, &mut out);
+                    let marks = self.route_in("demo", identity, start, stop_called, &mut out);
                     settle(Settled::In {
                         start_called: marks.start_called,
                     });
@@ -363,15 +376,6 @@ impl Bench<'_> {
             spec.labels.remove("SERVICE_TAGS");
         }
         spec
-    }
-
-    /// The container's hostname: the demo app's identity unless INSTANCE says otherwise.
-    fn identity_of(&self, container: &str) -> String {
-        let inspect = self
-            .rt
-            .block_on(self.app.docker.inspect_container(container, None))
-            .unwrap();
-        inspect.config.unwrap().hostname.unwrap()
     }
 
     /// The address the LB reaches `container` at (its published port
@@ -990,14 +994,14 @@ fn compare_with_traefik(bench: &Bench, bin: &Path, trials: usize) {
         .iter()
         .map(|c| Poller::start(c.address(), "/demo/", "demo"))
         .collect();
-    let identity = bench.identity_of(&bench.demo_1.name);
+    let identity = &bench.demo_1_identity;
     let settle = |phase: Settled| {
         let deadline = Instant::now() + Duration::from_secs(30);
         for p in &pollers {
             while Instant::now() < deadline
                 && !match phase {
-                    Settled::Out { stop_called } => p.gone(stop_called, &identity),
-                    Settled::In { start_called } => p.routed(start_called, &identity),
+                    Settled::Out { stop_called } => p.gone(stop_called, identity),
+                    Settled::In { start_called } => p.routed(start_called, identity),
                 }
             {
                 std::thread::sleep(Duration::from_millis(20));
@@ -1010,9 +1014,9 @@ fn compare_with_traefik(bench: &Bench, bin: &Path, trials: usize) {
     for c in &configs {
         c.stop();
     }
-    let mut rows = vec![proxy_figures("stagectl (nginx)", &ours, &nginx, &identity)];
+    let mut rows = vec![proxy_figures("stagectl (nginx)", &ours, &nginx, identity)];
     for (c, answers) in configs.iter().zip(&answers) {
-        rows.push(proxy_figures(c.name, &ours, answers, &identity));
+        rows.push(proxy_figures(c.name, &ours, answers, identity));
     }
     println!(
         "\nrestart case, stagectl and Traefik {version} (Consul Catalog) beside it on the same LB host, the same {trials} trials; \

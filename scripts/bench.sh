@@ -324,7 +324,7 @@ hosts:
 services:
   big: { image: stagectl-bench/big:latest, port: 8080 }
 YAML
-    # The lab and the agents first, so the figures are the app image's alone.
+    # The same without the app, to bring up the lab and the agents first.
     sed 's/^services:$/services: {}/; /^  big:/d' "$f" >"$work/delivery-empty.yaml"
     declare -A delivery_secs delivery_note
     # deliver LABEL: build with a fresh 1 KB change, up; per host, keep how

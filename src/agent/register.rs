@@ -202,20 +202,22 @@ async fn register_container(
             reg.check.status = Some("passing".into());
         }
         consul.register(&reg).await?;
-        log(&format!(
-            "registered {} as {} ({}:{}){}",
-            info.name,
-            reg.name,
-            reg.address,
-            reg.port,
-            if ready {
-                ""
-            } else {
-                ", port not answering yet"
-            }
-        ));
+        let not_ready = if ready {
+            ""
+        } else {
+            ", port not answering yet"
+        };
+        log(&format!("{}{not_ready}", registered(&info.name, &reg)));
     }
     Ok(())
+}
+
+/// The log line of a registration made, on the event path and the resync.
+fn registered(container: &str, reg: &Registration) -> String {
+    format!(
+        "registered {container} as {} ({}:{})",
+        reg.name, reg.address, reg.port
+    )
 }
 
 async fn deregister_container(consul: &ConsulClient, ctx: &AgentContext, id: &str) -> Result<()> {
@@ -330,10 +332,7 @@ async fn resync(docker: &Docker, consul: &ConsulClient, ctx: &AgentContext) -> R
         // Worded as the event path words it, so a registration that
         // only the resync made (after a failed first attempt) reads the
         // same in the logs.
-        log(&format!(
-            "resync: registered {container} as {} ({}:{})",
-            r.name, r.address, r.port
-        ));
+        log(&format!("resync: {}", registered(&container, &r)));
     }
     Ok(())
 }

@@ -250,6 +250,9 @@ pub enum AgentCommand {
         /// The local Consul agent's HTTP address
         #[arg(long, default_value = "127.0.0.1:8500")]
         consul: String,
+        /// The ACL token this agent sends, read from this file
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         /// Seconds between full resyncs
         #[arg(long, default_value_t = 10)]
         resync: u64,
@@ -267,6 +270,9 @@ pub enum AgentCommand {
         env: String,
         #[arg(long, default_value = "127.0.0.1:8500")]
         consul: String,
+        /// The ACL token this agent sends, read from this file
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         #[arg(long)]
         nginx_container: String,
         #[arg(long)]
@@ -297,11 +303,25 @@ pub enum AgentCommand {
     Cluster {
         #[arg(long, default_value = "127.0.0.1:8500")]
         consul: String,
+        /// The ACL token this agent sends, read from this file
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Print every service's instances and their health as JSON
     Services {
         #[arg(long, default_value = "127.0.0.1:8500")]
         consul: String,
+        /// The ACL token this agent sends, read from this file
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// Make Consul's ACL policies and tokens those of the plan in
+    /// $STAGECTL_ACL_PLAN (JSON, with the management token)
+    Acl {
+        #[arg(long, default_value = "127.0.0.1:8500")]
+        consul: String,
+        #[arg(long)]
+        env: String,
     },
 }
 

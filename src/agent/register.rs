@@ -27,6 +27,8 @@ use crate::cluster::http::{ConsulClient, Registration};
 pub struct RegisterOptions {
     pub context: AgentContext,
     pub consul: String,
+    /// The file of the ACL token it sends (see `cluster::acl::TOKEN_PATH`).
+    pub token_file: Option<std::path::PathBuf>,
     pub resync: Duration,
 }
 
@@ -36,7 +38,7 @@ pub struct RegisterOptions {
 type Generations = Arc<Mutex<HashMap<String, u64>>>;
 
 pub async fn run(opts: RegisterOptions) -> Result<()> {
-    let consul = ConsulClient::new(&opts.consul);
+    let consul = ConsulClient::new(&opts.consul).with_token_file_opt(opts.token_file.as_deref())?;
     log(&format!(
         "registering containers of {} on {} ({}) with Consul at {}",
         opts.context.env, opts.context.host, opts.context.advertise, opts.consul

@@ -44,6 +44,8 @@ pub const STATUS_FILE: &str = "stagectl-status.json";
 pub struct TemplateOptions {
     pub env: String,
     pub consul: String,
+    /// The file of the ACL token it sends (see `cluster::acl::TOKEN_PATH`).
+    pub token_file: Option<std::path::PathBuf>,
     pub nginx_container: String,
     pub conf_dir: PathBuf,
     pub template: Option<PathBuf>,
@@ -122,7 +124,7 @@ pub async fn run(opts: TemplateOptions) -> Result<()> {
             .with_context(|| format!("cannot read template {}", p.display()))?,
         None => BUILTIN_TEMPLATE.to_string(),
     };
-    let consul = ConsulClient::new(&opts.consul);
+    let consul = ConsulClient::new(&opts.consul).with_token_file_opt(opts.token_file.as_deref())?;
     let docker =
         Docker::connect_with_unix("/var/run/docker.sock", 60, bollard::API_DEFAULT_VERSION)?;
     log(&format!(

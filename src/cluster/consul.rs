@@ -86,7 +86,12 @@ impl ClusterView {
 /// The environment the `consul` CLI needs inside an agent's container: the
 /// agent's loopback HTTP address.
 pub fn cli_env(http_port: u16) -> Vec<String> {
-    vec![format!("CONSUL_HTTP_ADDR=127.0.0.1:{http_port}")]
+    vec![
+        format!("CONSUL_HTTP_ADDR=127.0.0.1:{http_port}"),
+        // The container's own token (see `cluster::acl::TOKEN_PATH`): a
+        // file the CLI reads, so the token is in no exec's arguments.
+        format!("CONSUL_HTTP_TOKEN_FILE={}", crate::cluster::acl::TOKEN_PATH),
+    ]
 }
 
 /// Rows of a whitespace-aligned CLI table, as maps from header to cell.
@@ -146,11 +151,12 @@ pub fn parse_raft_peers(text: &str) -> Vec<RaftPeer> {
 /// it predates `stagectl agent cluster`.
 pub async fn cluster_view(host: &DockerHost, env: &str, http_port: u16) -> Result<ClusterView> {
     let consul = format!("--consul=127.0.0.1:{http_port}");
+    let token = format!("--token-file={}", crate::cluster::acl::TOKEN_PATH);
     for agent in [Component::Register, Component::Template] {
         let asked = host
             .exec(
                 &agent.container(env),
-                &["stagectl", "agent", "cluster", &consul],
+                &["stagectl", "agent", "cluster", &consul, &token],
                 &[],
             )
             .await;
@@ -196,6 +202,56 @@ async fn cli_cluster_view(
         } else {
             vec![]
         },
+    })
+}
+
+/// Make the cluster's ACL policies and tokens those of `plan` (see
+/// `cluster::acl`), through `stagectl agent acl` in the template agent's
+/// container on `lb` (Consul forwards ACL writes to the leader from any
+/// agent). Retried until a leader has bootstrapped the management token,
+/// which a new cluster does shortly after it elects one; the management
+/// token travels in the exec's environment, never in its arguments.
+pub async fn ensure_acl(
+    lb: &DockerHost,
+    env: &str,
+    http_port: u16,
+    plan: &crate::cluster::acl::AclPlan,
+    timeout: Duration,
+) -> Result<crate::cluster::http::AclChanges> {
+    let var = format!(
+        "{}={}",
+        crate::cluster::acl::PLAN_VAR,
+        serde_json::to_string(plan)?
+    );
+    let consul = format!("--consul=127.0.0.1:{http_port}");
+    let env_flag = format!("--env={env}");
+    let container = Component::Template.container(env);
+    crate::poll::until(timeout, Duration::from_millis(300), || async {
+        let out = match lb
+            .exec(
+                &container,
+                &["stagectl", "agent", "acl", &consul, &env_flag],
+                std::slice::from_ref(&var),
+            )
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => return Ok(Check::Waiting(format!("{e:#}"))),
+        };
+        if out.code != 0 {
+            return Ok(Check::Waiting(out.stderr.trim().to_string()));
+        }
+        let changes = serde_json::from_str(out.stdout.trim())
+            .context("`stagectl agent acl` did not answer with its changes")?;
+        Ok(Check::Ready(changes))
+    })
+    .await
+    .map_err(|e| {
+        e.context(format!(
+            "the Consul ACL tokens were not in place within {} s (asked {})",
+            timeout.as_secs(),
+            lb.name
+        ))
     })
 }
 

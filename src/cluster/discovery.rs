@@ -22,10 +22,11 @@ pub type ServiceReport = BTreeMap<String, Vec<InstanceHealth>>;
 
 pub async fn service_report(lb: &DockerHost, t: &Topology) -> Result<ServiceReport> {
     let consul = format!("--consul=127.0.0.1:{}", t.ports.consul_http);
+    let token = format!("--token-file={}", crate::cluster::acl::TOKEN_PATH);
     let out = lb
         .exec(
             &Component::Template.container(&t.name),
-            &["stagectl", "agent", "services", &consul],
+            &["stagectl", "agent", "services", &consul, &token],
             &[],
         )
         .await?

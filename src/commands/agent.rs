@@ -8,6 +8,7 @@ use crate::agent::register::{self, RegisterOptions};
 use crate::agent::registration::AgentContext;
 use crate::agent::template::{self, TemplateOptions};
 use crate::cli::AgentCommand;
+use crate::cluster::acl;
 use crate::cluster::http::ConsulClient;
 use crate::error::EXIT_OK;
 
@@ -18,6 +19,7 @@ pub async fn run(cmd: AgentCommand) -> Result<u8> {
             host,
             advertise,
             consul,
+            token_file,
             resync,
             only_labeled,
             reserved,
@@ -31,6 +33,7 @@ pub async fn run(cmd: AgentCommand) -> Result<u8> {
                     reserved: reserved.into_iter().collect(),
                 },
                 consul,
+                token_file,
                 resync: Duration::from_secs(resync.max(1)),
             })
             .await?;
@@ -38,6 +41,7 @@ pub async fn run(cmd: AgentCommand) -> Result<u8> {
         AgentCommand::Template {
             env,
             consul,
+            token_file,
             nginx_container,
             conf_dir,
             template,
@@ -51,6 +55,7 @@ pub async fn run(cmd: AgentCommand) -> Result<u8> {
             template::run(TemplateOptions {
                 env,
                 consul,
+                token_file,
                 nginx_container,
                 conf_dir,
                 template,
@@ -65,14 +70,30 @@ pub async fn run(cmd: AgentCommand) -> Result<u8> {
         }
         AgentCommand::Hold => crate::lock::hold()?,
         AgentCommand::Pipe { addr } => match crate::engine::tunnel::pipe(&addr).await? {},
-        AgentCommand::Cluster { consul } => {
-            let view = ConsulClient::new(&consul).cluster_view().await?;
+        AgentCommand::Cluster { consul, token_file } => {
+            let view = ConsulClient::new(&consul)
+                .with_token_file_opt(token_file.as_deref())?
+                .cluster_view()
+                .await?;
             println!("{}", serde_json::to_string(&view)?);
         }
-        AgentCommand::Services { consul } => {
-            let client = ConsulClient::new(&consul);
-            let report = client.service_report().await?;
+        AgentCommand::Services { consul, token_file } => {
+            let report = ConsulClient::new(&consul)
+                .with_token_file_opt(token_file.as_deref())?
+                .service_report()
+                .await?;
             println!("{}", serde_json::to_string(&report)?);
+        }
+        AgentCommand::Acl { consul, env } => {
+            let plan = std::env::var(acl::PLAN_VAR)
+                .map_err(|_| anyhow::anyhow!("${} is not set", acl::PLAN_VAR))?;
+            let plan: acl::AclPlan = serde_json::from_str(&plan)
+                .map_err(|e| anyhow::anyhow!("${} is not an ACL plan: {e}", acl::PLAN_VAR))?;
+            let changes = ConsulClient::new(&consul)
+                .with_token(plan.master.clone())
+                .ensure_acl(&env, &plan)
+                .await?;
+            println!("{}", serde_json::to_string(&changes)?);
         }
     }
     Ok(EXIT_OK)

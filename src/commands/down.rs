@@ -62,7 +62,8 @@ pub async fn run_for(ctx: &Ctx, options: Options) -> Result<Outcome> {
     };
     let removed = async {
         let mut snapshot = hosts.snapshot_with_others(t).await?;
-        let record = hosts.believed_last_up(t, &snapshot).await;
+        let key = hosts.record_key(t, &snapshot).await.ok().flatten();
+        let record = hosts.believed_last_up(t, &snapshot, key.as_deref()).await;
         if options.only_if_expired {
             let now = crate::clock::unix_now();
             match record.as_ref().and_then(|r| r.expires_at) {
@@ -237,7 +238,8 @@ pub async fn one_host(ctx: &Ctx, name: &str, keep: Keep, output: EventFormat) ->
     super::lock::confirm(&mut lock).await?;
     let cleared = async {
         let mut snapshot = hosts.snapshot(t, &[]).await?;
-        let record = hosts.believed_last_up(t, &snapshot).await;
+        let key = hosts.record_key(t, &snapshot).await.ok().flatten();
+        let record = hosts.believed_last_up(t, &snapshot, key.as_deref()).await;
         if let Some(record) = &record {
             hosts
                 .find_departed(t, record, &mut snapshot, &reporter)
@@ -309,8 +311,8 @@ pub async fn one_host(ctx: &Ctx, name: &str, keep: Keep, output: EventFormat) ->
         hosts.finish();
         if let (Some(mut record), Some(server)) = (record, asked.as_deref().and_then(|a| hosts.engine(a))) {
             if record.departed.remove(name).is_some() {
-                let key = hosts.ensure_record_key(t, &snapshot).await?;
-                consul::put_last_up(server, &consul, t.ports.consul_http, &t.name, &key, &record).await?;
+                let key = key.as_deref().context("no Consul server holds the record key")?;
+                consul::put_last_up(server, &consul, t.ports.consul_http, &t.name, key, &record).await?;
             }
         }
         let seconds = started.elapsed().as_secs_f64();

@@ -149,7 +149,10 @@ fn count(
         ));
     }
     let component = l.get(labels::COMPONENT).map(String::as_str);
-    if component == Some(Component::Consul.label()) && c.running && e.consul.is_none() {
+    // A server's: only stagectl's token, which servers hold, reads the
+    // environment's record.
+    let server = l.get(labels::CONSUL_ROLE).is_some_and(|r| r == "server");
+    if component == Some(Component::Consul.label()) && server && c.running && e.consul.is_none() {
         if let Some(p) = &ports {
             e.consul = Some((host.to_string(), p.consul_http));
         }

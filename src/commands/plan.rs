@@ -28,15 +28,23 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
     let mut hosts = open(ctx, &reporter, Unreachable::Abort).await?;
     let t = &resolve_ports(&ctx.topology, &hosts.reachable()).await?;
     let mut snapshot = hosts.snapshot(t, &images_of(t)).await?;
-    if let Some(record) = hosts.believed_last_up(t, &snapshot).await {
+    let held_key = hosts.record_key(t, &snapshot).await?;
+    if let Some(record) = hosts
+        .believed_last_up(t, &snapshot, held_key.as_deref())
+        .await
+    {
         hosts
             .find_departed(t, &record, &mut snapshot, &reporter)
             .await?;
     }
+    // A new environment's key is made by its first `up`: until then the
+    // plan derives its (unused) tokens from an empty one.
+    let record_key = held_key.unwrap_or_default();
     let stored = ctx.state.existing_gossip_key(&t.name)?;
-    let key = hosts.gossip_key(t, stored, &snapshot).await?;
+    let key = hosts.gossip_key(t, stored, &record_key, &snapshot).await?;
     let secrets = Secrets {
         gossip_key: key.unwrap_or_else(|| "(a new key)".into()),
+        record_key,
         values,
     };
     let desired = desired_state(t, &secrets);

@@ -10,7 +10,9 @@ use anyhow::{Context, Result};
 use super::Ctx;
 use crate::agent::labels::Component;
 use crate::cluster::http::{ConsulClient, ReadMode};
+use crate::cluster::{acl, record};
 use crate::engine::connect::{Connection, Connector};
+use crate::engine::docker::DockerHost;
 use crate::engine::tunnel::Tunnel;
 use crate::error::{input, EXIT_OK};
 use crate::topology::{Host, Role, Topology};
@@ -22,8 +24,8 @@ pub async fn run(
     open: bool,
     expose: bool,
 ) -> Result<u8> {
-    // Consul's API gives its catalog and keys to whoever reaches it: off
-    // this machine only when asked in so many words.
+    // The tunnel acts with the UI's read-only token, for whoever reaches
+    // it: off this machine only when asked in so many words.
     if !listen.ip().is_loopback() && !expose {
         return Err(input(format!(
             "--listen {listen} is not a loopback address: it would give Consul's API to the network; add --expose if that is what you want"
@@ -39,7 +41,7 @@ pub async fn run(
     );
     if !listen.ip().is_loopback() {
         eprintln!(
-            "exposed: Consul's HTTP API of {} (catalog, keys, UI) to anyone who reaches {}",
+            "exposed: Consul's HTTP API of {} (catalog, keys, UI; read-only, through the UI's token) to anyone who reaches {}",
             ctx.topology.name, consul.tunnel.local
         );
     }
@@ -82,11 +84,13 @@ impl ConsulTunnel {
         };
         let container = agent.container(&t.name);
         let target = format!("127.0.0.1:{}", t.ports.consul_http);
+        let token = ui_token(&t, h, &connection.host, &connector).await?;
         let tunnel = Tunnel::open(
             connection.host.clone(),
             container.clone(),
             target.clone(),
             listen,
+            Some(token),
         )
         .await?;
         ConsulClient::new(&tunnel.local.to_string())
@@ -105,6 +109,32 @@ impl ConsulTunnel {
             _connector: connector,
         })
     }
+}
+
+/// The UI's read-only token (see `cluster::acl`), derived from the record
+/// key the environment's Consul servers hold: `h`'s own when it is one
+/// (`host` is connected to it), else the first server's.
+async fn ui_token(
+    t: &Topology,
+    h: &Host,
+    host: &DockerHost,
+    connector: &Connector,
+) -> Result<String> {
+    let consul = Component::Consul.container(&t.name);
+    let key = if h.consul_server {
+        host.read_file(&consul, record::KEY_PATH).await?
+    } else {
+        let server = t.consul_servers().next().context("no Consul server")?;
+        let connection = connector.connect(server).await?;
+        connection.host.read_file(&consul, record::KEY_PATH).await?
+    };
+    let key = key.filter(|k| k.len() == 32).with_context(|| {
+        format!(
+            "{}: no Consul server holds the record key (is it up?)",
+            t.name
+        )
+    })?;
+    Ok(acl::token(&key, &t.name, &acl::Role::Ui).secret)
 }
 
 fn pick_host<'a>(t: &'a Topology, name: Option<&str>) -> Result<&'a Host> {

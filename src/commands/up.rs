@@ -66,7 +66,13 @@ async fn converge<'a>(
 
     let t = &resolve_ports(t, &hosts.reachable()).await?;
     let mut snapshot = hosts.snapshot(t, &images_of(t)).await?;
-    let last = hosts.believed_last_up(t, &snapshot).await;
+    // Read once: the last record is checked with it, every token derived
+    // from it. Held but unreadable is an error, never a reason to make a
+    // new key (the cluster's tokens would no longer match).
+    let held_key = hosts.record_key(t, &snapshot).await?;
+    let last = hosts
+        .believed_last_up(t, &snapshot, held_key.as_deref())
+        .await;
     if let Some(record) = &last {
         hosts
             .find_departed(t, record, &mut snapshot, reporter)
@@ -81,15 +87,27 @@ async fn converge<'a>(
         Some(seconds) => Some(crate::clock::unix_now() + seconds),
         None => last.and_then(|l| l.expires_at),
     };
+    let record_key = match held_key {
+        Some(key) => key,
+        None => crate::cluster::record::new_key()?, // its servers get it with their spec
+    };
     let stored = ctx.state.existing_gossip_key(&t.name)?;
-    let gossip_key = match hosts.gossip_key(t, stored.clone(), &snapshot).await? {
+    let gossip_key = match hosts
+        .gossip_key(t, stored.clone(), &record_key, &snapshot)
+        .await?
+    {
         Some(key) => {
             ctx.state.keep_gossip_key(&t.name, &key)?;
             key
         }
         None => ctx.state.gossip_key(&t.name)?, // a new environment: a new key
     };
-    let desired = desired_state(t, &Secrets { gossip_key, values });
+    let secrets = Secrets {
+        gossip_key,
+        record_key,
+        values,
+    };
+    let desired = desired_state(t, &secrets);
     let mut plan = Plan::up(t, &desired, &snapshot).map_err(crate::error::input)?;
     plan.lab = lab;
     timings.mark("snapshot and plan");
@@ -102,11 +120,23 @@ async fn converge<'a>(
     let hosts: &Hosts = hosts;
     let lb = plan.routes.as_ref().map(Wait::host).context("no lb host")?;
     let lb_engine = hosts.engine(lb).context("the lb host is connected")?;
+    // Every token first: the agents' views of the cluster are read with
+    // theirs. Departed hosts keep theirs until they are cleared (their
+    // agents leave with them).
+    let names: Vec<&str> = t
+        .hosts
+        .iter()
+        .map(|h| h.name.as_str())
+        .chain(hosts.departed.iter().map(|d| d.host.name.as_str()))
+        .collect();
+    let acl_plan = crate::cluster::acl::plan(&secrets.record_key, &t.name, &names);
     let cluster = || async {
-        match &plan.cluster {
-            Some(wait) => waits::cluster(hosts, t, wait, reporter).await,
-            None => Ok(()),
-        }
+        let Some(wait) = &plan.cluster else {
+            return Ok(());
+        };
+        let timeout = std::time::Duration::from_secs(t.consul.join_timeout_secs);
+        consul::ensure_acl(lb_engine, &t.name, t.ports.consul_http, &acl_plan, timeout).await?;
+        waits::cluster(hosts, t, wait, reporter).await
     };
     // Services are registered by the agents, not by `up`: wait until the
     // load balancer routes every instance, so "up" means "answering".
@@ -116,7 +146,7 @@ async fn converge<'a>(
         };
         let (routed, ()) = tokio::join!(
             waits::routes(lb_engine, t, wait, reporter),
-            record_last_up(hosts, t, &snapshot, &desired, &plan, expires_at)
+            record_last_up(hosts, t, &secrets.record_key, &desired, &plan, expires_at)
         );
         routed
     };
@@ -221,7 +251,7 @@ impl Timings {
 async fn record_last_up(
     hosts: &Hosts<'_>,
     t: &crate::topology::Topology,
-    snapshot: &crate::plan::Snapshot,
+    record_key: &[u8],
     desired: &[crate::plan::desired::HostState],
     plan: &Plan,
     expires_at: Option<u64>,
@@ -238,8 +268,7 @@ async fn record_last_up(
         .collect();
     let container = Component::Consul.container(&t.name);
     let kept = async {
-        let (key, mut engines) =
-            tokio::try_join!(hosts.ensure_record_key(t, snapshot), hosts.engine_ids())?;
+        let mut engines = hosts.engine_ids().await?;
         // Hosts still to clear keep the engine ID they were applied with.
         for d in hosts.departed.iter().filter(|d| d.result.is_err()) {
             if let Some(id) = &d.engine_id {
@@ -252,7 +281,7 @@ async fn record_last_up(
             &container,
             t.ports.consul_http,
             &t.name,
-            &key,
+            record_key,
             &record,
         )
         .await

@@ -17,6 +17,7 @@ pub mod memory;
 pub mod scratch;
 pub mod tunnel;
 pub mod tunnel_host;
+pub mod tunnel_token;
 
 use std::collections::BTreeMap;
 

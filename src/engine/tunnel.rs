@@ -33,12 +33,15 @@ impl Drop for Tunnel {
 
 impl Tunnel {
     /// Listen on `listen` (port 0: any free one) and carry each connection
-    /// to `target` from `container` on `host`.
+    /// to `target` from `container` on `host`, adding `token` to every
+    /// request as Consul's `X-Consul-Token` when given (see
+    /// `tunnel_token`).
     pub async fn open(
         host: DockerHost,
         container: String,
         target: String,
         listen: SocketAddr,
+        token: Option<String>,
     ) -> Result<Tunnel> {
         let listener = TcpListener::bind(listen)
             .await
@@ -53,12 +56,14 @@ impl Tunnel {
                 };
                 let _ = client.set_nodelay(true);
                 let (host, container, target) = (host.clone(), container.clone(), target.clone());
+                let injector = token.clone().map(super::tunnel_token::TokenInjector::new);
                 tokio::spawn(async move {
                     // DNS rebinding: see `tunnel_host`.
                     let Some(head) = super::tunnel_host::admit(&mut client, local).await else {
                         return;
                     };
-                    if let Err(e) = carry(&host, &container, &target, client, head).await {
+                    if let Err(e) = carry(&host, &container, &target, client, head, injector).await
+                    {
                         eprintln!("tunnel to {target} on {}: {e:#}", host.name);
                     }
                 });
@@ -76,6 +81,7 @@ async fn carry(
     target: &str,
     client: TcpStream,
     head: Vec<u8>,
+    mut injector: Option<super::tunnel_token::TokenInjector>,
 ) -> Result<()> {
     let exec = host
         .docker
@@ -105,7 +111,11 @@ async fn carry(
     };
     let (mut from_client, mut to_client) = client.into_split();
     let upstream = async move {
-        input.write_all(&head).await?;
+        let mut pass = |bytes: &[u8]| match &mut injector {
+            Some(injector) => injector.feed(bytes),
+            None => Ok(bytes.to_vec()),
+        };
+        input.write_all(&pass(&head)?).await?;
         input.flush().await?;
         let mut buf = vec![0u8; 16 * 1024];
         loop {
@@ -115,7 +125,7 @@ async fn carry(
                 input.shutdown().await?;
                 return Ok::<_, anyhow::Error>(());
             }
-            input.write_all(&buf[..n]).await?;
+            input.write_all(&pass(&buf[..n])?).await?;
             input.flush().await?;
         }
     };

@@ -294,12 +294,20 @@ impl<'a> Hosts<'a> {
     /// The last `up`'s record, asked of the first agent that runs (in
     /// `snapshot`; a client's forwards to the servers) and checked against
     /// the environment's record key. `Missing` for a new environment or a
-    /// cluster without a leader; a record that fails its check is
+    /// cluster without a leader; a record that fails its check against
+    /// `key` (the record key as read, see [`Self::record_key`]) is
     /// `Rejected` (see `cluster::record`), never acted on.
-    pub async fn last_up(&self, t: &Topology, snapshot: &Snapshot) -> LastUpRead {
+    pub async fn last_up(
+        &self,
+        t: &Topology,
+        snapshot: &Snapshot,
+        key: Option<&[u8]>,
+    ) -> LastUpRead {
         let consul = Component::Consul.container(&t.name);
-        let key = self.record_key(t, snapshot).await.ok().flatten();
-        for seen in &snapshot.hosts {
+        // Servers first: only they hold stagectl's token, which reads it.
+        let mut seen_hosts: Vec<_> = snapshot.hosts.iter().collect();
+        seen_hosts.sort_by_key(|h| !t.host(&h.host).is_some_and(|h| h.consul_server));
+        for seen in seen_hosts {
             let runs = seen
                 .observed
                 .as_ref()
@@ -307,15 +315,7 @@ impl<'a> Hosts<'a> {
             let Some(engine) = self.engine(&seen.host).filter(|_| runs) else {
                 continue;
             };
-            match get_last_up(
-                engine,
-                &consul,
-                t.ports.consul_http,
-                &t.name,
-                key.as_deref(),
-            )
-            .await
-            {
+            match get_last_up(engine, &consul, t.ports.consul_http, &t.name, key).await {
                 Ok(LastUpRead::Missing) | Err(_) => continue,
                 Ok(read) => return read,
             }
@@ -325,8 +325,13 @@ impl<'a> Hosts<'a> {
 
     /// The last `up`'s record when it can be believed; a warning on
     /// stderr when one is kept that cannot.
-    pub async fn believed_last_up(&self, t: &Topology, snapshot: &Snapshot) -> Option<LastUp> {
-        let read = self.last_up(t, snapshot).await;
+    pub async fn believed_last_up(
+        &self,
+        t: &Topology,
+        snapshot: &Snapshot,
+        key: Option<&[u8]>,
+    ) -> Option<LastUp> {
+        let read = self.last_up(t, snapshot, key).await;
         if let Some(warning) = read.warning(&t.name) {
             eprintln!("warning: {warning}");
         }
@@ -366,47 +371,6 @@ impl<'a> Hosts<'a> {
             }
         }
         Ok(None)
-    }
-
-    /// The record key, made on first use and kept on every Consul server
-    /// of the topology that lacks it (in its data volume, 0600). Every
-    /// server is asked at once: this runs on every `up`.
-    pub async fn ensure_record_key(&self, t: &Topology, snapshot: &Snapshot) -> Result<Vec<u8>> {
-        let consul = Component::Consul.container(&t.name);
-        let servers: Vec<&DockerHost> = t
-            .consul_servers()
-            .filter_map(|s| self.engine(&s.name))
-            .collect();
-        let held: Vec<Option<Vec<u8>>> = futures_util::future::try_join_all(
-            servers
-                .iter()
-                .map(|e| e.read_file(&consul, record::KEY_PATH)),
-        )
-        .await?;
-        let valid = |k: &Option<Vec<u8>>| k.as_ref().filter(|k| k.len() == 32).cloned();
-        let key = match held.iter().find_map(valid) {
-            Some(key) => key,
-            // A server that left the topology may still hold it.
-            None => match self.record_key(t, snapshot).await? {
-                Some(key) => key,
-                None => record::new_key()?,
-            },
-        };
-        let file = crate::plan::desired::FileSpec {
-            path: record::KEY_PATH.into(),
-            mode: 0o600,
-            content: key.clone(),
-            content_sha256: String::new(),
-            owner: None,
-        };
-        for (engine, held) in servers.iter().zip(&held) {
-            if held.as_deref() != Some(&key[..]) {
-                engine
-                    .upload_files(&consul, std::slice::from_ref(&file))
-                    .await?;
-            }
-        }
-        Ok(key)
     }
 
     /// The Docker engine ID of every topology host that answered.
@@ -580,6 +544,7 @@ impl<'a> Hosts<'a> {
         &self,
         t: &Topology,
         stored: Option<String>,
+        record_key: &[u8],
         snapshot: &Snapshot,
     ) -> Result<Option<String>> {
         let consul = Component::Consul.container(&t.name);
@@ -604,6 +569,7 @@ impl<'a> Hosts<'a> {
                 t,
                 &Secrets {
                     gossip_key: key.clone(),
+                    record_key: record_key.to_vec(),
                     ..Default::default()
                 },
             );

@@ -11,6 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::agent::labels::{self, Component};
+use crate::cluster::{acl, record};
 use crate::topology::{Adopt, Expose, Health, HealthCheck, Host, Limits, Role, Service, Topology};
 
 /// Where the Consul agent keeps its state inside its container.
@@ -28,6 +29,9 @@ pub const OWN_VOLUMES: [&str; 2] = ["consul-data", "nginx-conf"];
 pub struct Secrets {
     /// Consul's gossip encryption key (base64 of 32 random bytes).
     pub gossip_key: String,
+    /// The environment's record key (see `cluster::record`), which every
+    /// ACL token is derived from (see `cluster::acl`).
+    pub record_key: Vec<u8>,
     /// The services' secrets, by [`secret_key`], as read when `up` runs.
     pub values: BTreeMap<String, Vec<u8>>,
 }
@@ -234,10 +238,12 @@ pub fn desired_state(topology: &Topology, secrets: &Secrets) -> Vec<HostState> {
                 before_rollout: BTreeMap::new(),
             };
             if host.has_role(Role::App) {
-                state.containers.push(register_agent(topology, host));
+                state
+                    .containers
+                    .push(register_agent(topology, host, secrets));
             }
             if host.has_role(Role::Lb) {
-                let (nginx, template, volume) = load_balancer(topology, host);
+                let (nginx, template, volume) = load_balancer(topology, host, secrets);
                 state.volumes.push(volume);
                 state.containers.push(nginx);
                 state.containers.push(template);
@@ -286,7 +292,7 @@ fn consul_addr(topology: &Topology) -> String {
 /// The registration agent: containers of this host → Consul services.
 /// Flags for `registration:` and reserved services are added only when
 /// used, so environments that use neither keep their agents' spec hash.
-fn register_agent(topology: &Topology, host: &Host) -> ContainerSpec {
+fn register_agent(topology: &Topology, host: &Host, secrets: &Secrets) -> ContainerSpec {
     let mut cmd = vec![
         "agent".into(),
         "register".into(),
@@ -294,6 +300,7 @@ fn register_agent(topology: &Topology, host: &Host) -> ContainerSpec {
         format!("--host={}", host.name),
         format!("--advertise={}", host.advertise),
         format!("--consul={}", consul_addr(topology)),
+        format!("--token-file={}", acl::TOKEN_PATH),
     ];
     let mut summary = format!(
         "registers containers of {} at {}",
@@ -334,7 +341,11 @@ fn register_agent(topology: &Topology, host: &Host) -> ContainerSpec {
         pid_mode: None,
         mounts: vec![docker_socket()],
         ports: vec![],
-        files: vec![],
+        files: vec![token_file(
+            topology,
+            secrets,
+            &acl::Role::Register { host: &host.name },
+        )],
         join_args: vec![],
         healthcheck: None,
         limits: Limits::default(),
@@ -348,7 +359,11 @@ pub const USER_TEMPLATE_PATH: &str = "/etc/stagectl/nginx.conf.j2";
 
 /// nginx, and the template agent that writes its config and reloads it;
 /// they share the config folder as a volume.
-fn load_balancer(topology: &Topology, host: &Host) -> (ContainerSpec, ContainerSpec, VolumeSpec) {
+fn load_balancer(
+    topology: &Topology,
+    host: &Host,
+    secrets: &Secrets,
+) -> (ContainerSpec, ContainerSpec, VolumeSpec) {
     let volume = VolumeSpec {
         name: object_name(&topology.name, "nginx-conf"),
         component: Component::Nginx.label().into(),
@@ -386,6 +401,7 @@ fn load_balancer(topology: &Topology, host: &Host) -> (ContainerSpec, ContainerS
         "template".into(),
         format!("--env={}", topology.name),
         format!("--consul={}", consul_addr(topology)),
+        format!("--token-file={}", acl::TOKEN_PATH),
         format!("--nginx-container={nginx_name}"),
         "--conf-dir=/conf".into(),
         format!("--domain={}", lb.domain),
@@ -402,7 +418,7 @@ fn load_balancer(topology: &Topology, host: &Host) -> (ContainerSpec, ContainerS
             .into_iter()
             .map(|(s, port)| format!("--tcp={}={port}", s.name)),
     );
-    let mut files = vec![];
+    let mut files = vec![token_file(topology, secrets, &acl::Role::Template)];
     if let Some((_, text)) = &lb.template {
         cmd.push(format!("--template={USER_TEMPLATE_PATH}"));
         files.push(FileSpec::new(
@@ -755,6 +771,19 @@ pub fn images_of(topology: &Topology) -> Vec<String> {
     all.into_iter().collect()
 }
 
+/// The file of `role`'s ACL token, at [`acl::TOKEN_PATH`] (a secret's
+/// file: 0400, its digest keyed, so neither the spec nor `plan -o json`
+/// tells anything of it).
+fn token_file(topology: &Topology, secrets: &Secrets, role: &acl::Role) -> FileSpec {
+    let token = acl::token(&secrets.record_key, &topology.name, role);
+    FileSpec::secret(
+        acl::TOKEN_PATH,
+        token.secret.into_bytes(),
+        &secrets.gossip_key,
+        None,
+    )
+}
+
 /// The load balancer's TCP listener ports.
 fn tcp_listeners(topology: &Topology) -> Vec<u16> {
     topology.tcp_ports().into_iter().map(|(_, p)| p).collect()
@@ -841,12 +870,62 @@ fn consul_agent(
     // few peers to confirm it sooner); probing twice as often with a shorter
     // suspicion brings that to a few seconds, which is how long a dead
     // host's instances stay in the load balancer.
+    //
+    // ACLs deny whatever no token allows (see `cluster::acl`): the agent's
+    // own token from the start, the management token on servers (Consul
+    // creates it when a server first leads; `stagectl agent acl` then
+    // makes the others, whose secrets are known before they exist). A
+    // server that cannot reach the others keeps using the tokens it has
+    // seen (`extend-cache`) rather than denying everything.
+    let agent_token = acl::token(
+        &secrets.record_key,
+        &topology.name,
+        &acl::Role::ConsulAgent { host: &host.name },
+    );
+    let mut tokens = serde_json::json!({ "agent": agent_token.secret });
+    if host.consul_server {
+        tokens["master"] = acl::master(&secrets.record_key, &topology.name).into();
+    }
     let config = serde_json::json!({
         "encrypt": secrets.gossip_key,
         "performance": { "raft_multiplier": 1 },
         "gossip_lan": { "probe_interval": "500ms", "suspicion_mult": 3 },
+        "primary_datacenter": topology.consul.datacenter,
+        "acl": {
+            "enabled": true,
+            "default_policy": "deny",
+            "down_policy": "extend-cache",
+            "enable_token_persistence": false,
+            "tokens": tokens,
+        },
     })
     .to_string();
+    // The Consul CLI in this container (what stagectl execs) acts with
+    // stagectl's token on a server, with the agent's own on a client.
+    let cli_role = if host.consul_server {
+        acl::Role::Stagectl
+    } else {
+        acl::Role::ConsulAgent { host: &host.name }
+    };
+    let mut files = vec![
+        FileSpec::secret(
+            &format!("{CONSUL_CONFIG_DIR}/stagectl.json"),
+            config.into_bytes(),
+            &secrets.gossip_key,
+            None,
+        ),
+        token_file(topology, secrets, &cli_role),
+    ];
+    if host.consul_server {
+        // Beside the cluster's data: the servers are where the record key
+        // is kept (see `cluster::record`).
+        files.push(FileSpec::secret(
+            record::KEY_PATH,
+            secrets.record_key.clone(),
+            &secrets.gossip_key,
+            None,
+        ));
+    }
     let role = if host.consul_server {
         format!(
             "server (bootstrap-expect {})",
@@ -888,11 +967,7 @@ fn consul_agent(
             bind: false,
         }],
         ports: vec![],
-        files: vec![FileSpec::new(
-            &format!("{CONSUL_CONFIG_DIR}/stagectl.json"),
-            0o600,
-            config.into_bytes(),
-        )],
+        files,
         join_args,
         healthcheck: None,
         limits: Limits::default(),
@@ -1116,6 +1191,68 @@ mod tests {
         );
         assert_eq!(env("LITERAL").as_deref(), Some("${X}"));
         assert_eq!(env("WORKER_SERVICE_HOST"), None, "a worker is not routed");
+    }
+
+    #[test]
+    fn each_agent_gets_its_own_token_in_a_file_and_only_servers_the_management_one() {
+        let t = topo(&format!("{THREE}consul: {{ servers: [host-1] }}\n"));
+        let mut s = secrets();
+        s.record_key = vec![9; 32];
+        let state = desired_state(&t, &s);
+        let secret = |role: &acl::Role| acl::token(&s.record_key, "qa", role).secret;
+        let file = |c: &ContainerSpec, path: &str| {
+            let f = c.files.iter().find(|f| f.path == path).unwrap();
+            assert_eq!(f.mode, 0o400, "{path}");
+            String::from_utf8(f.content.clone()).unwrap()
+        };
+        let config = |host: usize| -> serde_json::Value {
+            let c = container(&state[host], "qa-consul");
+            serde_json::from_str(&file(c, &format!("{CONSUL_CONFIG_DIR}/stagectl.json"))).unwrap()
+        };
+        let master = acl::master(&s.record_key, "qa");
+        assert_eq!(config(0)["acl"]["default_policy"], "deny");
+        assert_eq!(config(0)["acl"]["tokens"]["master"], master.as_str());
+        assert!(
+            config(1)["acl"]["tokens"].get("master").is_none(),
+            "a client has none"
+        );
+        for (i, host) in ["host-1", "host-2", "host-3"].iter().enumerate() {
+            let agent = secret(&acl::Role::ConsulAgent { host });
+            assert_eq!(config(i)["acl"]["tokens"]["agent"], agent.as_str());
+        }
+        // The CLI's token: stagectl's on the server, the agent's own elsewhere.
+        let cli = |host: usize| file(container(&state[host], "qa-consul"), acl::TOKEN_PATH);
+        assert_eq!(cli(0), secret(&acl::Role::Stagectl));
+        assert_eq!(cli(1), secret(&acl::Role::ConsulAgent { host: "host-2" }));
+        let key = container(&state[0], "qa-consul")
+            .files
+            .iter()
+            .find(|f| f.path == record::KEY_PATH);
+        assert_eq!(key.map(|f| f.content.clone()), Some(s.record_key.clone()));
+        assert!(container(&state[1], "qa-consul")
+            .files
+            .iter()
+            .all(|f| f.path != record::KEY_PATH));
+        let register = container(&state[1], "qa-register");
+        assert_eq!(
+            file(register, acl::TOKEN_PATH),
+            secret(&acl::Role::Register { host: "host-2" })
+        );
+        let template = container(&state[2], "qa-template");
+        assert_eq!(
+            file(template, acl::TOKEN_PATH),
+            secret(&acl::Role::Template)
+        );
+        // No secret in what `docker inspect` or the plan shows.
+        let shown = serde_json::to_string(&state).unwrap();
+        for role in [
+            acl::Role::Stagectl,
+            acl::Role::Template,
+            acl::Role::Register { host: "host-2" },
+        ] {
+            assert!(!shown.contains(&secret(&role)), "{role:?}");
+        }
+        assert!(!shown.contains(&master));
     }
 
     #[test]

@@ -136,12 +136,17 @@ fn measure(state: &Path, topo: &Path, trials: usize) {
     let connections_one = consul_clients(&rt, lbhost, "benchrt-template");
 
     // 299 more services, registered through the Consul API of host-1's
-    // agent (no check: healthy as long as the node is). None is asked for;
+    // agent with its registration agent's token (no check: healthy as long
+    // as the node is). None is asked for;
     // each one is an upstream and a server block in the config.
     let bulk = "for i in $(seq 1 299); do consul services register -http-addr=127.0.0.1:8500 \
         -id=bulk-$i -name=bulk-service-$i -address=10.77.61.11 -port=$((20000+i)) >/dev/null || exit 1; done";
+    let register_token = format!(
+        "CONSUL_HTTP_TOKEN={}",
+        token_of("host-1", "benchrt-register")
+    );
     let registered = rt
-        .block_on(app.exec("benchrt-consul", &["sh", "-c", bulk], &[]))
+        .block_on(app.exec("benchrt-consul", &["sh", "-c", bulk], &[register_token]))
         .unwrap();
     assert_eq!(registered.code, 0, "{}", registered.stderr);
     let since = std::time::SystemTime::now()
@@ -187,13 +192,10 @@ fn measure(state: &Path, topo: &Path, trials: usize) {
 }
 
 /// The spec `up` made a declared instance from: the pure desired state of
-/// the same topology (app instances do not depend on the gossip key).
+/// the same topology (app instances do not depend on the gossip or record
+/// keys).
 fn declared_instance(t: &Topology, host: &str, name: &str) -> ContainerSpec {
-    let secrets = Secrets {
-        gossip_key: String::new(),
-        values: Default::default(),
-    };
-    desired_state(t, &secrets)
+    desired_state(t, &Secrets::default())
         .into_iter()
         .find(|h| h.host == host)
         .and_then(|h| h.containers.into_iter().find(|c| c.name == name))
@@ -771,6 +773,21 @@ const TRAEFIK_DYNAMIC: &str = "http:\n  middlewares:\n    retry:\n      retry:\n
 
 const LB_LAB_HOST: &str = "benchrt-host-3";
 
+/// The Consul ACL token `container` on lab host `host` acts with.
+fn token_of(host: &str, container: &str) -> String {
+    docker(&[
+        "exec",
+        &format!("benchrt-{host}"),
+        "docker",
+        "exec",
+        container,
+        "cat",
+        "/run/stagectl/consul-token",
+    ])
+    .trim()
+    .to_string()
+}
+
 /// `docker ARGS` on this machine; a failure stops the benchmark.
 fn docker(args: &[&str]) -> String {
     let out = Command::new("docker").args(args).output().unwrap();
@@ -795,6 +812,7 @@ impl TraefikConfig {
             "echo $$ > /tmp/traefik-{port}.pid; exec /usr/local/bin/traefik \
              --entryPoints.web.address=:{port} \
              --providers.consulCatalog.endpoint.address=127.0.0.1:8500 \
+             --providers.consulCatalog.endpoint.token=$(docker exec benchrt-template cat /run/stagectl/consul-token) \
              {flags} --log.level=ERROR > /tmp/traefik-{port}.log 2>&1"
         );
         docker(&["exec", "-d", LB_LAB_HOST, "sh", "-c", &run]);
@@ -1089,6 +1107,11 @@ struct Floor {
 }
 
 fn consul_floor(trials: usize) -> Floor {
+    // With host-1's registration agent's token, which may register.
+    let token = format!(
+        "CONSUL_HTTP_TOKEN={}",
+        token_of("host-1", "benchrt-register")
+    );
     let in_consul = |host: &str, script: &str| -> String {
         let out = Command::new("docker")
             .args([
@@ -1096,6 +1119,8 @@ fn consul_floor(trials: usize) -> Floor {
                 &format!("benchrt-{host}"),
                 "docker",
                 "exec",
+                "-e",
+                &token,
                 "benchrt-consul",
             ])
             .args(["sh", "-c", script])
@@ -1121,6 +1146,8 @@ fn consul_floor(trials: usize) -> Floor {
             "docker",
             "exec",
             "-d",
+            "-e",
+            "CONSUL_HTTP_TOKEN_FILE=/run/stagectl/consul-token",
             "benchrt-consul",
         ])
         .args([

@@ -47,7 +47,7 @@ fn lab_up_converges_idempotently_and_down_leaves_nothing() {
     assert_eq!(status["consul"]["servers"], 3);
 
     // The Consul HTTP API listens on the host's loopback only.
-    let listening = env.ssh(1, "docker exec itcore-consul consul members -http-addr=http://127.0.0.1:8500 >/dev/null && echo ok");
+    let listening = env.ssh(1, "docker exec -e CONSUL_HTTP_TOKEN_FILE=/run/stagectl/consul-token itcore-consul consul members -http-addr=http://127.0.0.1:8500 >/dev/null && echo ok");
     assert!(listening.stdout.contains("ok"), "{}", listening.stderr);
     // Proven against a port of the same host that must answer from
     // outside (Consul's gossip, TCP 8301), so an unreachable host cannot

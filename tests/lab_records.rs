@@ -119,17 +119,69 @@ fn records_nobody_else_can_write_and_removals_that_stay_in_their_environment() {
         "every member alive before anything"
     );
 
+    timed(
+        "a process with no token reads and writes nothing in Consul",
+        || {
+            // Any process on an app host, in a host-network container: it
+            // reaches Consul's HTTP API on the host's loopback.
+            let anonymous = |args: &str| {
+                lab_ssh_to(
+                2,
+                &format!(
+                    "docker run --rm --network host --entrypoint consul stagectl/consul:1.8.7 {args} -http-addr=127.0.0.1:8500"
+                ),
+            )
+            };
+            // The same requests with stagectl's token first: what is refused
+            // below is refused for want of a token, not for want of a Consul.
+            let with_token = lab_ssh_to(
+            2,
+            "docker exec -e CONSUL_HTTP_ADDR=127.0.0.1:8500 -e CONSUL_HTTP_TOKEN_FILE=/run/stagectl/consul-token itrec-consul sh -c 'consul kv get stagectl/itrec/last-up >/dev/null && consul catalog services'",
+        );
+            assert_eq!(with_token.code, 0, "{}", with_token.stderr);
+            assert!(with_token.stdout.contains("demo"), "{}", with_token.stdout);
+            for (what, args) in [
+                ("KV read", "kv get stagectl/itrec/last-up"),
+                ("KV write", "kv put stagectl/itrec/last-up forged"),
+                (
+                    "service registration",
+                    "services register -name=demo -address=10.0.0.1 -port=80",
+                ),
+            ] {
+                let out = anonymous(args);
+                assert_ne!(
+                    out.code, 0,
+                    "{what} without a token is taken: {}",
+                    out.stdout
+                );
+                assert!(
+                    out.stderr.contains("403"),
+                    "{what} without a token is refused with 403: {}",
+                    out.stderr
+                );
+            }
+            // Reads Consul filters rather than refuses show nothing.
+            let catalog = anonymous("catalog services");
+            assert!(
+                !catalog.stdout.contains("demo"),
+                "the catalog without a token: {}",
+                catalog.stdout
+            );
+        },
+    );
+
     timed("a forged record changes nothing plan, up and gc do", || {
-        // What a process on an app host can write to Consul's KV: a record
-        // that makes host-2's address a departed host and the environment
-        // long expired.
+        // What a process holding stagectl's own token (on a server) could
+        // still write to Consul's KV, where the seal alone protects: a
+        // record that makes host-2's address a departed host and the
+        // environment long expired.
         let forged = format!(
             r#"{{"by":"x","at":1,"stagectl":"0","desired":"x","hosts":["host-1","host-3","gone"],"servers":["host-1","host-3","gone"],"endpoints":{{"gone":{{"kind":"lab","ip":"{NET}.12"}}}},"departed":{{}},"expires_at":1,"engines":{{}}}}"#
         );
         let put = lab_ssh_to(
             1,
             &format!(
-                "docker run --rm --network host --entrypoint consul stagectl/consul:1.8.7 kv put -http-addr=127.0.0.1:8500 stagectl/itrec/last-up '{forged}'"
+                "docker exec -e CONSUL_HTTP_ADDR=127.0.0.1:8500 -e CONSUL_HTTP_TOKEN_FILE=/run/stagectl/consul-token itrec-consul consul kv put stagectl/itrec/last-up '{forged}'"
             ),
         );
         assert_eq!(put.code, 0, "the KV write is taken: {}", put.stderr);
@@ -292,7 +344,7 @@ fn records_nobody_else_can_write_and_removals_that_stay_in_their_environment() {
             );
             let peers = lab_ssh_to(
                 1,
-                "docker exec -e CONSUL_HTTP_ADDR=127.0.0.1:8500 itrec-consul consul operator raft list-peers",
+                "docker exec -e CONSUL_HTTP_ADDR=127.0.0.1:8500 -e CONSUL_HTTP_TOKEN_FILE=/run/stagectl/consul-token itrec-consul consul operator raft list-peers",
             );
             assert_eq!(peers.code, 0, "{}", peers.stderr);
             assert!(

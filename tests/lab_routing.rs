@@ -29,13 +29,14 @@ fn services() -> String {
 }
 
 /// Register (or deregister) a service definition with the Consul agent of
-/// lab host `host` through its HTTP API, as any process on the host could.
+/// lab host `host` through its HTTP API, as any process holding the host's
+/// registration token could (with ACLs, nothing without one can).
 fn consul_api(env: &LabEnv, host: u8, verb: &str, definition: &Value) {
     let b64 = base64::engine::general_purpose::STANDARD.encode(definition.to_string());
     env.ssh(
         host,
         &format!(
-            "docker exec {ENV}-consul sh -c 'echo {b64} | base64 -d > /tmp/def.json && consul services {verb} -http-addr=127.0.0.1:8500 /tmp/def.json'"
+            "docker exec -e CONSUL_HTTP_TOKEN=$(docker exec {ENV}-register cat /run/stagectl/consul-token) {ENV}-consul sh -c 'echo {b64} | base64 -d > /tmp/def.json && consul services {verb} -http-addr=127.0.0.1:8500 /tmp/def.json'"
         ),
     )
     .expect_ok(&format!("consul services {verb}"));

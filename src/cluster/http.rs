@@ -562,6 +562,10 @@ fn acl_description(env: &str, content: &str) -> String {
     format!("stagectl env={env} content={hex}")
 }
 
+/// The description Consul gives the management token it makes from
+/// `acl.tokens.master`.
+const CONSUL_MASTER_DESCRIPTION: &str = "Master Token";
+
 /// Whether `description` marks an object stagectl made in `env`.
 fn made_in(description: &str, env: &str) -> bool {
     description
@@ -640,6 +644,28 @@ impl ConsulClient {
         // Tokens first: a policy still linked to a token is kept by Consul.
         for l in tokens.iter().filter(|l| made_in(&l.description, env)) {
             if !plan.tokens.iter().any(|t| t.accessor == l.accessor_id) {
+                let path = format!("/v1/acl/token/{}", encode(&l.accessor_id));
+                self.call(Method::DELETE, &path, None, t).await?;
+                changes.removed += 1;
+            }
+        }
+        // A management token Consul made from an earlier key's
+        // `acl.tokens.master` (the record key was rotated): only the
+        // current one stays. Asked only when there is more than one.
+        let masters: Vec<&ListedToken> = tokens
+            .iter()
+            .filter(|l| l.description == CONSUL_MASTER_DESCRIPTION)
+            .collect();
+        if masters.len() > 1 {
+            let (_, body) = self
+                .call(Method::GET, "/v1/acl/token/self", None, t)
+                .await?;
+            let current: ListedToken =
+                serde_json::from_slice(&body).context("Consul's answer about our token")?;
+            for l in masters
+                .iter()
+                .filter(|l| l.accessor_id != current.accessor_id)
+            {
                 let path = format!("/v1/acl/token/{}", encode(&l.accessor_id));
                 self.call(Method::DELETE, &path, None, t).await?;
                 changes.removed += 1;

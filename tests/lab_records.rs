@@ -128,7 +128,7 @@ fn records_nobody_else_can_write_and_removals_that_stay_in_their_environment() {
                 lab_ssh_to(
                 2,
                 &format!(
-                    "docker run --rm --network host --entrypoint consul stagectl/consul:1.8.7 {args} -http-addr=127.0.0.1:8500"
+                    "docker run --rm --network host -e CONSUL_HTTP_ADDR=127.0.0.1:8500 --entrypoint consul stagectl/consul:1.8.7 {args}"
                 ),
             )
             };

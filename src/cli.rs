@@ -87,6 +87,10 @@ pub enum Command {
         /// never); `stagectl gc` removes expired ones [default: as it was]
         #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
         ttl: Option<u64>,
+        /// Make a new record key, and with it every Consul ACL token anew
+        /// (the old ones stop working; every agent is replaced, data kept)
+        #[arg(long)]
+        rotate_keys: bool,
     },
     /// Remove everything of this environment (and its lab, once unused); nothing else
     Down {

@@ -1,11 +1,13 @@
 //! What stagectl believes of the records it keeps on the hosts, and what
 //! `down`, `down --host` and `gc` may touch, on one shared lab:
 //!
-//! - a forged last-up record (written into Consul's KV by a process on an
-//!   app host, as anything there can while Consul has no ACLs) naming a live
-//!   host as departed and an expiry in the past changes nothing `plan`,
-//!   `up` and `gc` do: the host keeps its containers and data, the
-//!   environment is not expired;
+//! - a process on an app host with no token reads and writes nothing in
+//!   Consul (KV reads and writes and registrations answer 403, the catalog
+//!   is empty), where stagectl's token reads;
+//! - a forged last-up record (written into Consul's KV with stagectl's own
+//!   token, as root on a server could) naming a live host as departed and
+//!   an expiry in the past changes nothing `plan`, `up` and `gc` do: the
+//!   host keeps its containers and data, the environment is not expired;
 //! - a preview on its own port block: its `down --host` makes only its own
 //!   agent leave, and every member of the environment on block 0 stays
 //!   alive; `gc` of it, once its `--ttl` has passed, removes it and nothing
@@ -15,6 +17,9 @@
 //!   member and a voter under a node ID of its own, host-2 is in no member
 //!   list, the instance is registered once under the new name, its data is
 //!   kept and the next `up` replaces nothing;
+//! - `up --rotate-keys` with no failed request: the old token is refused,
+//!   the new one reads, the record sealed under the new key is believed,
+//!   the data stays, and the next `up` replaces nothing;
 //! - `down` keeps a service's data volume, `down -v` removes it.
 //!
 //! Needs a Docker engine and the images of scripts/build-images.sh.
@@ -368,6 +373,62 @@ fn records_nobody_else_can_write_and_removals_that_stay_in_their_environment() {
             assert!(
                 !instances.contains("host-2") && instances.contains("web-2"),
                 "the instance is registered once, under the new name: {instances}"
+            );
+            let read = lab_ssh_to(2, "docker exec itrec-demo-1 cat /data/mark");
+            assert_eq!(
+                read.stdout.trim(),
+                "kept",
+                "the data stays: {}",
+                read.stderr
+            );
+            let again = run(&renamed, &["up"]).expect_ok("the next up");
+            assert!(again.stdout.contains("0 to replace"), "{}", again.stdout);
+        },
+    );
+
+    timed(
+        "up --rotate-keys: new tokens, the old ones refused, data and record kept",
+        || {
+            // The topology as the rename left it.
+        let renamed = dir.path().join("renamed.yaml");
+        let token_on_1 = || {
+                let r = lab_ssh_to(1, "docker exec itrec-consul cat /run/stagectl/consul-token");
+                assert_eq!(r.code, 0, "stagectl's token on host-1: {}", r.stderr);
+                r.stdout.trim().to_string()
+            };
+            let kv_get_with = |token: &str| {
+                lab_ssh_to(
+                1,
+                &format!(
+                    "docker exec -e CONSUL_HTTP_ADDR=127.0.0.1:8500 -e CONSUL_HTTP_TOKEN={token} itrec-consul consul kv get stagectl/itrec/last-up"
+                ),
+            )
+            };
+            let old = token_on_1();
+            assert_eq!(
+                kv_get_with(&old).code,
+                0,
+                "the token works before the rotation"
+            );
+            let client = Client::start(&format!("{NET}.13:80"));
+            run(&renamed, &["up", "--rotate-keys"]).expect_ok("up --rotate-keys");
+            client.finish("requests during the rotation", 50);
+            let new = token_on_1();
+            assert_ne!(new, old, "a new token");
+            assert_eq!(kv_get_with(&new).code, 0, "the new token reads the record");
+            let refused = kv_get_with(&old);
+            assert!(
+                refused.code != 0 && refused.stderr.contains("403"),
+                "the old token is refused: {} {}",
+                refused.stdout,
+                refused.stderr
+            );
+            let status = run(&renamed, &["status"]);
+            assert_eq!(status.code, 0, "{}\n{}", status.stdout, status.stderr);
+            assert!(
+                !status.stderr.contains("is ignored"),
+                "the record sealed with the new key is believed: {}",
+                status.stderr
             );
             let read = lab_ssh_to(2, "docker exec itrec-demo-1 cat /data/mark");
             assert_eq!(

@@ -114,7 +114,11 @@ async fn run_command(ctx: &Ctx, command: Command) -> Result<u8> {
     match command {
         Command::Validate { output } => validate::run(ctx, output),
         Command::Plan { output } => plan::run(ctx, output).await,
-        Command::Up { output, ttl } => up::run(ctx, output, ttl).await,
+        Command::Up {
+            output,
+            ttl,
+            rotate_keys,
+        } => up::run(ctx, output, ttl, rotate_keys).await,
         Command::Gc { dry_run } => gc::run(ctx, dry_run).await,
         Command::Ca => ca::run(ctx).await,
         Command::Down {

@@ -17,8 +17,14 @@ use crate::plan::desired::{desired_state, images_of, Secrets};
 use crate::plan::{lab_steps, Plan, Wait};
 
 /// `ttl`: `--ttl` in seconds (0: no expiry); none: the expiry stays as the
-/// last `up` left it.
-pub async fn run(ctx: &Ctx, output: EventFormat, ttl: Option<u64>) -> Result<u8> {
+/// last `up` left it. `rotate_keys`: a new record key (and so new tokens)
+/// even when the servers hold one.
+pub async fn run(
+    ctx: &Ctx,
+    output: EventFormat,
+    ttl: Option<u64>,
+    rotate_keys: bool,
+) -> Result<u8> {
     let mut timings = Timings::start();
     // Before anything is touched: a missing secret changes nothing.
     let values = crate::secrets::read(&ctx.topology.services)?;
@@ -28,9 +34,19 @@ pub async fn run(ctx: &Ctx, output: EventFormat, ttl: Option<u64>) -> Result<u8>
     // One run at a time per environment: taken before anything changes.
     let mut lock = super::lock::take(ctx, "up", &hosts, &reporter).await?;
     timings.mark("lock");
-    let converged = converge(ctx, &mut hosts, &mut lock, &reporter, timings, values, ttl).await;
+    let asked = Asked { ttl, rotate_keys };
+    let converged = converge(
+        ctx, &mut hosts, &mut lock, &reporter, timings, values, asked,
+    )
+    .await;
     super::lock::give_back(lock).await;
     converged
+}
+
+/// What this `up` was asked beyond the topology.
+struct Asked {
+    ttl: Option<u64>,
+    rotate_keys: bool,
 }
 
 async fn converge<'a>(
@@ -40,7 +56,7 @@ async fn converge<'a>(
     reporter: &Reporter,
     mut timings: Timings,
     values: std::collections::BTreeMap<String, Vec<u8>>,
-    ttl: Option<u64>,
+    asked: Asked,
 ) -> Result<u8> {
     let t = &ctx.topology;
     // The lab first: its hosts can only be looked into once they run. As
@@ -82,14 +98,15 @@ async fn converge<'a>(
         // Before anything of this environment is kept or changed.
         crate::plan::edge::refuse_overlaps(t, &snapshot).map_err(crate::error::input)?;
     }
-    let expires_at = match ttl {
+    let expires_at = match asked.ttl {
         Some(0) => None,
         Some(seconds) => Some(crate::clock::unix_now() + seconds),
         None => last.and_then(|l| l.expires_at),
     };
+    // A new key goes to the servers with their spec (see `desired`).
     let record_key = match held_key {
-        Some(key) => key,
-        None => crate::cluster::record::new_key()?, // its servers get it with their spec
+        Some(key) if !asked.rotate_keys => key,
+        _ => crate::cluster::record::new_key()?,
     };
     let stored = ctx.state.existing_gossip_key(&t.name)?;
     let gossip_key = match hosts

@@ -390,8 +390,8 @@ fn records_nobody_else_can_write_and_removals_that_stay_in_their_environment() {
         "up --rotate-keys: new tokens, the old ones refused, data and record kept",
         || {
             // The topology as the rename left it.
-        let renamed = dir.path().join("renamed.yaml");
-        let token_on_1 = || {
+            let renamed = dir.path().join("renamed.yaml");
+            let token_on_1 = || {
                 let r = lab_ssh_to(1, "docker exec itrec-consul cat /run/stagectl/consul-token");
                 assert_eq!(r.code, 0, "stagectl's token on host-1: {}", r.stderr);
                 r.stdout.trim().to_string()

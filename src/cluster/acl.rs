@@ -35,7 +35,7 @@
 //! locally, and rotating the record key rotates every token with it.
 //!
 //! Pure: the names, rules and IDs only; creating them in Consul is
-//! [`crate::cluster::http::ConsulClient::ensure_acl`]'s job, run by
+//! [`crate::cluster::acl_sync`]'s job, run by
 //! `stagectl agent acl` on a server's host.
 
 use hmac::{Hmac, Mac};

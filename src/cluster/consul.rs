@@ -217,7 +217,7 @@ pub async fn ensure_acl(
     http_port: u16,
     plan: &crate::cluster::acl::AclPlan,
     timeout: Duration,
-) -> Result<crate::cluster::http::AclChanges> {
+) -> Result<crate::cluster::acl_sync::Changes> {
     let var = format!(
         "{}={}",
         crate::cluster::acl::PLAN_VAR,

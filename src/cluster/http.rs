@@ -22,7 +22,6 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::acl::AclPlan;
 use crate::cluster::consul::{ClusterView, Member, RaftPeer};
 
 #[derive(Clone)]
@@ -183,7 +182,7 @@ impl ConsulClient {
     }
 
     /// One request; returns the `X-Consul-Index` (0 when absent) and body.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -524,164 +523,6 @@ impl ConsulClient {
     }
 }
 
-/// What [`ConsulClient::ensure_acl`] changed: nothing in the steady state.
-#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AclChanges {
-    pub created: usize,
-    pub updated: usize,
-    pub removed: usize,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListedPolicy {
-    #[serde(rename = "ID")]
-    id: String,
-    name: String,
-    #[serde(default)]
-    description: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListedToken {
-    #[serde(rename = "AccessorID")]
-    accessor_id: String,
-    #[serde(default)]
-    description: String,
-}
-
-/// The description stagectl gives what it makes in `env`: it says whose an
-/// object is (so one left by a host that is gone can be removed) and,
-/// through a digest of its content, whether it is still as planned, all
-/// from the lists alone (Consul's lists leave the rules out).
-fn acl_description(env: &str, content: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(content.as_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("stagectl env={env} content={hex}")
-}
-
-/// The description Consul gives the management token it makes from
-/// `acl.tokens.master`.
-const CONSUL_MASTER_DESCRIPTION: &str = "Master Token";
-
-/// Whether `description` marks an object stagectl made in `env`.
-fn made_in(description: &str, env: &str) -> bool {
-    description
-        .strip_prefix("stagectl env=")
-        .and_then(|rest| rest.split_once(' '))
-        .is_some_and(|(e, _)| e == env)
-}
-
-impl ConsulClient {
-    /// Make Consul's policies and tokens those of `plan` (this client must
-    /// carry the management token): what is missing is created, what
-    /// differs updated, and what stagectl made in `env` that the plan no
-    /// longer has (a host that left) removed. Two reads and no write when
-    /// all is as planned, which is every `up` but the first.
-    pub async fn ensure_acl(&self, env: &str, plan: &AclPlan) -> Result<AclChanges> {
-        let t = Duration::from_secs(10);
-        let (_, body) = self.call(Method::GET, "/v1/acl/policies", None, t).await?;
-        let policies: Vec<ListedPolicy> =
-            serde_json::from_slice(&body).context("Consul's policy list")?;
-        let (_, body) = self.call(Method::GET, "/v1/acl/tokens", None, t).await?;
-        let tokens: Vec<ListedToken> =
-            serde_json::from_slice(&body).context("Consul's token list")?;
-        let mut changes = AclChanges::default();
-        for token in &plan.tokens {
-            let p = &token.policy;
-            let description = acl_description(env, &p.rules);
-            let body = serde_json::json!({
-                "Name": p.name, "Description": description, "Rules": p.rules,
-            });
-            match policies.iter().find(|l| l.name == p.name) {
-                Some(l) if l.description == description => {}
-                Some(l) => {
-                    let path = format!("/v1/acl/policy/{}", encode(&l.id));
-                    self.call(Method::PUT, &path, Some(body.to_string().into()), t)
-                        .await?;
-                    changes.updated += 1;
-                }
-                None => {
-                    self.call(
-                        Method::PUT,
-                        "/v1/acl/policy",
-                        Some(body.to_string().into()),
-                        t,
-                    )
-                    .await?;
-                    changes.created += 1;
-                }
-            }
-            let description = acl_description(env, &p.name);
-            let body = serde_json::json!({
-                "AccessorID": token.accessor,
-                "SecretID": token.secret,
-                "Description": description,
-                "Policies": [{ "Name": p.name }],
-            });
-            match tokens.iter().find(|l| l.accessor_id == token.accessor) {
-                Some(l) if l.description == description => {}
-                Some(_) => {
-                    let path = format!("/v1/acl/token/{}", encode(&token.accessor));
-                    self.call(Method::PUT, &path, Some(body.to_string().into()), t)
-                        .await?;
-                    changes.updated += 1;
-                }
-                None => {
-                    self.call(
-                        Method::PUT,
-                        "/v1/acl/token",
-                        Some(body.to_string().into()),
-                        t,
-                    )
-                    .await?;
-                    changes.created += 1;
-                }
-            }
-        }
-        // Tokens first: a policy still linked to a token is kept by Consul.
-        for l in tokens.iter().filter(|l| made_in(&l.description, env)) {
-            if !plan.tokens.iter().any(|t| t.accessor == l.accessor_id) {
-                let path = format!("/v1/acl/token/{}", encode(&l.accessor_id));
-                self.call(Method::DELETE, &path, None, t).await?;
-                changes.removed += 1;
-            }
-        }
-        // A management token Consul made from an earlier key's
-        // `acl.tokens.master` (the record key was rotated): only the
-        // current one stays. Asked only when there is more than one.
-        let masters: Vec<&ListedToken> = tokens
-            .iter()
-            .filter(|l| l.description == CONSUL_MASTER_DESCRIPTION)
-            .collect();
-        if masters.len() > 1 {
-            let (_, body) = self
-                .call(Method::GET, "/v1/acl/token/self", None, t)
-                .await?;
-            let current: ListedToken =
-                serde_json::from_slice(&body).context("Consul's answer about our token")?;
-            for l in masters
-                .iter()
-                .filter(|l| l.accessor_id != current.accessor_id)
-            {
-                let path = format!("/v1/acl/token/{}", encode(&l.accessor_id));
-                self.call(Method::DELETE, &path, None, t).await?;
-                changes.removed += 1;
-            }
-        }
-        for l in policies.iter().filter(|l| made_in(&l.description, env)) {
-            if !plan.tokens.iter().any(|t| t.policy.name == l.name) {
-                let path = format!("/v1/acl/policy/{}", encode(&l.id));
-                self.call(Method::DELETE, &path, None, t).await?;
-                changes.removed += 1;
-            }
-        }
-        Ok(changes)
-    }
-}
-
 /// Where a read is answered (see the module's documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadMode {
@@ -700,7 +541,7 @@ impl ReadMode {
 
 /// Percent-encode a path segment (service names and IDs may hold `:`, `/`
 /// or anything else).
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'-')
         .remove(b'_')

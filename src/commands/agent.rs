@@ -89,10 +89,8 @@ pub async fn run(cmd: AgentCommand) -> Result<u8> {
                 .map_err(|_| anyhow::anyhow!("${} is not set", acl::PLAN_VAR))?;
             let plan: acl::AclPlan = serde_json::from_str(&plan)
                 .map_err(|e| anyhow::anyhow!("${} is not an ACL plan: {e}", acl::PLAN_VAR))?;
-            let changes = ConsulClient::new(&consul)
-                .with_token(plan.master.clone())
-                .ensure_acl(&env, &plan)
-                .await?;
+            let client = ConsulClient::new(&consul).with_token(plan.master.clone());
+            let changes = crate::cluster::acl_sync::ensure(&client, &env, &plan).await?;
             println!("{}", serde_json::to_string(&changes)?);
         }
     }

@@ -94,6 +94,24 @@ pub fn cli_env(http_port: u16) -> Vec<String> {
     ]
 }
 
+/// The `consul` CLI's environment for service writes on `host` (a drain's
+/// maintenance mode and deregistration): with the token of the host's
+/// registration agent, read from its container, passed in the exec's
+/// environment and never its arguments. (Not with `CONSUL_HTTP_TOKEN_FILE`:
+/// the CLI would take the file's token over this one.)
+pub async fn register_cli_env(host: &DockerHost, env: &str, http_port: u16) -> Result<Vec<String>> {
+    let container = Component::Register.container(env);
+    let token = host
+        .read_file(&container, crate::cluster::acl::TOKEN_PATH)
+        .await?
+        .with_context(|| format!("{}: {container} holds no Consul token", host.name))?;
+    let token = String::from_utf8(token).context("the registration agent's token")?;
+    Ok(vec![
+        format!("CONSUL_HTTP_ADDR=127.0.0.1:{http_port}"),
+        format!("CONSUL_HTTP_TOKEN={}", token.trim()),
+    ])
+}
+
 /// Rows of a whitespace-aligned CLI table, as maps from header to cell.
 fn table_rows(text: &str) -> Vec<std::collections::HashMap<String, String>> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());

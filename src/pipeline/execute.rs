@@ -222,13 +222,24 @@ async fn drain_and_replace(
         .drain
         .as_ref()
         .context("a rolling replacement has drain settings")?;
+    // Service writes: made with the host's registration agent's token, the
+    // one that may make them (see `cluster::acl`).
+    let env = &consul::register_cli_env(host, &t.name, t.ports.consul_http).await?;
     let consul = |args: Vec<String>| async move {
-        let env = consul::cli_env(t.ports.consul_http);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = host
+            .exec(&Component::Consul.container(&t.name), &args, env)
+            .await?;
         // An instance already gone is fine: the goal is "not routed".
-        let _ = host
-            .exec(&Component::Consul.container(&t.name), &args, &env)
-            .await;
+        if out.code != 0 && !out.stderr.contains("Unknown service") {
+            anyhow::bail!(
+                "{}: `{}` failed: {}",
+                host.name,
+                args[..2].join(" "),
+                out.stderr.trim()
+            );
+        }
+        Ok::<_, anyhow::Error>(())
     };
     // Maintenance mode, not deregistration: the instance leaves the healthy
     // set (the LB stops sending to it) but stays registered, so the
@@ -241,7 +252,7 @@ async fn drain_and_replace(
         format!("-service={}", drain.service_id),
         "-reason=stagectl: draining before replacement".into(),
     ])
-    .await;
+    .await?;
     tokio::time::sleep(Duration::from_secs(drain.seconds)).await;
     line.step(&format!("{label}: replacing"));
     host.remove_container(old_id).await?;
@@ -253,7 +264,7 @@ async fn drain_and_replace(
         "deregister".into(),
         format!("-id={}", drain.service_id),
     ])
-    .await;
+    .await?;
     host.create_and_start(spec).await?;
     line.step(&format!("{label}: waiting until healthy and routed"));
     let advertise = t

@@ -104,7 +104,7 @@ impl LeaderSampler {
                     &state,
                     ENV,
                     &ip,
-                    &format!("docker exec {ENV}-consul consul operator raft list-peers"),
+                    &format!("docker exec -e CONSUL_HTTP_TOKEN_FILE=/run/stagectl/consul-token {ENV}-consul consul operator raft list-peers"),
                 );
                 samples += 1;
                 if r.code != 0 || !r.stdout.contains("leader") {

@@ -104,8 +104,8 @@ async fn converge<'a>(
         None => last.and_then(|l| l.expires_at),
     };
     // A new key goes to the servers with their spec (see `desired`).
-    let record_key = match held_key {
-        Some(key) if !asked.rotate_keys => key,
+    let record_key = match &held_key {
+        Some(key) if !asked.rotate_keys => key.clone(),
         _ => crate::cluster::record::new_key()?,
     };
     let stored = ctx.state.existing_gossip_key(&t.name)?;
@@ -147,12 +147,33 @@ async fn converge<'a>(
         .chain(hosts.departed.iter().map(|d| d.host.name.as_str()))
         .collect();
     let acl_plan = crate::cluster::acl::plan(&secrets.record_key, &t.name, &names);
+    // Running servers are replaced one at a time, after the cluster wait
+    // (membership changes): until then they know only the management
+    // token of the key they were made with. The new tokens are made with
+    // it, and once the servers run with the new key, with theirs.
+    let held_master = held_key
+        .as_deref()
+        .map(|k| crate::cluster::acl::master(k, &t.name))
+        .filter(|m| *m != acl_plan.master);
+    let acl_timeout = std::time::Duration::from_secs(t.consul.join_timeout_secs);
+    let first_acl_plan = crate::cluster::acl::AclPlan {
+        master: held_master
+            .clone()
+            .unwrap_or_else(|| acl_plan.master.clone()),
+        tokens: acl_plan.tokens.clone(),
+    };
     let cluster = || async {
         let Some(wait) = &plan.cluster else {
             return Ok(());
         };
-        let timeout = std::time::Duration::from_secs(t.consul.join_timeout_secs);
-        consul::ensure_acl(lb_engine, &t.name, t.ports.consul_http, &acl_plan, timeout).await?;
+        consul::ensure_acl(
+            lb_engine,
+            &t.name,
+            t.ports.consul_http,
+            &first_acl_plan,
+            acl_timeout,
+        )
+        .await?;
         waits::cluster(hosts, t, wait, reporter).await
     };
     // Services are registered by the agents, not by `up`: wait until the
@@ -179,6 +200,16 @@ async fn converge<'a>(
         cluster().await?;
         timings.mark("cluster");
         execute::member_changes(hosts, t, &plan.members, reporter).await?;
+        if held_master.is_some() {
+            consul::ensure_acl(
+                lb_engine,
+                &t.name,
+                t.ports.consul_http,
+                &acl_plan,
+                acl_timeout,
+            )
+            .await?;
+        }
         timings.mark("members");
         for (host, step) in &plan.rolling {
             let (engine, line) = (hosts.engine(host), hosts.line(host));

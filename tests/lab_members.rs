@@ -36,7 +36,7 @@ fn topology(hosts: &[u8], servers: &[u8]) -> String {
 fn consul(env: &LabEnv, host: u8, args: &str) -> String {
     env.ssh(
         host,
-        &format!("docker exec {ENV}-consul consul {args} 2>&1"),
+        &format!("docker exec -e CONSUL_HTTP_TOKEN_FILE=/run/stagectl/consul-token {ENV}-consul consul {args} 2>&1"),
     )
     .stdout
 }
@@ -134,7 +134,7 @@ fn servers_grow_and_shrink_one_at_a_time_and_hosts_leave_cleanly() {
     };
     write(&[1, 2, 3, 4, 5], &[1, 2, 3]);
     env.run(&["up"]).expect_ok("up with 3 servers of 5 hosts");
-    consul(&env, 1, "kv put itmem/kept before-the-changes");
+    consul(&env, 1, "kv put stagectl/itmem/kept before-the-changes");
     let lb = format!("{}:80", env.ip(3));
     let before: Vec<String> = (1..=3).map(|h| consul_id(&env, h)).collect();
 
@@ -176,7 +176,7 @@ fn servers_grow_and_shrink_one_at_a_time_and_hosts_leave_cleanly() {
     sampler.finish("servers 3 → 5 → 3");
     client.finish("servers 3 → 5 → 3, load balancer", 50);
     assert_eq!(
-        consul(&env, 2, "kv get itmem/kept").trim(),
+        consul(&env, 2, "kv get stagectl/itmem/kept").trim(),
         "before-the-changes",
         "the KV data is kept"
     );

@@ -83,6 +83,29 @@ impl StateDir {
         read_secret(&self.env_dir(env).join("gossip.key"))
     }
 
+    /// Keep the record key of an environment whose Consul data `down
+    /// --keep-data` kept: with no Consul container left, the hosts cannot
+    /// give it back, and the kept ACL data knows only the tokens derived
+    /// from it (base64, 0600, beside the gossip key).
+    pub fn keep_record_key(&self, env: &str, key: &[u8]) -> Result<()> {
+        use base64::Engine as _;
+        private_dir(&self.env_dir(env))?;
+        let text = base64::engine::general_purpose::STANDARD.encode(key);
+        write_secret(&self.env_dir(env).join("record.key"), text.as_bytes())
+    }
+
+    /// The record key `keep_record_key` kept, if any.
+    pub fn kept_record_key(&self, env: &str) -> Result<Option<Vec<u8>>> {
+        use base64::Engine as _;
+        let Some(text) = read_secret(&self.env_dir(env).join("record.key"))? else {
+            return Ok(None);
+        };
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|e| anyhow::anyhow!("the kept record key of {env} is not base64: {e}"))?;
+        Ok(Some(key).filter(|k| k.len() == 32))
+    }
+
     pub fn remove_env(&self, env: &str) -> Result<()> {
         remove_dir(&self.env_dir(env))
     }

@@ -64,6 +64,9 @@ pub async fn run_for(ctx: &Ctx, options: Options) -> Result<Outcome> {
         let mut snapshot = hosts.snapshot_with_others(t).await?;
         let key = hosts.record_key(t, &snapshot).await.ok().flatten();
         let record = hosts.believed_last_up(t, &snapshot, key.as_deref()).await;
+        if let (Keep::Everything, Some(key), false) = (options.keep, &key, options.dry_run) {
+            ctx.state.keep_record_key(&t.name, key)?;
+        }
         if options.only_if_expired {
             let now = crate::clock::unix_now();
             match record.as_ref().and_then(|r| r.expires_at) {

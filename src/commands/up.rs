@@ -85,7 +85,11 @@ async fn converge<'a>(
     // Read once: the last record is checked with it, every token derived
     // from it. Held but unreadable is an error, never a reason to make a
     // new key (the cluster's tokens would no longer match).
-    let held_key = hosts.record_key(t, &snapshot).await?;
+    let held_key = match hosts.record_key(t, &snapshot).await? {
+        Some(key) => Some(key),
+        // `down --keep-data` left Consul's data and no container to ask.
+        None => ctx.state.kept_record_key(&t.name)?,
+    };
     let last = hosts
         .believed_last_up(t, &snapshot, held_key.as_deref())
         .await;

@@ -319,14 +319,6 @@ pub enum AgentCommand {
         #[arg(long)]
         token_file: Option<PathBuf>,
     },
-    /// Make Consul's ACL policies and tokens those of the plan in
-    /// $STAGECTL_ACL_PLAN (JSON, with the management token)
-    Acl {
-        #[arg(long, default_value = "127.0.0.1:8500")]
-        consul: String,
-        #[arg(long)]
-        env: String,
-    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -20,6 +20,24 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use base64::Engine as _;
 
+/// The keys `down --keep-data` keeps beside the gossip key.
+#[derive(Debug, Clone, Copy)]
+pub enum KeptKey {
+    /// The record key (see `cluster::record`).
+    Record,
+    /// The seed of Consul's TLS (see `cluster::tls`).
+    TlsSeed,
+}
+
+impl KeptKey {
+    fn file(self) -> &'static str {
+        match self {
+            KeptKey::Record => "record.key",
+            KeptKey::TlsSeed => "tls.key",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
@@ -83,26 +101,26 @@ impl StateDir {
         read_secret(&self.env_dir(env).join("gossip.key"))
     }
 
-    /// Keep the record key of an environment whose Consul data `down
-    /// --keep-data` kept: with no Consul container left, the hosts cannot
-    /// give it back, and the kept ACL data knows only the tokens derived
+    /// Keep a key of an environment whose Consul data `down --keep-data`
+    /// kept: with no Consul container left, the hosts cannot give it back,
+    /// and the kept data knows only the tokens and certificates derived
     /// from it (base64, 0600, beside the gossip key).
-    pub fn keep_record_key(&self, env: &str, key: &[u8]) -> Result<()> {
+    pub fn keep_key(&self, env: &str, kept: KeptKey, key: &[u8]) -> Result<()> {
         use base64::Engine as _;
         private_dir(&self.env_dir(env))?;
         let text = base64::engine::general_purpose::STANDARD.encode(key);
-        write_secret(&self.env_dir(env).join("record.key"), text.as_bytes())
+        write_secret(&self.env_dir(env).join(kept.file()), text.as_bytes())
     }
 
-    /// The record key `keep_record_key` kept, if any.
-    pub fn kept_record_key(&self, env: &str) -> Result<Option<Vec<u8>>> {
+    /// The key `keep_key` kept, if any.
+    pub fn kept_key(&self, env: &str, kept: KeptKey) -> Result<Option<Vec<u8>>> {
         use base64::Engine as _;
-        let Some(text) = read_secret(&self.env_dir(env).join("record.key"))? else {
+        let Some(text) = read_secret(&self.env_dir(env).join(kept.file()))? else {
             return Ok(None);
         };
         let key = base64::engine::general_purpose::STANDARD
             .decode(text.trim())
-            .map_err(|e| anyhow::anyhow!("the kept record key of {env} is not base64: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("the kept {} of {env} is not base64: {e}", kept.file()))?;
         Ok(Some(key).filter(|k| k.len() == 32))
     }
 

@@ -35,8 +35,8 @@
 //! locally, and rotating the record key rotates every token with it.
 //!
 //! Pure: the names, rules and IDs only; creating them in Consul is
-//! [`crate::cluster::acl_sync`]'s job, run by
-//! `stagectl agent acl` on a server's host.
+//! [`crate::cluster::acl_sync`]'s job, which `up` runs against a server
+//! (see `cluster::consul::ensure_acl`).
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -47,10 +47,6 @@ use sha2::Sha256;
 /// `CONSUL_HTTP_TOKEN_FILE`, the agents through `--token-file`. Never in
 /// the container's spec, environment or command line.
 pub const TOKEN_PATH: &str = "/run/stagectl/consul-token";
-
-/// The variable `stagectl agent acl` reads its [`AclPlan`] from (an exec's
-/// environment is not shown by `docker inspect`, unlike its arguments).
-pub const PLAN_VAR: &str = "STAGECTL_ACL_PLAN";
 
 /// Whose token a policy is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +140,7 @@ pub struct Token {
     pub secret: String,
 }
 
-/// Everything `stagectl agent acl` makes sure of: every role's policy and
+/// Everything `up` makes sure of in Consul: every role's policy and
 /// token, and the management token it does so with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AclPlan {

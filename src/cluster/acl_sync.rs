@@ -1,5 +1,5 @@
 //! Making a cluster's ACL policies and tokens those of an [`AclPlan`]:
-//! what `stagectl agent acl` does on a host, with the management token.
+//! what `up` does against a server, with the management token.
 //!
 //! The decisions are pure ([`requests`]: Consul's lists in, the requests
 //! to make out), each with its cause, and the lists alone decide: every

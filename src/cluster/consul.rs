@@ -223,52 +223,49 @@ async fn cli_cluster_view(
     })
 }
 
-/// Make the cluster's ACL policies and tokens those of `plan` (see
-/// `cluster::acl`), through `stagectl agent acl` in the template agent's
-/// container on `lb` (Consul forwards ACL writes to the leader from any
-/// agent). Retried until a leader has bootstrapped the management token,
-/// which a new cluster does shortly after it elects one; the management
-/// token travels in the exec's environment, never in its arguments.
+/// Make every policy and token of `plan` so (see `cluster::acl_sync`),
+/// asking the Consul server on `server` over HTTP, carried through a
+/// tunnel to its loopback (busybox's `nc` in its Consul container), with
+/// the management token in each request's header: never in an exec's
+/// arguments or environment. A server, because a client's agent starts
+/// only once its agent token exists (it asks the servers for its TLS
+/// certificate with it, see `cluster::tls`). Retried until a leader has
+/// bootstrapped the management token, which a new cluster does shortly
+/// after it elects one.
 pub async fn ensure_acl(
-    lb: &DockerHost,
+    server: &DockerHost,
     env: &str,
     http_port: u16,
     plan: &crate::cluster::acl::AclPlan,
     timeout: Duration,
 ) -> Result<crate::cluster::acl_sync::Changes> {
-    let var = format!(
-        "{}={}",
-        crate::cluster::acl::PLAN_VAR,
-        serde_json::to_string(plan)?
-    );
-    let consul = format!("--consul=127.0.0.1:{http_port}");
-    let env_flag = format!("--env={env}");
-    let container = Component::Template.container(env);
+    use crate::engine::tunnel::{Relay, Tunnel};
+    let relay = Relay::Netcat {
+        host: "127.0.0.1".into(),
+        port: http_port,
+    };
+    let tunnel = Tunnel::open(
+        server.clone(),
+        Component::Consul.container(env),
+        relay,
+        "127.0.0.1:0".parse()?,
+        None,
+    )
+    .await?;
+    let client = crate::cluster::http::ConsulClient::new(&tunnel.local.to_string())
+        .with_token(plan.master.clone());
     crate::poll::until(timeout, Duration::from_millis(300), || async {
-        let out = match lb
-            .exec(
-                &container,
-                &["stagectl", "agent", "acl", &consul, &env_flag],
-                std::slice::from_ref(&var),
-            )
-            .await
-        {
-            Ok(out) => out,
-            Err(e) => return Ok(Check::Waiting(format!("{e:#}"))),
-        };
-        if out.code != 0 {
-            return Ok(Check::Waiting(out.stderr.trim().to_string()));
+        match crate::cluster::acl_sync::ensure(&client, env, plan).await {
+            Ok(changes) => Ok(Check::Ready(changes)),
+            Err(e) => Ok(Check::Waiting(format!("{e:#}"))),
         }
-        let changes = serde_json::from_str(out.stdout.trim())
-            .context("`stagectl agent acl` did not answer with its changes")?;
-        Ok(Check::Ready(changes))
     })
     .await
     .map_err(|e| {
         e.context(format!(
             "the Consul ACL tokens were not in place within {} s (asked {})",
             timeout.as_secs(),
-            lb.name
+            server.name
         ))
     })
 }

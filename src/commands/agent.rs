@@ -8,7 +8,6 @@ use crate::agent::register::{self, RegisterOptions};
 use crate::agent::registration::AgentContext;
 use crate::agent::template::{self, TemplateOptions};
 use crate::cli::AgentCommand;
-use crate::cluster::acl;
 use crate::cluster::http::ConsulClient;
 use crate::error::EXIT_OK;
 
@@ -83,15 +82,6 @@ pub async fn run(cmd: AgentCommand) -> Result<u8> {
                 .service_report()
                 .await?;
             println!("{}", serde_json::to_string(&report)?);
-        }
-        AgentCommand::Acl { consul, env } => {
-            let plan = std::env::var(acl::PLAN_VAR)
-                .map_err(|_| anyhow::anyhow!("${} is not set", acl::PLAN_VAR))?;
-            let plan: acl::AclPlan = serde_json::from_str(&plan)
-                .map_err(|e| anyhow::anyhow!("${} is not an ACL plan: {e}", acl::PLAN_VAR))?;
-            let client = ConsulClient::new(&consul).with_token(plan.master.clone());
-            let changes = crate::cluster::acl_sync::ensure(&client, &env, &plan).await?;
-            println!("{}", serde_json::to_string(&changes)?);
         }
     }
     Ok(EXIT_OK)

@@ -18,6 +18,7 @@ use crate::pipeline::events::Reporter;
 use crate::pipeline::{execute, open, own_ports, Ctx, Unreachable};
 use crate::plan::reconcile::{render, Keep};
 use crate::plan::{members, HostSnapshot, Plan};
+use crate::state::KeptKey;
 
 /// How far `down` goes.
 #[derive(Debug, Clone, Copy)]
@@ -64,8 +65,13 @@ pub async fn run_for(ctx: &Ctx, options: Options) -> Result<Outcome> {
         let mut snapshot = hosts.snapshot_with_others(t).await?;
         let key = hosts.record_key(t, &snapshot).await.ok().flatten();
         let record = hosts.believed_last_up(t, &snapshot, key.as_deref()).await;
-        if let (Keep::Everything, Some(key), false) = (options.keep, &key, options.dry_run) {
-            ctx.state.keep_record_key(&t.name, key)?;
+        if let (Keep::Everything, false) = (options.keep, options.dry_run) {
+            let seed = hosts.tls_seed(t, &snapshot).await.ok().flatten();
+            for (kept, key) in [(KeptKey::Record, key.as_ref()), (KeptKey::TlsSeed, seed.as_ref())] {
+                if let Some(key) = key {
+                    ctx.state.keep_key(&t.name, kept, key)?;
+                }
+            }
         }
         if options.only_if_expired {
             let now = crate::clock::unix_now();

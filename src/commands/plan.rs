@@ -28,7 +28,9 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
     let mut hosts = open(ctx, &reporter, Unreachable::Abort).await?;
     let t = &resolve_ports(&ctx.topology, &hosts.reachable()).await?;
     let mut snapshot = hosts.snapshot(t, &images_of(t)).await?;
-    let held_key = hosts.record_key(t, &snapshot).await?;
+    let (held_key, held_seed) =
+        tokio::join!(hosts.record_key(t, &snapshot), hosts.tls_seed(t, &snapshot));
+    let held_key = held_key?;
     if let Some(record) = hosts
         .believed_last_up(t, &snapshot, held_key.as_deref())
         .await
@@ -37,16 +39,17 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
             .find_departed(t, &record, &mut snapshot, &reporter)
             .await?;
     }
-    // A new environment's key is made by its first `up`: until then the
-    // plan derives its (unused) tokens from an empty one.
-    let record_key = held_key.unwrap_or_default();
-    let stored = ctx.state.existing_gossip_key(&t.name)?;
-    let key = hosts.gossip_key(t, stored, &record_key, &snapshot).await?;
-    let secrets = Secrets {
-        gossip_key: key.unwrap_or_else(|| "(a new key)".into()),
-        record_key,
+    // A new environment's keys are made by its first `up`: until then the
+    // plan derives its (unused) tokens and certificates from empty ones.
+    let mut secrets = Secrets {
+        record_key: held_key.unwrap_or_default(),
+        tls_seed: held_seed?.unwrap_or_default(),
         values,
+        ..Default::default()
     };
+    let stored = ctx.state.existing_gossip_key(&t.name)?;
+    let key = hosts.gossip_key(t, stored, &secrets, &snapshot).await?;
+    secrets.gossip_key = key.unwrap_or_else(|| "(a new key)".into());
     let desired = desired_state(t, &secrets);
     let mut plan = Plan::up(t, &desired, &snapshot).map_err(crate::error::input)?;
     plan.lab = lab_steps(t, snapshot.lab.as_ref());

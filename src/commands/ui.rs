@@ -88,7 +88,7 @@ impl ConsulTunnel {
         let tunnel = Tunnel::open(
             connection.host.clone(),
             container.clone(),
-            target.clone(),
+            crate::engine::tunnel::Relay::Agent(target.clone()),
             listen,
             Some(token),
         )

@@ -15,6 +15,7 @@ use crate::pipeline::events::Reporter;
 use crate::pipeline::{execute, open, resolve_ports, waits, Ctx, Hosts, Unreachable};
 use crate::plan::desired::{desired_state, images_of, Secrets};
 use crate::plan::{lab_steps, Plan, Wait};
+use crate::state::KeptKey;
 
 /// `ttl`: `--ttl` in seconds (0: no expiry); none: the expiry stays as the
 /// last `up` left it. `rotate_keys`: a new record key (and so new tokens)
@@ -85,10 +86,16 @@ async fn converge<'a>(
     // Read once: the last record is checked with it, every token derived
     // from it. Held but unreadable is an error, never a reason to make a
     // new key (the cluster's tokens would no longer match).
-    let held_key = match hosts.record_key(t, &snapshot).await? {
+    let (held_key, held_seed) =
+        tokio::join!(hosts.record_key(t, &snapshot), hosts.tls_seed(t, &snapshot));
+    let held_key = match held_key? {
         Some(key) => Some(key),
         // `down --keep-data` left Consul's data and no container to ask.
-        None => ctx.state.kept_record_key(&t.name)?,
+        None => ctx.state.kept_key(&t.name, KeptKey::Record)?,
+    };
+    let held_seed = match held_seed? {
+        Some(seed) => Some(seed),
+        None => ctx.state.kept_key(&t.name, KeptKey::TlsSeed)?,
     };
     let last = hosts
         .believed_last_up(t, &snapshot, held_key.as_deref())
@@ -112,9 +119,21 @@ async fn converge<'a>(
         Some(key) if !asked.rotate_keys => key.clone(),
         _ => crate::cluster::record::new_key()?,
     };
+    // Not rotated with the record key: servers replaced one at a time must
+    // keep a CA in common with the others.
+    let tls_seed = match held_seed {
+        Some(seed) => seed,
+        None => crate::cluster::tls::new_seed()?,
+    };
+    let mut secrets = Secrets {
+        record_key,
+        tls_seed,
+        values,
+        ..Default::default()
+    };
     let stored = ctx.state.existing_gossip_key(&t.name)?;
-    let gossip_key = match hosts
-        .gossip_key(t, stored.clone(), &record_key, &snapshot)
+    secrets.gossip_key = match hosts
+        .gossip_key(t, stored.clone(), &secrets, &snapshot)
         .await?
     {
         Some(key) => {
@@ -122,11 +141,6 @@ async fn converge<'a>(
             key
         }
         None => ctx.state.gossip_key(&t.name)?, // a new environment: a new key
-    };
-    let secrets = Secrets {
-        gossip_key,
-        record_key,
-        values,
     };
     let desired = desired_state(t, &secrets);
     let mut plan = Plan::up(t, &desired, &snapshot).map_err(crate::error::input)?;
@@ -166,12 +180,14 @@ async fn converge<'a>(
             .unwrap_or_else(|| acl_plan.master.clone()),
         tokens: acl_plan.tokens.clone(),
     };
+    // Through a server: a client agent starts only once its token exists.
+    let acl_server = t.consul_servers().find_map(|s| hosts.engine(&s.name));
     let cluster = || async {
         let Some(wait) = &plan.cluster else {
             return Ok(());
         };
         consul::ensure_acl(
-            lb_engine,
+            acl_server.context("no connected Consul server")?,
             &t.name,
             t.ports.consul_http,
             &first_acl_plan,
@@ -206,7 +222,7 @@ async fn converge<'a>(
         execute::member_changes(hosts, t, &plan.members, reporter).await?;
         if held_master.is_some() {
             consul::ensure_acl(
-                lb_engine,
+                acl_server.context("no connected Consul server")?,
                 &t.name,
                 t.ports.consul_http,
                 &acl_plan,

@@ -3,9 +3,10 @@
 //! interfaces.
 //!
 //! Every connection accepted on the local listener becomes one `docker exec`
-//! of `stagectl agent pipe ADDR` in one of the environment's agent
-//! containers (host network, so the host's loopback is theirs), with the
-//! exec's stdin and stdout as the two directions. It goes over the
+//! of a relay in one of the environment's containers (host network, so the
+//! host's loopback is theirs), with the exec's stdin and stdout as the two
+//! directions: `stagectl agent pipe ADDR` in an agent container, busybox's
+//! `nc` in a Consul container (a server's host may run no agent). It goes over the
 //! connection stagectl already has to the host's engine, so SSH, TLS and
 //! unix hosts work alike and nothing new listens anywhere but here.
 
@@ -31,15 +32,40 @@ impl Drop for Tunnel {
     }
 }
 
+/// What runs in the container at the far end of each connection.
+#[derive(Clone)]
+pub enum Relay {
+    /// `stagectl agent pipe ADDR` (an agent container).
+    Agent(String),
+    /// busybox's `nc HOST PORT` (any container of stagectl's runtime).
+    Netcat { host: String, port: u16 },
+}
+
+impl Relay {
+    fn cmd(&self) -> Vec<String> {
+        match self {
+            Relay::Agent(addr) => ["stagectl", "agent", "pipe", addr].map(String::from).into(),
+            Relay::Netcat { host, port } => vec!["nc".into(), host.clone(), port.to_string()],
+        }
+    }
+
+    fn target(&self) -> String {
+        match self {
+            Relay::Agent(addr) => addr.clone(),
+            Relay::Netcat { host, port } => format!("{host}:{port}"),
+        }
+    }
+}
+
 impl Tunnel {
     /// Listen on `listen` (port 0: any free one) and carry each connection
-    /// to `target` from `container` on `host`, adding `token` to every
+    /// through `relay` in `container` on `host`, adding `token` to every
     /// request as Consul's `X-Consul-Token` when given (see
     /// `tunnel_token`).
     pub async fn open(
         host: DockerHost,
         container: String,
-        target: String,
+        relay: Relay,
         listen: SocketAddr,
         token: Option<String>,
     ) -> Result<Tunnel> {
@@ -55,16 +81,15 @@ impl Tunnel {
                     continue;
                 };
                 let _ = client.set_nodelay(true);
-                let (host, container, target) = (host.clone(), container.clone(), target.clone());
+                let (host, container, relay) = (host.clone(), container.clone(), relay.clone());
                 let injector = token.clone().map(super::tunnel_token::TokenInjector::new);
                 tokio::spawn(async move {
                     // DNS rebinding: see `tunnel_host`.
                     let Some(head) = super::tunnel_host::admit(&mut client, local).await else {
                         return;
                     };
-                    if let Err(e) = carry(&host, &container, &target, client, head, injector).await
-                    {
-                        eprintln!("tunnel to {target} on {}: {e:#}", host.name);
+                    if let Err(e) = carry(&host, &container, &relay, client, head, injector).await {
+                        eprintln!("tunnel to {} on {}: {e:#}", relay.target(), host.name);
                     }
                 });
             }
@@ -78,7 +103,7 @@ impl Tunnel {
 async fn carry(
     host: &DockerHost,
     container: &str,
-    target: &str,
+    relay: &Relay,
     client: TcpStream,
     head: Vec<u8>,
     mut injector: Option<super::tunnel_token::TokenInjector>,
@@ -88,12 +113,7 @@ async fn carry(
         .create_exec(
             container,
             CreateExecOptions {
-                cmd: Some(vec![
-                    "stagectl".into(),
-                    "agent".into(),
-                    "pipe".into(),
-                    target.to_string(),
-                ]),
+                cmd: Some(relay.cmd()),
                 attach_stdin: Some(true),
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),

@@ -341,30 +341,33 @@ impl<'a> Hosts<'a> {
     /// The environment's record key, read from the Consul containers of
     /// the hosts in `snapshot` (servers first: only they are given it).
     pub async fn record_key(&self, t: &Topology, snapshot: &Snapshot) -> Result<Option<Vec<u8>>> {
-        let consul = Component::Consul.container(&t.name);
-        let mut holders: Vec<&str> = snapshot
-            .hosts
-            .iter()
-            .filter(|h| {
-                h.observed
-                    .as_ref()
-                    .is_some_and(|o| o.containers.iter().any(|c| c.name == consul))
-            })
-            .map(|h| h.host.as_str())
-            .collect();
-        holders.sort_by_key(|h| !t.host(h).is_some_and(|h| h.consul_server));
+        let holders = key_holders(t, snapshot);
         self.record_key_among(&t.name, &holders).await
     }
 
     /// The record key of environment `env` as the first of `hosts` that
     /// holds it keeps it (a host without one, or unreachable, is skipped).
     pub async fn record_key_among(&self, env: &str, hosts: &[&str]) -> Result<Option<Vec<u8>>> {
+        self.key_among(env, hosts, record::KEY_PATH).await
+    }
+
+    /// The environment's TLS seed (see `cluster::tls`), read as the record
+    /// key is.
+    pub async fn tls_seed(&self, t: &Topology, snapshot: &Snapshot) -> Result<Option<Vec<u8>>> {
+        let holders = key_holders(t, snapshot);
+        self.key_among(&t.name, &holders, crate::cluster::tls::SEED_PATH)
+            .await
+    }
+
+    /// The 32-byte key at `path` in the Consul container of the first of
+    /// `hosts` that holds one.
+    async fn key_among(&self, env: &str, hosts: &[&str], path: &str) -> Result<Option<Vec<u8>>> {
         let consul = Component::Consul.container(env);
         for host in hosts {
             let Some(engine) = self.engine(host) else {
                 continue;
             };
-            if let Some(key) = engine.read_file(&consul, record::KEY_PATH).await? {
+            if let Some(key) = engine.read_file(&consul, path).await? {
                 if key.len() == 32 {
                     return Ok(Some(key));
                 }
@@ -544,7 +547,7 @@ impl<'a> Hosts<'a> {
         &self,
         t: &Topology,
         stored: Option<String>,
-        record_key: &[u8],
+        keys: &Secrets,
         snapshot: &Snapshot,
     ) -> Result<Option<String>> {
         let consul = Component::Consul.container(&t.name);
@@ -569,7 +572,8 @@ impl<'a> Hosts<'a> {
                 t,
                 &Secrets {
                     gossip_key: key.clone(),
-                    record_key: record_key.to_vec(),
+                    record_key: keys.record_key.clone(),
+                    tls_seed: keys.tls_seed.clone(),
                     ..Default::default()
                 },
             );
@@ -695,4 +699,22 @@ pub fn join_or(names: &[&str]) -> String {
         [one] => one.to_string(),
         [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
     }
+}
+
+/// The hosts of `snapshot` whose Consul container runs or exists, servers
+/// first: only they are given the environment's keys.
+fn key_holders<'a>(t: &Topology, snapshot: &'a Snapshot) -> Vec<&'a str> {
+    let consul = Component::Consul.container(&t.name);
+    let mut holders: Vec<&str> = snapshot
+        .hosts
+        .iter()
+        .filter(|h| {
+            h.observed
+                .as_ref()
+                .is_some_and(|o| o.containers.iter().any(|c| c.name == consul))
+        })
+        .map(|h| h.host.as_str())
+        .collect();
+    holders.sort_by_key(|h| !t.host(h).is_some_and(|h| h.consul_server));
+    holders
 }

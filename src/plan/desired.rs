@@ -11,7 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::agent::labels::{self, Component};
-use crate::cluster::{acl, record};
+use crate::cluster::{acl, record, tls};
 use crate::topology::{Adopt, Expose, Health, HealthCheck, Host, Limits, Role, Service, Topology};
 
 /// Where the Consul agent keeps its state inside its container.
@@ -32,6 +32,9 @@ pub struct Secrets {
     /// The environment's record key (see `cluster::record`), which every
     /// ACL token is derived from (see `cluster::acl`).
     pub record_key: Vec<u8>,
+    /// The seed of the CA and certificates of Consul's RPC (see
+    /// `cluster::tls`), kept beside the record key.
+    pub tls_seed: Vec<u8>,
     /// The services' secrets, by [`secret_key`], as read when `up` runs.
     pub values: BTreeMap<String, Vec<u8>>,
 }
@@ -873,7 +876,7 @@ fn consul_agent(
     //
     // ACLs deny whatever no token allows (see `cluster::acl`): the agent's
     // own token from the start, the management token on servers (Consul
-    // creates it when a server first leads; `stagectl agent acl` then
+    // creates it when a server first leads; `up` then
     // makes the others, whose secrets are known before they exist). A
     // server that cannot reach the others keeps using the tokens it has
     // seen (`extend-cache`) rather than denying everything.
@@ -886,7 +889,7 @@ fn consul_agent(
     if host.consul_server {
         tokens["master"] = acl::master(&secrets.record_key, &topology.name).into();
     }
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "encrypt": secrets.gossip_key,
         "performance": { "raft_multiplier": 1 },
         "gossip_lan": { "probe_interval": "500ms", "suspicion_mult": 3 },
@@ -898,8 +901,25 @@ fn consul_agent(
             "enable_token_persistence": false,
             "tokens": tokens,
         },
-    })
-    .to_string();
+        // RPC over TLS only (see `cluster::tls`): every agent checks that
+        // it talks to a server of this CA; servers take RPC only from a
+        // holder of a certificate of it, or of the one Consul gives a
+        // client that asked with its agent token (`auto_encrypt`, which
+        // needs Connect's CA on the servers).
+        "ca_file": tls::CA_FILE,
+        "verify_outgoing": true,
+        "verify_server_hostname": true,
+    });
+    if host.consul_server {
+        config["cert_file"] = tls::CERT_FILE.into();
+        config["key_file"] = tls::KEY_FILE.into();
+        config["verify_incoming_rpc"] = true.into();
+        config["auto_encrypt"] = serde_json::json!({ "allow_tls": true });
+        config["connect"] = serde_json::json!({ "enabled": true });
+    } else {
+        config["auto_encrypt"] = serde_json::json!({ "tls": true });
+    }
+    let config = config.to_string();
     // The Consul CLI in this container (what stagectl execs) acts with
     // stagectl's token on a server, with the agent's own on a client.
     let cli_role = if host.consul_server {
@@ -915,16 +935,36 @@ fn consul_agent(
             None,
         ),
         token_file(topology, secrets, &cli_role),
+        FileSpec::new(
+            tls::CA_FILE,
+            0o444,
+            tls::ca_pem(&secrets.tls_seed, &topology.name)
+                .expect("an Ed25519 key and fixed fields always make a certificate")
+                .into_bytes(),
+        ),
     ];
     if host.consul_server {
-        // Beside the cluster's data: the servers are where the record key
-        // is kept (see `cluster::record`).
-        files.push(FileSpec::secret(
-            record::KEY_PATH,
-            secrets.record_key.clone(),
-            &secrets.gossip_key,
-            None,
+        let server = tls::server(
+            &secrets.tls_seed,
+            &topology.name,
+            &topology.consul.datacenter,
+            &host.name,
+        )
+        .expect("validated host and datacenter names always make a certificate");
+        files.push(FileSpec::new(
+            tls::CERT_FILE,
+            0o444,
+            server.cert_pem.into_bytes(),
         ));
+        // Beside the cluster's data: the servers are where the record key
+        // and the TLS seed are kept (see `cluster::record`, `cluster::tls`).
+        for (path, content) in [
+            (tls::KEY_FILE, server.key_pem.into_bytes()),
+            (record::KEY_PATH, secrets.record_key.clone()),
+            (tls::SEED_PATH, secrets.tls_seed.clone()),
+        ] {
+            files.push(FileSpec::secret(path, content, &secrets.gossip_key, None));
+        }
     }
     let role = if host.consul_server {
         format!(
@@ -1253,6 +1293,52 @@ mod tests {
             assert!(!shown.contains(&secret(&role)), "{role:?}");
         }
         assert!(!shown.contains(&master));
+    }
+
+    #[test]
+    fn only_servers_hold_a_tls_key_and_every_agent_verifies_rpc() {
+        let t = topo(&format!("{THREE}consul: {{ servers: [host-1] }}\n"));
+        let mut s = secrets();
+        s.tls_seed = vec![3; 32];
+        let state = desired_state(&t, &s);
+        let consul = |host: usize| container(&state[host], "qa-consul");
+        let paths = |host: usize| -> Vec<&str> {
+            consul(host).files.iter().map(|f| f.path.as_str()).collect()
+        };
+        let config = |host: usize| -> serde_json::Value {
+            let f = consul(host)
+                .files
+                .iter()
+                .find(|f| f.path.ends_with("stagectl.json"))
+                .unwrap();
+            serde_json::from_slice(&f.content).unwrap()
+        };
+        let server = paths(0);
+        for path in [tls::CA_FILE, tls::CERT_FILE, tls::KEY_FILE, tls::SEED_PATH] {
+            assert!(server.contains(&path), "{path}");
+        }
+        assert_eq!(config(0)["verify_incoming_rpc"], true);
+        assert_eq!(config(0)["auto_encrypt"]["allow_tls"], true);
+        for client in [1, 2] {
+            let held = paths(client);
+            assert!(held.contains(&tls::CA_FILE));
+            for path in [tls::CERT_FILE, tls::KEY_FILE, tls::SEED_PATH] {
+                assert!(!held.contains(&path), "host {client} holds {path}");
+            }
+            assert_eq!(config(client)["auto_encrypt"]["tls"], true);
+        }
+        for host in 0..3 {
+            assert_eq!(config(host)["verify_outgoing"], true);
+            assert_eq!(config(host)["verify_server_hostname"], true);
+        }
+        let key = consul(0)
+            .files
+            .iter()
+            .find(|f| f.path == tls::KEY_FILE)
+            .unwrap();
+        assert_eq!(key.mode, 0o400);
+        let shown = serde_json::to_string(&state).unwrap();
+        assert!(!shown.contains("PRIVATE KEY"));
     }
 
     #[test]

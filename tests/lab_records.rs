@@ -4,6 +4,10 @@
 //! - a process on an app host with no token reads and writes nothing in
 //!   Consul (KV reads and writes and registrations answer 403, the catalog
 //!   is empty), where stagectl's token reads;
+//! - RPC only over TLS: a rogue agent on a host, with the gossip key, the
+//!   CA's certificate and the host's agent token, joins the gossip but its
+//!   plain RPC gets no answer, and the servers refuse it a certificate for
+//!   a node its token may not write;
 //! - a forged last-up record (written into Consul's KV with stagectl's own
 //!   token, as root on a server could) naming a live host as departed and
 //!   an expiry in the past changes nothing `plan`, `up` and `gc` do: the
@@ -184,6 +188,72 @@ fn records_nobody_else_can_write_and_removals_that_stay_in_their_environment() {
                 !catalog.stdout.contains("demo"),
                 "the catalog without a token: {}",
                 catalog.stdout
+            );
+        },
+    );
+
+    timed(
+        "an agent without the environment's TLS gets no answer from its servers",
+        || {
+            // Root on host-2 has everything a host holds: the gossip key, the
+            // CA's certificate, the host's agent token. With them, a rogue
+            // agent of its own (its own ports) joins the gossip, but the
+            // servers take its RPC only over TLS, and give a certificate
+            // only for the node its token may write.
+            let rogue = lab_ssh_to(
+                2,
+                &format!(
+                    r#"set -e
+mkdir -p /tmp/rogue && cd /tmp/rogue
+docker exec itrec-consul cat /consul/config/stagectl.json > conf.json
+docker exec itrec-consul cat {ca} > ca.pem
+key=$(sed 's/.*"encrypt":"\([^"]*\)".*/\1/' conf.json)
+agent=$(sed 's/.*"agent":"\([^"]*\)".*/\1/' conf.json)
+common='"data_dir":"/tmp/d","bind_addr":"{NET}.12","ports":{{"http":18500,"serf_lan":18301,"serf_wan":-1,"server":8300,"dns":-1}},"retry_join":["{NET}.11:8301"],"encrypt":"'$key'"'
+echo '{{"node_name":"rogue",'"$common"'}}' > plain.json
+echo '{{"node_name":"rogue-tls",'"$common"',"ca_file":"/r/ca.pem","verify_outgoing":true,"verify_server_hostname":true,"auto_encrypt":{{"tls":true}},"acl":{{"enabled":true,"default_policy":"deny","tokens":{{"agent":"'$agent'"}}}}}}' > tls.json
+docker rm -f itrec-rogue itrec-rogue-tls >/dev/null 2>&1 || true
+docker run -d --name itrec-rogue --network host -v /tmp/rogue:/r stagectl/consul:1.8.7 agent -config-file=/r/plain.json >/dev/null
+for i in $(seq 1 50); do docker exec itrec-rogue consul members -http-addr=127.0.0.1:18500 2>/dev/null | grep -q '^host-1 .*alive' && break; sleep 0.2; done
+echo "== members"; docker exec itrec-rogue consul members -http-addr=127.0.0.1:18500 || true
+token=$(docker exec itrec-consul cat /run/stagectl/consul-token)
+echo "== catalog"; docker exec itrec-rogue consul catalog nodes -http-addr=127.0.0.1:18500 -token="$token" 2>&1 || echo "exit $?"
+docker exec itrec-rogue consul leave -http-addr=127.0.0.1:18500 >/dev/null 2>&1 || true
+docker rm -f itrec-rogue >/dev/null
+docker run -d --name itrec-rogue-tls --network host -v /tmp/rogue:/r stagectl/consul:1.8.7 agent -config-file=/r/tls.json >/dev/null
+for i in $(seq 1 50); do docker logs itrec-rogue-tls 2>&1 | grep -q 'auto-encrypt request' && break; sleep 0.2; done
+echo "== auto-encrypt"; docker logs itrec-rogue-tls 2>&1 | grep -i 'AutoEncrypt.Sign' | head -3
+docker rm -f itrec-rogue-tls >/dev/null; rm -rf /tmp/rogue"#,
+                    ca = "/consul/tls/ca.pem",
+                ),
+            );
+            assert_eq!(rogue.code, 0, "{}\n{}", rogue.stdout, rogue.stderr);
+            let part = |name: &str| -> String {
+                let after = rogue
+                    .stdout
+                    .split(&format!("== {name}\n"))
+                    .nth(1)
+                    .unwrap_or("");
+                after.split("\n== ").next().unwrap_or("").to_string()
+            };
+            // It joined: what fails below fails for want of TLS alone.
+            assert!(
+                part("members")
+                    .lines()
+                    .any(|l| l.starts_with("host-1 ") && l.contains("alive")),
+                "the rogue agent joins the gossip: {}",
+                rogue.stdout
+            );
+            let catalog = part("catalog");
+            assert!(
+                catalog.contains("exit ") && !catalog.contains("host-1"),
+                "a plain RPC is answered: {catalog}"
+            );
+            let signed = part("auto-encrypt");
+            assert!(
+                signed.contains("Permission denied"),
+                "a certificate for another node is refused: {}",
+                rogue.stdout
             );
         },
     );

@@ -8,6 +8,8 @@
 //!   CA's certificate and the host's agent token, joins the gossip but its
 //!   plain RPC gets no answer, and the servers refuse it a certificate for
 //!   a node its token may not write;
+//! - an environment whose servers hold no TLS seed (made before TLS) is
+//!   refused by `up` with exit 2 and nothing changed;
 //! - a forged last-up record (written into Consul's KV with stagectl's own
 //!   token, as root on a server could) naming a live host as departed and
 //!   an expiry in the past changes nothing `plan`, `up` and `gc` do: the
@@ -255,6 +257,40 @@ docker rm -f itrec-rogue-tls >/dev/null; rm -rf /tmp/rogue"#,
                 "a certificate for another node is refused: {}",
                 rogue.stdout
             );
+        },
+    );
+
+    timed(
+        "an environment whose Consul runs without TLS is refused, not half converted",
+        || {
+            // What an environment made before TLS looks like to `up`: the
+            // servers hold a record key and no TLS seed.
+            let seed = "/consul/data/stagectl-tls.key";
+            for host in 1..=3 {
+                let moved = lab_ssh_to(
+                    host,
+                    &format!("docker exec itrec-consul mv {seed} /tmp/seed"),
+                );
+                assert_eq!(moved.code, 0, "{}", moved.stderr);
+            }
+            let refused = run(&team, &["up"]);
+            for host in 1..=3 {
+                let back = lab_ssh_to(
+                    host,
+                    &format!("docker exec itrec-consul mv /tmp/seed {seed}"),
+                );
+                assert_eq!(back.code, 0, "{}", back.stderr);
+            }
+            assert_eq!(refused.code, 2, "{}\n{}", refused.stdout, refused.stderr);
+            assert!(
+                refused.stderr.contains("without TLS")
+                    && refused.stderr.contains("down --keep-data"),
+                "{}",
+                refused.stderr
+            );
+            // Nothing was changed: the next up replaces nothing.
+            let again = run(&team, &["up"]).expect_ok("up with the seed back");
+            assert!(again.stdout.contains("0 to replace"), "{}", again.stdout);
         },
     );
 

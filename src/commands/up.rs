@@ -123,6 +123,17 @@ async fn converge<'a>(
     // keep a CA in common with the others.
     let tls_seed = match held_seed {
         Some(seed) => seed,
+        None if held_key.is_some() && runs_consul(t, &snapshot) => {
+            // Made by a stagectl before TLS: its servers, replaced one at a
+            // time with TLS, could not talk to the ones still without it.
+            return Err(crate::error::input(format!(
+                "{}: its Consul agents run without TLS (made by an older stagectl), and \
+                 turning TLS on in place is not supported yet; nothing was changed. \
+                 Run `stagectl down --keep-data`, then `stagectl up`: the data stays \
+                 (Consul's too), but nothing answers in between",
+                t.name
+            )));
+        }
         None => crate::cluster::tls::new_seed()?,
     };
     let mut secrets = Secrets {
@@ -357,4 +368,14 @@ async fn record_last_up(
     if let Err(e) = kept.await {
         eprintln!("warning: the record of this run was not kept in Consul: {e:#}");
     }
+}
+
+/// Whether any host of `snapshot` has the environment's Consul container.
+fn runs_consul(t: &crate::topology::Topology, snapshot: &crate::plan::Snapshot) -> bool {
+    let consul = Component::Consul.container(&t.name);
+    snapshot.hosts.iter().any(|h| {
+        h.observed
+            .as_ref()
+            .is_some_and(|o| o.containers.iter().any(|c| c.name == consul))
+    })
 }

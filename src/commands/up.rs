@@ -123,7 +123,7 @@ async fn converge<'a>(
     // keep a CA in common with the others.
     let tls_seed = match held_seed {
         Some(seed) => seed,
-        None if held_key.is_some() && runs_consul(t, &snapshot) => {
+        None if held_key.is_some() && !crate::pipeline::key_holders(t, &snapshot).is_empty() => {
             // Made by a stagectl before TLS: its servers, replaced one at a
             // time with TLS, could not talk to the ones still without it.
             return Err(crate::error::input(format!(
@@ -368,14 +368,4 @@ async fn record_last_up(
     if let Err(e) = kept.await {
         eprintln!("warning: the record of this run was not kept in Consul: {e:#}");
     }
-}
-
-/// Whether any host of `snapshot` has the environment's Consul container.
-fn runs_consul(t: &crate::topology::Topology, snapshot: &crate::plan::Snapshot) -> bool {
-    let consul = Component::Consul.container(&t.name);
-    snapshot.hosts.iter().any(|h| {
-        h.observed
-            .as_ref()
-            .is_some_and(|o| o.containers.iter().any(|c| c.name == consul))
-    })
 }

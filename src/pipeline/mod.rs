@@ -703,7 +703,7 @@ pub fn join_or(names: &[&str]) -> String {
 
 /// The hosts of `snapshot` whose Consul container runs or exists, servers
 /// first: only they are given the environment's keys.
-fn key_holders<'a>(t: &Topology, snapshot: &'a Snapshot) -> Vec<&'a str> {
+pub fn key_holders<'a>(t: &Topology, snapshot: &'a Snapshot) -> Vec<&'a str> {
     let consul = Component::Consul.container(&t.name);
     let mut holders: Vec<&str> = snapshot
         .hosts

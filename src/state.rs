@@ -5,6 +5,8 @@
 //!
 //! ```text
 //! envs/<env>/gossip.key        Consul gossip key, generated once (0600)
+//! envs/<env>/record.key        the record key, kept by `down --keep-data` (0600)
+//! envs/<env>/tls.key           the TLS seed, kept by `down --keep-data` (0600)
 //! labs/<lab>/id_ed25519[.pub]  client key for the lab's hosts
 //! labs/<lab>/known_hosts       the lab hosts' keys, so checking stays strict
 //! labs/<lab>/hosts/<host>/...  each lab host's own SSH host key

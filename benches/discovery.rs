@@ -43,12 +43,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bollard::query_parameters::StopContainerOptions;
-use stagectl::agent::labels;
 use stagectl::engine::connect::Connector;
 use stagectl::engine::docker::DockerHost;
 use stagectl::engine::lab;
 use stagectl::engine::Engine;
-use stagectl::plan::desired::{desired_state, ContainerSpec, Secrets};
+use stagectl::labels;
+use stagectl::plan::desired::{desired_state, Secrets};
+use stagectl::spec::ContainerSpec;
 use stagectl::state::StateDir;
 use stagectl::topology::Topology;
 

@@ -27,7 +27,7 @@ use bollard::query_parameters::{
 
 use crate::engine::docker::DockerHost;
 
-use crate::agent::labels;
+use crate::labels;
 
 /// Who holds a lock, from its labels.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -10,7 +10,6 @@
 //! and one thread keeps their memory small.
 
 pub mod coalesce;
-pub mod labels;
 pub mod register;
 pub mod registration;
 pub mod render;

@@ -254,7 +254,7 @@ async fn effective(docker: &Docker, ctx: &AgentContext) -> AgentContext {
     }
     let filter = HashMap::from([(
         "label".to_string(),
-        vec![format!("{}=register", crate::agent::labels::COMPONENT)],
+        vec![format!("{}=register", crate::labels::COMPONENT)],
     )]);
     let agents = docker
         .list_containers(Some(ListContainersOptions {
@@ -267,7 +267,7 @@ async fn effective(docker: &Docker, ctx: &AgentContext) -> AgentContext {
     let shared = agents.iter().any(|c| {
         c.labels
             .as_ref()
-            .and_then(|l| l.get(crate::agent::labels::ENV))
+            .and_then(|l| l.get(crate::labels::ENV))
             .is_some_and(|e| *e != ctx.env)
     });
     AgentContext {

@@ -27,8 +27,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use crate::agent::labels;
 use crate::cluster::http::{Check, Registration};
+use crate::labels;
 
 /// What the agent knows about a container (from `docker inspect`).
 #[derive(Debug, Clone, Default)]
@@ -205,7 +205,7 @@ pub fn registrations(c: &ContainerInfo, ctx: &AgentContext) -> Result<Vec<Regist
             status: None,
         };
         out.push(Registration {
-            id: service_id(&ctx.host, &c.name, p.container_port),
+            id: labels::service_id(&ctx.host, &c.name, p.container_port),
             name,
             tags,
             address: ctx.advertise.clone(),
@@ -238,11 +238,6 @@ fn is_declared_instance(c: &ContainerInfo, ctx: &AgentContext, name: &str) -> bo
     label(labels::ENV) == Some(ctx.env.as_str())
         && label(labels::COMPONENT) == Some(labels::Component::Service.label())
         && label(labels::SERVICE) == Some(name)
-}
-
-/// Unique per host, container and port; readable in `consul catalog`.
-pub fn service_id(host: &str, container: &str, port: u16) -> String {
-    format!("{host}:{}:{port}", container.trim_start_matches('/'))
 }
 
 /// `SERVICE_*` settings: environment variables, overridden by labels.

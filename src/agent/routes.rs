@@ -20,8 +20,8 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::agent::labels::NOT_ROUTED_TAG;
 use crate::cluster::http::Instance;
+use crate::labels::NOT_ROUTED_TAG;
 
 /// Longest route name: one DNS label.
 pub const MAX_ROUTE_LEN: usize = 63;

@@ -35,7 +35,7 @@
 //! locally, and rotating the record key rotates every token with it.
 //!
 //! Pure: the names, rules and IDs only; creating them in Consul is
-//! [`crate::cluster::acl_sync`]'s job, which `up` runs against a server
+//! `acl_sync`'s job, which `up` runs against a server
 //! (see `cluster::consul::ensure_acl`).
 
 use hmac::{Hmac, Mac};

@@ -22,7 +22,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::consul::{ClusterView, Member, RaftPeer};
+use crate::cluster::view::{ClusterView, Member, RaftPeer};
 
 #[derive(Clone)]
 pub struct ConsulClient {

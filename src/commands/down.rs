@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::agent::labels::Component;
 use crate::cli::EventFormat;
 use crate::cluster::consul;
 use crate::error::EXIT_OK;
+use crate::labels::Component;
 use crate::pipeline::events::Reporter;
 use crate::pipeline::{execute, open, own_ports, Ctx, Unreachable};
 use crate::plan::reconcile::{render, Keep};

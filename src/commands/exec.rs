@@ -71,7 +71,7 @@ pub async fn run(
             .host
             .exec_streaming(&container, &args, &[], attach, write_output)
             .await?;
-        return Ok(super::run::exit_code(code));
+        return Ok(exit_code(code));
     }
     bail!("{}", tried.join("\n"))
 }
@@ -101,4 +101,10 @@ pub fn terminal_for(args: AttachArgs) -> (Attach, Option<RawMode>) {
         },
         raw,
     )
+}
+
+/// A container's exit code as the process's: 0..=255 as they are, anything
+/// else (a container killed by the engine, -1 for unknown) as 1.
+pub fn exit_code(code: i64) -> u8 {
+    u8::try_from(code).unwrap_or(1)
 }

@@ -8,11 +8,11 @@ use anyhow::Result;
 use comfy_table::{presets::NOTHING, Table};
 use serde::Serialize;
 
-use crate::agent::labels::{self, Component};
 use crate::cli::OutputFormat;
 use crate::clock::span;
 use crate::cluster::consul;
 use crate::error::{EXIT_FAILED, EXIT_OK};
+use crate::labels::{self, Component};
 use crate::pipeline::events::Reporter;
 use crate::pipeline::{open, Ctx, Unreachable};
 

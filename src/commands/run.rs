@@ -10,7 +10,7 @@
 
 use anyhow::Result;
 
-use super::exec::{terminal_for, write_output};
+use super::exec::{exit_code, terminal_for, write_output};
 use super::Ctx;
 use crate::cli::AttachArgs;
 use crate::error::input;
@@ -66,10 +66,4 @@ pub async fn run(
         .run_once_streaming(&spec, attach, write_output)
         .await?;
     Ok(exit_code(code))
-}
-
-/// A container's exit code as the process's: 0..=255 as they are, anything
-/// else (a container killed by the engine, -1 for unknown) as 1.
-pub fn exit_code(code: i64) -> u8 {
-    u8::try_from(code).unwrap_or(1)
 }

@@ -8,13 +8,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::Ctx;
-use crate::agent::labels::Component;
 use crate::cluster::http::{ConsulClient, ReadMode};
 use crate::cluster::{acl, record};
 use crate::engine::connect::{Connection, Connector};
 use crate::engine::docker::DockerHost;
 use crate::engine::tunnel::Tunnel;
 use crate::error::{input, EXIT_OK};
+use crate::labels::Component;
 use crate::topology::{Host, Role, Topology};
 
 pub async fn run(

@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::agent::labels::Component;
 use crate::cli::EventFormat;
 use crate::cluster::consul;
 use crate::error::EXIT_OK;
+use crate::labels::Component;
 use crate::pipeline::events::Reporter;
 use crate::pipeline::{execute, open, resolve_ports, waits, Ctx, Hosts, Unreachable};
 use crate::plan::desired::{desired_state, images_of, Secrets};
@@ -331,7 +331,7 @@ async fn record_last_up(
     hosts: &Hosts<'_>,
     t: &crate::topology::Topology,
     record_key: &[u8],
-    desired: &[crate::plan::desired::HostState],
+    desired: &[crate::spec::HostState],
     plan: &Plan,
     expires_at: Option<u64>,
 ) {

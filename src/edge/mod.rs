@@ -63,8 +63,7 @@ pub fn ca_holder(domain: &str) -> Result<String, String> {
 /// The ports the edge answers on.
 pub const PORTS: [u16; 2] = [80, 443];
 
-use crate::plan::desired::{ContainerSpec, FileSpec, Mount};
-use crate::topology::Limits;
+use crate::spec::{ContainerSpec, FileSpec, Limits, Mount};
 
 /// The edge container of a host: nginx ([`IMAGE`]) on the host's network,
 /// answering on [`PORTS`], with the shared default server. No volume: the
@@ -79,7 +78,7 @@ pub fn container() -> ContainerSpec {
         user: None,
         env: vec![],
         labels: std::collections::BTreeMap::from([(
-            crate::agent::labels::COMPONENT.to_string(),
+            crate::labels::COMPONENT.to_string(),
             COMPONENT.to_string(),
         )]),
         network_mode: Some("host".into()),
@@ -131,7 +130,7 @@ fn parked(name: &str, component: &str, volume: Option<&str>) -> ContainerSpec {
         user: None,
         env: vec![],
         labels: std::collections::BTreeMap::from([(
-            crate::agent::labels::COMPONENT.to_string(),
+            crate::labels::COMPONENT.to_string(),
             component.to_string(),
         )]),
         network_mode: Some("none".into()),

@@ -20,10 +20,9 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::{StreamExt, TryStreamExt};
 
-use crate::agent::labels;
 use crate::engine::{Delivered, Engine, ExecOutput};
-use crate::plan::desired::{ContainerSpec, FileSpec, VolumeSpec};
-use crate::plan::reconcile::{Observed, ObservedContainer};
+use crate::labels;
+use crate::spec::{ContainerSpec, EdgeSeen, FileSpec, Observed, ObservedContainer, VolumeSpec};
 
 /// One host's engine, named after the topology host it serves.
 #[derive(Clone)]
@@ -160,24 +159,24 @@ impl DockerHost {
             .collect())
     }
 
-    /// The ports each environment with containers here recorded.
-    pub async fn port_claims(&self) -> Result<Vec<crate::plan::ports::Claim>> {
-        let mut claims: Vec<crate::plan::ports::Claim> = self
+    /// The ports labels of the environments with containers here, as
+    /// (environment, label), each pair once; `plan::ports::claims` reads
+    /// them.
+    pub async fn port_labels(&self) -> Result<Vec<(String, String)>> {
+        let mut found: Vec<(String, String)> = self
             .stagectl_containers()
             .await?
             .into_iter()
             .filter_map(|c| {
-                let label = c.labels.get(crate::agent::labels::PORTS)?;
-                Some(crate::plan::ports::Claim {
-                    env: c.labels.get(labels::ENV)?.clone(),
-                    ports: Some(crate::plan::ports::from_label(label)?),
-                    tcp: crate::plan::ports::tcp_from_label(label),
-                })
+                Some((
+                    c.labels.get(labels::ENV)?.clone(),
+                    c.labels.get(labels::PORTS)?.clone(),
+                ))
             })
             .collect();
-        claims.sort_by(|a, b| a.env.cmp(&b.env));
-        claims.dedup_by(|a, b| a.env == b.env);
-        Ok(claims)
+        found.sort();
+        found.dedup();
+        Ok(found)
     }
 
     /// Names of environments with containers on this host.
@@ -305,7 +304,7 @@ impl DockerHost {
     }
 
     /// The host's edge proxy and the routes in it, if it has one.
-    pub async fn edge_seen(&self) -> Result<Option<crate::plan::edge::EdgeSeen>> {
+    pub async fn edge_seen(&self) -> Result<Option<EdgeSeen>> {
         use crate::edge;
         let Some(running) = self.edge_running().await? else {
             return Ok(None);
@@ -338,7 +337,7 @@ impl DockerHost {
             })
             .map(|(env, _)| env.clone())
             .collect();
-        Ok(Some(crate::plan::edge::EdgeSeen {
+        Ok(Some(EdgeSeen {
             running,
             routes,
             expiring,

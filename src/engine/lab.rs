@@ -25,11 +25,11 @@ use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, ListNetworksOptions,
 };
 
-use crate::agent::labels;
 use crate::engine::connect::LabAccess;
 use crate::engine::docker::{is_not_found, DockerHost};
-use crate::plan::desired::FileSpec;
-pub use crate::plan::lab::{host_container_name, network_name, LabObserved};
+use crate::labels;
+use crate::labels::{lab_host_container, lab_network};
+use crate::spec::{FileSpec, LabObserved};
 use crate::state::{private_dir, StateDir};
 use crate::topology::{Endpoint, Lab, Topology};
 
@@ -116,8 +116,8 @@ pub async fn create_host(
     let Some(Endpoint::Lab { ip }) = topology.host(host).map(|h| &h.endpoint) else {
         bail!("{host} is not a lab host");
     };
-    let network = network_name(&lab.name);
-    let name = host_container_name(&lab.name, host);
+    let network = lab_network(&lab.name);
+    let name = lab_host_container(&lab.name, host);
     let body = ContainerCreateBody {
         image: Some(topology.images.labhost.clone()),
         hostname: Some(host.to_string()),
@@ -191,7 +191,7 @@ pub async fn create_host(
 
 /// The lab's bridge, with the topology's subnet.
 pub async fn create_network(local: &DockerHost, lab: &Lab) -> Result<String> {
-    let name = network_name(&lab.name);
+    let name = lab_network(&lab.name);
     local
         .docker
         .create_network(NetworkCreateRequest {

@@ -8,8 +8,7 @@ use std::sync::Mutex;
 use anyhow::{bail, Result};
 
 use super::{Delivered, Engine, ExecOutput};
-use crate::plan::desired::{ContainerSpec, VolumeSpec};
-use crate::plan::reconcile::{Observed, ObservedContainer};
+use crate::spec::{ContainerSpec, Observed, ObservedContainer, VolumeSpec};
 
 /// One host's containers, volumes and images, in memory.
 #[derive(Default)]
@@ -151,9 +150,9 @@ impl Engine for MemoryEngine {
                 consul_server: c
                     .spec
                     .labels
-                    .get(crate::agent::labels::CONSUL_ROLE)
+                    .get(crate::labels::CONSUL_ROLE)
                     .map(|r| r == "server"),
-                made_for: c.spec.labels.get(crate::agent::labels::HOST).cloned(),
+                made_for: c.spec.labels.get(crate::labels::HOST).cloned(),
                 running: c.running,
                 never_started: !c.started_once,
                 image_id: c.image_id.clone(),
@@ -213,7 +212,7 @@ impl Engine for MemoryEngine {
         }
         let env = spec
             .labels
-            .get(crate::agent::labels::ENV)
+            .get(crate::labels::ENV)
             .cloned()
             .unwrap_or_default();
         let id = s.insert(&env, spec);

@@ -23,8 +23,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 
-use crate::plan::desired::{ContainerSpec, VolumeSpec};
-use crate::plan::reconcile::Observed;
+use crate::spec::{ContainerSpec, Observed, VolumeSpec};
 
 /// What a host's engine does for the pipeline. Methods take and return plain
 /// types; an engine's own types stay in its module.

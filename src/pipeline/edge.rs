@@ -21,8 +21,8 @@ use crate::engine::docker::{is_status, Attach, DockerHost};
 use crate::engine::Engine;
 use crate::pipeline::events::Reporter;
 use crate::pipeline::{open, Ctx, Hosts, Unreachable};
-use crate::plan::desired::FileSpec;
 use crate::plan::edge::EdgeStep;
+use crate::spec::FileSpec;
 use crate::topology::Topology;
 
 pub async fn execute(

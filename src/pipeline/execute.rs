@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::agent::labels::Component;
 use crate::cluster::consul;
 use crate::engine::docker::DockerHost;
 use crate::engine::Engine;
+use crate::labels::Component;
 use crate::pipeline::events::HostLine;
-use crate::plan::desired::ContainerSpec;
 use crate::plan::reconcile::{HostPlan, Step};
 use crate::plan::{LabStep, MemberChange, StepRef};
 use crate::poll::Check;
+use crate::spec::ContainerSpec;
 use crate::topology::Topology;
 
 /// Carry out one host's steps, in order, as part of `phase` (`host` or
@@ -273,14 +273,14 @@ async fn drain_and_replace(
         .unwrap_or_default();
     let limit = Duration::from_secs(t.consul.join_timeout_secs);
     crate::poll::until(limit, Duration::from_millis(200), || async {
-        let report = crate::cluster::discovery::service_report(lb, t)
+        let report = crate::pipeline::discovery::service_report(lb, t)
             .await
             .unwrap_or_default();
         let passing = report.get(&drain.service).is_some_and(|l| {
             l.iter()
                 .any(|i| i.instance.id == drain.service_id && i.status == "passing")
         });
-        let routed = crate::cluster::discovery::lb_status(lb, t)
+        let routed = crate::pipeline::discovery::lb_status(lb, t)
             .await
             .ok()
             .flatten()

@@ -8,11 +8,13 @@
 //!    local engine's images;
 //! 3. `plan::Plan`: topology + snapshot → the steps (pure);
 //! 4. [`execute`]: the steps carried out, reported as [`events`]; then
-//!    [`waits`]: the cluster formed, every instance routed.
+//!    [`waits`]: the cluster formed, every instance routed, as
+//!    [`discovery`] reads it from the load-balancer host's agents.
 //!
 //! The local lab is the one thing made before the snapshot: its hosts can
 //! only be looked into once they run (`up` creates them, then connects).
 
+pub mod discovery;
 pub mod edge;
 pub mod events;
 pub mod execute;
@@ -27,16 +29,17 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use futures_util::StreamExt;
 
-use crate::agent::labels::Component;
 use crate::cluster::consul::{get_last_up, LastUp, LastUpRead};
 use crate::cluster::record;
 use crate::engine::connect::{local_engine, Connection, Connector};
 use crate::engine::docker::DockerHost;
 use crate::engine::kept_ssh::KeptMasters;
-use crate::engine::lab::{self, LabObserved};
+use crate::engine::lab;
 use crate::engine::Engine;
+use crate::labels::Component;
 use crate::plan::desired::{desired_state, Secrets, CONSUL_CONFIG_DIR};
 use crate::plan::{HostSnapshot, Snapshot};
+use crate::spec::LabObserved;
 use crate::state::StateDir;
 use crate::topology::{Endpoint, Host, Topology};
 use events::{HostLine, Reporter};
@@ -632,11 +635,11 @@ pub async fn resolve_ports(t: &Topology, hosts: &[&DockerHost]) -> Result<Topolo
     let mut claims = Vec::new();
     let looks = hosts
         .iter()
-        .map(|h| async move { tokio::try_join!(h.port_claims(), h.edge_running()) });
+        .map(|h| async move { tokio::try_join!(h.port_labels(), h.edge_running()) });
     let mut edge = t.lb.edge;
     for found in futures_util::future::join_all(looks).await {
         let (found, edge_here) = found?;
-        claims.extend(found);
+        claims.extend(crate::plan::ports::claims(found));
         edge |= edge_here.is_some();
     }
     let in_file = |why: String| {
@@ -670,9 +673,9 @@ pub async fn resolve_ports(t: &Topology, hosts: &[&DockerHost]) -> Result<Topolo
 /// Without this, a preview on block k would be asked about on block 0,
 /// which is another environment's.
 pub async fn own_ports(t: &Topology, hosts: &[&DockerHost]) -> Result<Topology> {
-    let looks = hosts.iter().map(|h| h.port_claims());
-    for claims in futures_util::future::join_all(looks).await {
-        let own = claims?
+    let looks = hosts.iter().map(|h| h.port_labels());
+    for found in futures_util::future::join_all(looks).await {
+        let own = crate::plan::ports::claims(found?)
             .into_iter()
             .find(|c| c.env == t.name)
             .and_then(|c| c.ports);

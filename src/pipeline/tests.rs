@@ -7,9 +7,10 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::Engine;
 use crate::pipeline::events::Reporter;
 use crate::pipeline::execute::host_steps;
-use crate::plan::desired::{desired_state, HostState, Secrets};
+use crate::plan::desired::{desired_state, Secrets};
 use crate::plan::reconcile::Step;
 use crate::plan::{HostSnapshot, Plan, Snapshot, Wait};
+use crate::spec::HostState;
 use crate::topology::{self, Topology};
 
 const AGENT_ID: &str = "sha256:agent-1";

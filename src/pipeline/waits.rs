@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use super::discovery;
 use super::events::Reporter;
 use super::Hosts;
-use crate::cluster::{consul, discovery};
+use crate::cluster::consul;
 use crate::engine::docker::DockerHost;
 use crate::plan::{Expect, MemberChange, Wait};
 use crate::poll::Check;

@@ -12,18 +12,8 @@ use serde::Serialize;
 
 use super::{Snapshot, StepRef};
 use crate::edge::conf::{self, Route};
+use crate::spec::EdgeSeen;
 use crate::topology::Topology;
-
-/// A host's edge proxy as the snapshot saw it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EdgeSeen {
-    pub running: bool,
-    /// Environment → the text of its route file.
-    pub routes: BTreeMap<String, String>,
-    /// Environments whose certificate, issued by the hosts' CA, expires
-    /// within [`crate::edge::ca::RENEW_WITHIN_SECS`] (or cannot be read).
-    pub expiring: std::collections::BTreeSet<String>,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]

@@ -2,33 +2,10 @@
 //! engine, the names of its objects, and the steps that make what is
 //! missing (carried out by `engine::lab`).
 
-use std::collections::HashMap;
-
 use serde::Serialize;
 
+use crate::spec::LabObserved;
 use crate::topology::{Endpoint, Topology};
-
-pub fn network_name(lab: &str) -> String {
-    format!("{lab}-lab")
-}
-
-pub fn host_container_name(lab: &str, host: &str) -> String {
-    format!("{lab}-{host}")
-}
-
-/// What exists of a lab on the local engine.
-#[derive(Debug, Default, Clone)]
-pub struct LabObserved {
-    pub network: Option<String>,
-    /// Lab host containers by topology host name: (id, running).
-    pub hosts: HashMap<String, (String, bool)>,
-    /// Their fixed addresses on the lab's bridge: how a lab host taken out
-    /// of the topology is still reached (and its key checked).
-    pub addresses: HashMap<String, std::net::Ipv4Addr>,
-    /// Lab host containers created but never started: a run was
-    /// interrupted before their keys went in. Replaced by `ensure`.
-    pub half_made: Vec<String>,
-}
 
 /// A step of the local lab, carried out on the local engine before any host
 /// is connected to.
@@ -102,7 +79,7 @@ pub fn lab_steps(t: &Topology, seen: Option<&LabObserved>) -> Vec<LabStep> {
     let mut steps = Vec::new();
     if seen.network.is_none() {
         steps.push(LabStep::CreateNetwork {
-            name: network_name(&lab.name),
+            name: crate::labels::lab_network(&lab.name),
             subnet: lab.subnet.to_string(),
         });
     }

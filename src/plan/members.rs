@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::desired::CONSUL_DATA_DIR;
 use super::reconcile::{HostPlan, Rejoin, Step, StepRef};
 use super::{HostSnapshot, Snapshot};
-use crate::agent::labels::Component;
+use crate::labels::Component;
 use crate::topology::Topology;
 
 /// One membership change and what must hold before the next.

@@ -24,7 +24,7 @@ pub mod ports;
 pub mod reconcile;
 pub mod stages;
 
-pub use lab::{lab_steps, LabObserved, LabStep};
+pub use lab::{lab_steps, LabStep};
 pub use members::{Expect, MemberChange};
 pub use reconcile::StepRef;
 pub use stages::Stage;
@@ -33,9 +33,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::spec::{EdgeSeen, HostState, LabObserved, Observed};
 use crate::topology::{Role, Topology};
-use desired::HostState;
-use reconcile::{HostPlan, Observed, Step};
+use reconcile::{HostPlan, Step};
 
 /// What the pipeline saw before planning: one entry per topology host, in
 /// topology order, and the local engine's images.
@@ -65,7 +65,7 @@ pub struct HostSnapshot {
     /// Tried and not reached (`down` and `status` go on without it).
     pub unreachable: bool,
     /// The host's edge proxy, if it has one (see `crate::edge`).
-    pub edge: Option<edge::EdgeSeen>,
+    pub edge: Option<EdgeSeen>,
 }
 
 /// Something `up` waits for once the hosts' steps are done.
@@ -164,7 +164,7 @@ impl Plan {
         plan.members = members::plan(t, snapshot, &mut plan.hosts)?;
         plan.stages = stages::plan(t, desired, &mut plan.hosts, &mut plan.rolling);
         if let Some(server) = t.hosts.iter().find(|h| h.consul_server) {
-            let consul = crate::agent::labels::Component::Consul.container(&t.name);
+            let consul = crate::labels::Component::Consul.container(&t.name);
             plan.cluster = Some(Wait::Cluster {
                 host: server.name.clone(),
                 members: t

@@ -13,7 +13,8 @@
 //! recorded in the same label (`tcp=<port>+<port>`) and take the block's
 //! spare ports after `lb_http` unless declared (`Topology::tcp_ports`).
 //!
-//! Pure: the claims are plain data gathered by `docker::port_claims`.
+//! Pure: the claims are read from the labels `DockerHost::port_labels`
+//! gathers.
 
 use std::collections::BTreeMap;
 
@@ -88,6 +89,25 @@ pub fn to_label(p: &Ports, tcp: &[u16]) -> String {
         out.push(format!("tcp={}", ports.join("+")));
     }
     out.join(",")
+}
+
+/// The claims of the environments whose ports labels a host shows, as
+/// (environment, label) pairs: one per environment, in name order; a label
+/// that does not read is no claim.
+pub fn claims(labels: Vec<(String, String)>) -> Vec<Claim> {
+    let mut claims: Vec<Claim> = labels
+        .into_iter()
+        .filter_map(|(env, label)| {
+            Some(Claim {
+                ports: Some(from_label(&label)?),
+                tcp: tcp_from_label(&label),
+                env,
+            })
+        })
+        .collect();
+    claims.sort_by(|a, b| a.env.cmp(&b.env));
+    claims.dedup_by(|a, b| a.env == b.env);
+    claims
 }
 
 /// The TCP listeners a label records.
@@ -212,6 +232,29 @@ mod tests {
 
     fn resolve(env: &str, declared: Option<Ports>, claims: &[Claim]) -> Result<Ports, String> {
         super::resolve(env, declared, claims, |_| vec![])
+    }
+
+    #[test]
+    fn claims_are_one_per_environment_and_unreadable_labels_claim_nothing() {
+        let b1 = to_label(&block(1), &[6379]);
+        let found = claims(vec![
+            ("b".into(), "lb_http=garbage".into()),
+            ("b".into(), b1.clone()),
+            ("a".into(), to_label(&block(2), &[])),
+            ("a".into(), to_label(&block(2), &[])),
+            ("c".into(), "consul_http=8500".into()),
+        ]);
+        let seen: Vec<(&str, Option<Ports>, &[u16])> = found
+            .iter()
+            .map(|c| (c.env.as_str(), c.ports, c.tcp.as_slice()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("a", Some(block(2)), &[][..]),
+                ("b", Some(block(1)), &[6379][..])
+            ]
+        );
     }
 
     #[test]

@@ -1,49 +1,16 @@
 //! Desired state against observed state: a plan of steps per host.
 //!
-//! Pure: the observed side is plain data gathered by `docker::observe`, so
-//! every decision (create, replace, start, remove, leave alone) is made here
-//! and unit-tested without a daemon. The executor in `commands::apply` then
-//! carries the steps out without deciding anything.
+//! Pure: the observed side is plain data ([`crate::spec::Observed`]) that
+//! an engine's `observe` gathers, so every decision (create, replace,
+//! start, remove, leave alone) is made here with its cause and unit-tested
+//! without a daemon. `pipeline::execute` then carries the steps out.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::agent::labels::Component;
-use crate::plan::desired::{ContainerSpec, HostState, VolumeSpec};
-
-/// What runs on a host for this environment, found by its labels.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Observed {
-    pub containers: Vec<ObservedContainer>,
-    pub volumes: Vec<String>,
-    /// The ID each image reference the plan uses points at on the host, so a
-    /// rebuilt image replaces the containers made from the old one.
-    pub image_ids: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ObservedContainer {
-    pub id: String,
-    pub name: String,
-    pub component: String,
-    pub spec_hash: Option<String>,
-    /// For a Consul agent, whether it runs as a server (its role label);
-    /// `None` for other containers and agents made before the label.
-    pub consul_server: Option<bool>,
-    /// The topology host it was made for (its host label). For a Consul
-    /// agent that is its node name: a different one means the host was
-    /// renamed.
-    pub made_for: Option<String>,
-    pub running: bool,
-    /// Created but never started: `up` creates a container, puts its files
-    /// in (gossip key, agent config), then starts it. One left in this
-    /// state was interrupted in between and may lack its files, whatever
-    /// its spec hash says: it is replaced, never started as it is.
-    pub never_started: bool,
-    pub image_id: String,
-}
+use crate::labels::Component;
+use crate::spec::{ContainerSpec, HostState, Observed, VolumeSpec};
 
 /// A planned step as a flat record: what `plan -o json` prints and what
 /// `up -o json` reports when it carries it out (same fields, so the two
@@ -461,6 +428,7 @@ pub fn render(plans: &[HostPlan]) -> String {
 mod tests {
     use super::*;
     use crate::plan::desired::{desired_state, Secrets};
+    use crate::spec::ObservedContainer;
     use crate::topology;
     use std::path::Path;
 

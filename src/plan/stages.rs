@@ -20,9 +20,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::desired::{service_volume, HostState};
+use super::desired::service_volume;
 use super::reconcile::{HostPlan, Step};
 use super::Wait;
+use crate::spec::HostState;
 use crate::topology::{Role, Service, Topology};
 
 /// One service's stage.

@@ -11,6 +11,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// Defined with the container specs, which carry it as it is (it is part
+/// of their hash); the topology is where it is read from.
+pub use crate::spec::Limits;
+
 /// A whole environment, as described by one topology file.
 #[derive(Debug, Clone, Serialize)]
 pub struct Topology {
@@ -224,23 +228,6 @@ pub struct Service {
     /// instance is created or replaced (a migration); a failure stops the
     /// rollout with the old instances serving.
     pub before_rollout: Option<Vec<String>>,
-}
-
-/// Resource limits and the restart policy of a service's instances.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Limits {
-    pub memory_bytes: Option<u64>,
-    /// Billionths of a CPU (Docker's NanoCPUs).
-    pub nano_cpus: Option<u64>,
-    /// Docker's restart policy name; `None` for stagectl's default,
-    /// `unless-stopped`.
-    pub restart: Option<String>,
-}
-
-impl Limits {
-    pub fn is_default(&self) -> bool {
-        *self == Limits::default()
-    }
 }
 
 /// How an instance's health is checked, and how often. A check that

@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 
 use super::{ClusterStatus, ContainerStatus, HostStatus, LbView, ServiceStatus, Status};
-use crate::agent::labels::{self, Component};
-use crate::cluster::consul::{cluster_view, get_last_up, ClusterView};
-use crate::cluster::discovery;
+use crate::cluster::consul::{cluster_view, get_last_up};
+use crate::cluster::view::ClusterView;
 use crate::engine::connect::Connection;
+use crate::labels::{self, Component};
+use crate::pipeline::discovery;
 use crate::pipeline::events::Reporter;
 use crate::pipeline::{open, resolve_ports, Attempt, Ctx, Unreachable};
 use crate::topology::{Host, Role, Topology};

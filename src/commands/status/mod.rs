@@ -79,7 +79,7 @@ pub struct ClusterStatus {
     pub asked: String,
     pub leader: Option<String>,
     pub servers: usize,
-    pub members: Vec<crate::cluster::consul::Member>,
+    pub members: Vec<crate::cluster::view::Member>,
 }
 
 pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {

@@ -19,7 +19,7 @@ impl Validator {
                             a.value,
                             choices.join(", ")
                         ),
-                        format!("all: also containers without an environment label (the default); labeled: only containers labelled {}=<env>", crate::agent::labels::ENV),
+                        format!("all: also containers without an environment label (the default); labeled: only containers labelled {}=<env>", crate::labels::ENV),
                     );
                     Adopt::default()
                 }

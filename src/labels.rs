@@ -1,4 +1,7 @@
-//! The labels stagectl puts on everything it creates.
+//! The contract between stagectl, its agents and the hosts: the labels it
+//! puts on everything it creates, the names it gives them, and the Consul
+//! service IDs the registration agent makes (the plan drains instances by
+//! them). It imports nothing of the project, so every layer can share it.
 //!
 //! Ownership is decided by labels, never by names: `down` removes exactly what
 //! carries this environment's label, so a same-named container someone else
@@ -113,4 +116,20 @@ impl std::fmt::Display for Component {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.label())
     }
+}
+
+/// The Consul service ID of one published port of a container: unique per
+/// host, container and port, and readable in `consul catalog`.
+pub fn service_id(host: &str, container: &str, port: u16) -> String {
+    format!("{host}:{}:{port}", container.trim_start_matches('/'))
+}
+
+/// The lab's bridge network on the local engine.
+pub fn lab_network(lab: &str) -> String {
+    format!("{lab}-lab")
+}
+
+/// The container of lab host `host` on the local engine.
+pub fn lab_host_container(lab: &str, host: &str) -> String {
+    format!("{lab}-{host}")
 }

@@ -3,8 +3,8 @@
 //! agent's container, which has the stagectl binary and loopback access to
 //! Consul), and what the template agent last did to nginx.
 
-use crate::agent::labels::Component;
 use crate::engine::Engine;
+use crate::labels::Component;
 use std::collections::BTreeMap;
 use std::time::Duration;
 

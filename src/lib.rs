@@ -1,19 +1,21 @@
 //! stagectl: a YAML topology of Docker hosts in, a staging environment with
 //! Consul discovery and nginx load balancing out.
 //!
-//! The data flows one way, and the modules follow it:
+//! The data flows one way, and the modules follow it (each imports only
+//! those listed after it; `tests/layout.rs` checks the README's drawing):
 //!
-//! - [`topology`]: the file → a validated model (no I/O beyond reading it).
-//! - [`plan`]: the model → what each host should run (pure), then desired
-//!   against a snapshot of what runs → one plan of steps (pure).
-//! - [`engine`]: the hosts' container engines behind one trait (Docker over
-//!   SSH, TLS or a socket; the local lab; an in-memory one for tests).
+//! - [`commands`]: one thin module per verb.
 //! - [`pipeline`]: connect every host once, take the snapshot, execute the
 //!   plan, and report events to a terminal, plain lines or JSON.
-//! - [`cluster`]: Consul and the agents as stagectl sees them from outside.
-//! - [`agent`]: what runs inside the containers (registration, template),
-//!   and the contract both sides share (labels).
-//! - [`commands`]: one thin module per verb.
+//! - [`plan`]: the model → what each host should run (pure), then desired
+//!   against a snapshot of what runs → one plan of steps (pure).
+//! - [`agent`]: what runs inside the containers (registration, template).
+//! - [`cluster`]: Consul as stagectl sees it from outside.
+//! - [`engine`]: the hosts' container engines behind one trait (Docker over
+//!   SSH, TLS or a socket; the local lab; an in-memory one for tests).
+//! - [`topology`]: the file → a validated model (no I/O beyond reading it).
+//! - [`spec`] and [`labels`]: the plain types and the label contract every
+//!   layer shares; they import nothing of the project.
 
 pub mod agent;
 pub mod cli;

@@ -14,10 +14,11 @@ use crate::cli::EventFormat;
 use crate::cluster::consul;
 use crate::error::EXIT_OK;
 use crate::labels::Component;
+use crate::pipeline::conduct::Run;
 use crate::pipeline::events::Reporter;
 use crate::pipeline::{execute, open, own_ports, Ctx, Unreachable};
-use crate::plan::reconcile::{render, Keep};
-use crate::plan::{members, HostSnapshot, Plan};
+use crate::plan::reconcile::Keep;
+use crate::plan::{members, HostSnapshot, Phase, Plan};
 use crate::state::KeptKey;
 
 /// How far `down` goes.
@@ -98,14 +99,11 @@ pub async fn run_for(ctx: &Ctx, options: Options) -> Result<Outcome> {
             print_dry_run(t, &plan, options.output)?;
             return Ok(Outcome::Left("a dry run".into()));
         }
-        super::lock::confirm(&mut lock).await?;
-        let executed = execute::hosts_in_parallel(&hosts, &plan.hosts, &t.name, ctx.parallel, "host")
+        let mut timings = crate::pipeline::conduct::Timings::start();
+        let executed = Run::new(ctx, &hosts, &mut lock, &reporter, &mut timings)
+            .phases(&plan, None, async {})
             .await;
-        let executed = match executed {
-            Ok(()) => crate::pipeline::edge::execute(&hosts, t, &plan.edge, &reporter).await,
-            failed => failed,
-        };
-        for p in plan.hosts.iter().filter(|p| p.is_noop()) {
+        for p in plan.hosts().iter().filter(|p| p.is_noop()) {
             if let Some(line) = hosts.line(&p.host) {
                 line.ok("nothing of this environment here");
             }
@@ -119,7 +117,7 @@ pub async fn run_for(ctx: &Ctx, options: Options) -> Result<Outcome> {
             .filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}")))
             .collect();
         if executed.is_ok() {
-            remove_lab(ctx, &hosts, &snapshot, &plan, options.keep, &reporter).await?;
+            say_why_the_lab_stays(ctx, &snapshot, &plan, options.keep, &reporter);
         }
         executed?;
         if !unreachable.is_empty() {
@@ -177,40 +175,30 @@ fn print_dry_run(t: &crate::topology::Topology, plan: &Plan, output: EventFormat
         }
         return Ok(());
     }
-    print!("{}", render(&plan.hosts));
-    if let Some(lab) = &t.lab {
-        for step in &plan.lab {
-            println!("lab {}  {}", lab.name, step.describe());
-        }
-    }
-    for step in &plan.edge {
-        let r = step.reference();
-        println!("edge on {}: {} {}", r.host, step.verb(), r.subject);
-    }
+    print!("{}", crate::plan::print::text(t, plan));
     println!("{}. Nothing was changed (--dry-run).", plan.totals());
     Ok(())
 }
 
-/// The lab goes once no environment is left on its hosts (the plan says
-/// so); otherwise say why it stays.
-async fn remove_lab(
+/// When the plan keeps the lab, say why: another environment uses it, a
+/// host could not be checked, or it holds the kept data.
+fn say_why_the_lab_stays(
     ctx: &Ctx,
-    hosts: &crate::pipeline::Hosts<'_>,
     snapshot: &crate::plan::Snapshot,
     plan: &Plan,
     keep: Keep,
     reporter: &Reporter,
-) -> Result<()> {
+) {
     let t = &ctx.topology;
-    let (Some(lab), Some(local)) = (&t.lab, &hosts.local) else {
-        return Ok(());
+    let Some(lab) = &t.lab else {
+        return;
     };
-    if !plan.lab.is_empty() {
-        let line = reporter.host("lab");
-        execute::lab_steps(local, t, &ctx.state, &plan.lab, &line).await?;
-        hosts.close_kept_masters(t.lab_hosts()).await;
-        line.finish();
-        return Ok(());
+    let removed = plan
+        .phases
+        .iter()
+        .any(|p| matches!(p, Phase::Lab(steps) if !steps.is_empty()));
+    if removed {
+        return;
     }
     let users: std::collections::BTreeSet<&str> = snapshot
         .hosts
@@ -230,7 +218,6 @@ async fn remove_lab(
         )
     };
     reporter.println(&format!("lab {} kept: {why}", lab.name));
-    Ok(())
 }
 
 /// `down --host`: clear one host (its agent leaves the cluster first), of

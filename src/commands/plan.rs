@@ -14,8 +14,7 @@ use crate::error::EXIT_OK;
 use crate::pipeline::events::Reporter;
 use crate::pipeline::{open, resolve_ports, Ctx, Unreachable};
 use crate::plan::desired::{desired_state, images_of, Secrets};
-use crate::plan::reconcile::{render, HostPlan, Step};
-use crate::plan::{lab_steps, Plan};
+use crate::plan::Plan;
 
 pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
     let values = crate::secrets::read(&ctx.topology.services)?;
@@ -51,8 +50,7 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
     let key = hosts.gossip_key(t, stored, &secrets, &snapshot).await?;
     secrets.gossip_key = key.unwrap_or_else(|| "(a new key)".into());
     let desired = desired_state(t, &secrets);
-    let mut plan = Plan::up(t, &desired, &snapshot).map_err(crate::error::input)?;
-    plan.lab = lab_steps(t, snapshot.lab.as_ref());
+    let plan = Plan::up(t, &desired, &snapshot).map_err(crate::error::input)?;
 
     if output == OutputFormat::Json {
         for step in plan.steps() {
@@ -76,38 +74,7 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
         t.consul_servers().count(),
         t.consul.bootstrap_expect
     );
-    if let Some(lab) = &t.lab {
-        for step in &plan.lab {
-            println!("lab {}  {}", lab.name, step.describe());
-        }
-    }
-    print!("{}", render(&with_rolling(&plan.hosts, &plan.rolling)));
-    if !plan.members.is_empty() {
-        println!("Consul membership, one change at a time:");
-        for change in &plan.members {
-            print!("{}", render(&[change.as_host_plan()]));
-            let wait = change.wait_reference();
-            println!("  then wait until {} (asked {})", wait.subject, wait.host);
-        }
-    }
-    for stage in &plan.stages {
-        println!("service {}, in order:", stage.service);
-        if let Some(crate::plan::Wait::Passing { services, host }) = &stage.after {
-            let who = match &services[..] {
-                [one] => format!("{one} has"),
-                many => format!("{} each have", crate::pipeline::join_and(many)),
-            };
-            println!("  first wait until {who} a passing instance the LB routes to (asked {host})");
-        }
-        if let Some((host, step)) = &stage.before_rollout {
-            println!("  then run once on {host}: {}", step.describe());
-        }
-        print!("{}", render(&with_rolling(&stage.hosts, &stage.rolling)));
-    }
-    for step in &plan.edge {
-        let r = step.reference();
-        println!("edge on {}: {} {}", r.host, step.verb(), r.subject);
-    }
+    print!("{}", crate::plan::print::text(t, &plan));
     for gone in snapshot.departed.iter().filter(|d| d.unreachable) {
         println!(
             "{}: out of the topology and not reached; what runs there stays until `stagectl down --host {}` clears it",
@@ -116,20 +83,4 @@ pub async fn run(ctx: &Ctx, output: OutputFormat) -> Result<u8> {
     }
     println!("{}. Nothing was changed.", plan.totals());
     Ok(EXIT_OK)
-}
-
-/// Host plans with the drained replacements shown under their hosts, last.
-fn with_rolling(hosts: &[HostPlan], rolling: &[(String, Step)]) -> Vec<HostPlan> {
-    let mut out = hosts.to_vec();
-    for (host, step) in rolling {
-        match out.iter_mut().find(|p| p.host == *host) {
-            Some(p) => p.steps.push(step.clone()),
-            None => out.push(HostPlan {
-                host: host.clone(),
-                steps: vec![step.clone()],
-                unchanged: vec![],
-            }),
-        }
-    }
-    out
 }

@@ -1,9 +1,8 @@
 //! `stagectl up`: converge every host to the topology, through the
 //! pipeline: connect (abort if any host is unreachable: nothing changes
-//! anywhere), take the lock, make the local lab, snapshot, plan, execute
-//! the plan, wait for the Consul cluster and the routes.
-
-use std::time::Instant;
+//! anywhere), take the lock, make the local lab, snapshot, work out the
+//! keys, plan, and hand the plan's phases to the conductor
+//! (`pipeline::conduct`).
 
 use anyhow::{Context, Result};
 
@@ -11,10 +10,11 @@ use crate::cli::EventFormat;
 use crate::cluster::consul;
 use crate::error::EXIT_OK;
 use crate::labels::Component;
+use crate::pipeline::conduct::{Run, Timings, Tokens};
 use crate::pipeline::events::Reporter;
-use crate::pipeline::{execute, open, resolve_ports, waits, Ctx, Hosts, Unreachable};
+use crate::pipeline::{open, resolve_ports, Ctx, Hosts, Unreachable};
 use crate::plan::desired::{desired_state, images_of, Secrets};
-use crate::plan::{lab_steps, Plan, Wait};
+use crate::plan::{lab_steps, Phase, Plan, Wait};
 use crate::state::KeptKey;
 
 /// `ttl`: `--ttl` in seconds (0: no expiry); none: the expiry stays as the
@@ -63,23 +63,22 @@ async fn converge<'a>(
     // The lab first: its hosts can only be looked into once they run. As
     // it is now, under the lock (another run may have made it meanwhile).
     hosts.refresh_lab(ctx).await?;
-    let lab = lab_steps(t, hosts.lab.as_ref());
-    if let (Some(l), Some(local)) = (&t.lab, &hosts.local) {
+    if let Some(l) = &t.lab {
         reporter.println(&format!(
             "lab {}: {} hosts on {}",
             l.name,
             t.lab_hosts().count(),
             l.subnet
         ));
-        if !lab.is_empty() {
-            super::lock::confirm(lock).await?;
-            let line = reporter.host("lab");
-            execute::lab_steps(local, t, &ctx.state, &lab, &line).await?;
-            line.finish();
-        }
+        let lab = Plan {
+            phases: vec![Phase::Lab(lab_steps(t, hosts.lab.as_ref()))],
+        };
+        Run::new(ctx, hosts, lock, reporter, &mut timings)
+            .phases(&lab, None, async {})
+            .await?;
         hosts.connect_lab(ctx, reporter).await?;
+        timings.mark("lab");
     }
-    timings.mark("lab");
 
     let t = &resolve_ports(t, &hosts.reachable()).await?;
     let mut snapshot = hosts.snapshot(t, &images_of(t)).await?;
@@ -154,18 +153,9 @@ async fn converge<'a>(
         None => ctx.state.gossip_key(&t.name)?, // a new environment: a new key
     };
     let desired = desired_state(t, &secrets);
-    let mut plan = Plan::up(t, &desired, &snapshot).map_err(crate::error::input)?;
-    plan.lab = lab;
+    let plan = Plan::up(t, &desired, &snapshot).map_err(crate::error::input)?;
     timings.mark("snapshot and plan");
-    if !plan.is_noop() {
-        super::lock::confirm(lock).await?;
-    }
 
-    execute::hosts_in_parallel(hosts, &plan.hosts, &t.name, ctx.parallel, "host").await?;
-    timings.mark("hosts");
-    let hosts: &Hosts = hosts;
-    let lb = plan.routes.as_ref().map(Wait::host).context("no lb host")?;
-    let lb_engine = hosts.engine(lb).context("the lb host is connected")?;
     // Every token first: the agents' views of the cluster are read with
     // theirs. Departed hosts keep theirs until they are cleared (their
     // agents leave with them).
@@ -184,82 +174,22 @@ async fn converge<'a>(
         .as_deref()
         .map(|k| crate::cluster::acl::master(k, &t.name))
         .filter(|m| *m != acl_plan.master);
-    let acl_timeout = std::time::Duration::from_secs(t.consul.join_timeout_secs);
-    let first_acl_plan = crate::cluster::acl::AclPlan {
-        master: held_master
-            .clone()
-            .unwrap_or_else(|| acl_plan.master.clone()),
-        tokens: acl_plan.tokens.clone(),
+    let tokens = Tokens {
+        server: t.consul_servers().find_map(|s| hosts.engine(&s.name)),
+        first: crate::cluster::acl::AclPlan {
+            master: held_master
+                .clone()
+                .unwrap_or_else(|| acl_plan.master.clone()),
+            tokens: acl_plan.tokens.clone(),
+        },
+        then: held_master.is_some().then(|| acl_plan.clone()),
+        timeout: std::time::Duration::from_secs(t.consul.join_timeout_secs),
     };
-    // Through a server: a client agent starts only once its token exists.
-    let acl_server = t.consul_servers().find_map(|s| hosts.engine(&s.name));
-    let cluster = || async {
-        let Some(wait) = &plan.cluster else {
-            return Ok(());
-        };
-        consul::ensure_acl(
-            acl_server.context("no connected Consul server")?,
-            &t.name,
-            t.ports.consul_http,
-            &first_acl_plan,
-            acl_timeout,
-        )
+    let record = record_last_up(hosts, t, &secrets.record_key, &desired, &plan, expires_at);
+    Run::new(ctx, hosts, lock, reporter, &mut timings)
+        .phases(&plan, Some(&tokens), record)
         .await?;
-        waits::cluster(hosts, t, wait, reporter).await
-    };
-    // Services are registered by the agents, not by `up`: wait until the
-    // load balancer routes every instance, so "up" means "answering".
-    let routes = || async {
-        let Some(wait) = &plan.routes else {
-            return Ok(());
-        };
-        let (routed, ()) = tokio::join!(
-            waits::routes(lb_engine, t, wait, reporter),
-            record_last_up(hosts, t, &secrets.record_key, &desired, &plan, expires_at)
-        );
-        routed
-    };
-    if plan.is_noop() {
-        // Nothing changed, so nothing waits on anything: the cluster and the
-        // routes are only checked, both at once.
-        hosts.finish();
-        let (clustered, routed) = tokio::join!(cluster(), routes());
-        clustered?;
-        routed?;
-        timings.mark("cluster and routes");
-    } else {
-        cluster().await?;
-        timings.mark("cluster");
-        execute::member_changes(hosts, t, &plan.members, reporter).await?;
-        if held_master.is_some() {
-            consul::ensure_acl(
-                acl_server.context("no connected Consul server")?,
-                &t.name,
-                t.ports.consul_http,
-                &acl_plan,
-                acl_timeout,
-            )
-            .await?;
-        }
-        timings.mark("members");
-        for (host, step) in &plan.rolling {
-            let (engine, line) = (hosts.engine(host), hosts.line(host));
-            let (Some(engine), Some(line)) = (engine, line) else {
-                continue;
-            };
-            execute::rolling_replace(engine, lb_engine, t, step, line, "rolling").await?;
-        }
-        timings.mark("rolling");
-        for stage in &plan.stages {
-            execute::stage(hosts, t, stage, lb_engine, reporter, ctx.parallel).await?;
-        }
-        timings.mark("stages");
-        hosts.finish();
-        routes().await?;
-        timings.mark("routes");
-    }
-    crate::pipeline::edge::execute(hosts, t, &plan.edge, reporter).await?;
-    timings.mark("edge");
+    let lb = plan.routes().map(Wait::host).context("no lb host")?;
     Ok(finished(t, lb, &plan, timings, reporter))
 }
 
@@ -298,33 +228,6 @@ fn finished(
     EXIT_OK
 }
 
-/// Where a run's time went, phase by phase (seconds, to the millisecond):
-/// in the `up` event of `-o json`, for benchmarks and slow runs.
-struct Timings {
-    started: Instant,
-    last: Instant,
-    phases: serde_json::Map<String, serde_json::Value>,
-}
-
-impl Timings {
-    fn start() -> Timings {
-        let now = Instant::now();
-        Timings {
-            started: now,
-            last: now,
-            phases: serde_json::Map::new(),
-        }
-    }
-
-    /// The time since the last mark was spent in `phase`.
-    fn mark(&mut self, phase: &str) {
-        let now = Instant::now();
-        let ms = (now - self.last).as_millis() as f64;
-        self.phases.insert(phase.to_string(), (ms / 1000.0).into());
-        self.last = now;
-    }
-}
-
 /// Keep what this run applied in the cluster (see `consul::LastUp`). A
 /// failure to is a warning: the environment is up either way.
 async fn record_last_up(
@@ -335,7 +238,7 @@ async fn record_last_up(
     plan: &Plan,
     expires_at: Option<u64>,
 ) {
-    let Some(server) = plan.cluster.as_ref().and_then(|w| hosts.engine(w.host())) else {
+    let Some(server) = plan.cluster().and_then(|w| hosts.engine(w.host())) else {
         return;
     };
     // Hosts out of the topology not reached: a later run clears them.

@@ -112,9 +112,20 @@ impl Reporter {
         }
     }
 
-    /// Width of the name column, for summary lines that align with hosts.
-    pub fn width(&self) -> usize {
-        self.width
+    /// A wait was met: `rows` say what was found, each as (what, text).
+    /// On a terminal or plain lines each is a checked line aligned with the
+    /// hosts' names; in JSON the texts alone are the `note`, one a line,
+    /// with no colour and no padding.
+    pub fn met(&self, step: &StepRef, started: Instant, rows: &[(&str, String)]) {
+        if self.json {
+            let texts: Vec<&str> = rows.iter().map(|(_, text)| text.as_str()).collect();
+            emit(step, "done", started, json!({ "note": texts.join("\n") }));
+            return;
+        }
+        let mark = Stream::Stderr.good("✔");
+        for (what, text) in rows {
+            self.println(&format!("{what:<w$}  {mark} {text}", w = self.width));
+        }
     }
 
     /// A line printed above the bars (or plainly).

@@ -1,6 +1,6 @@
-//! The executor: carries out a plan's steps, in order, reporting each as
-//! events on its host's line. It makes no decisions; those were made in
-//! `plan`. Host steps go through the [`Engine`] trait, so they run the same
+//! The executor: carries out the steps of one phase (see `conduct`, which
+//! walks the phases), in order, reporting each as events on its host's
+//! line. Host steps go through the [`Engine`] trait, so they run the same
 //! on a Docker engine and on the in-memory one of the unit tests.
 
 use std::time::{Duration, Instant};

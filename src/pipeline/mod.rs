@@ -6,14 +6,16 @@
 //!    `ls`, `logs`, `down`);
 //! 2. [`Hosts::snapshot`]: what runs there for the environment, and the
 //!    local engine's images;
-//! 3. `plan::Plan`: topology + snapshot → the steps (pure);
-//! 4. [`execute`]: the steps carried out, reported as [`events`]; then
-//!    [`waits`]: the cluster formed, every instance routed, as
-//!    [`discovery`] reads it from the load-balancer host's agents.
+//! 3. `plan::Plan`: topology + snapshot → one list of phases (pure);
+//! 4. [`conduct`]: the phases walked in order, each carried out by
+//!    [`execute`] (steps) or [`waits`] (the cluster formed, every instance
+//!    routed, as [`discovery`] reads it from the load-balancer host's
+//!    agents), reported as [`events`].
 //!
 //! The local lab is the one thing made before the snapshot: its hosts can
 //! only be looked into once they run (`up` creates them, then connects).
 
+pub mod conduct;
 pub mod discovery;
 pub mod edge;
 pub mod events;
@@ -684,15 +686,6 @@ pub async fn own_ports(t: &Topology, hosts: &[&DockerHost]) -> Result<Topology> 
         }
     }
     Ok(t.clone())
-}
-
-/// "redis, db and cache" for messages.
-pub fn join_and(names: &[String]) -> String {
-    match names {
-        [] => String::new(),
-        [one] => one.clone(),
-        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
-    }
 }
 
 /// "host-1, host-2 or host-3" for messages.

@@ -83,13 +83,13 @@ impl World {
     /// `up` does (without Consul, which the in-memory engine does not run).
     async fn execute(&self, plan: &Plan) {
         let line = Reporter::quiet().host("test");
-        for (p, engine) in plan.hosts.iter().zip(&self.hosts) {
+        for (p, engine) in plan.hosts().iter().zip(&self.hosts) {
             assert_eq!(p.host, engine.name());
             host_steps(engine, Some(&self.local), &p.steps, "qa", &line, "host")
                 .await
                 .unwrap();
         }
-        for (host, step) in &plan.rolling {
+        for (host, step) in plan.rolling() {
             let engine = self.hosts.iter().find(|e| e.name() == host).unwrap();
             host_steps(
                 engine,
@@ -109,7 +109,7 @@ impl World {
     async fn execute_stages(&self, plan: &Plan) -> anyhow::Result<()> {
         let line = Reporter::quiet().host("test");
         let engine = |host: &str| self.hosts.iter().find(|e| e.name() == host).unwrap();
-        for stage in &plan.stages {
+        for stage in &plan.stages() {
             if let Some((host, step)) = &stage.before_rollout {
                 host_steps(
                     engine(host),
@@ -150,7 +150,7 @@ impl World {
     /// The membership changes' steps too, in order.
     async fn execute_members(&self, plan: &Plan) {
         let line = Reporter::quiet().host("test");
-        for change in &plan.members {
+        for change in plan.members() {
             let engine = self.hosts.iter().find(|e| e.name() == change.host).unwrap();
             host_steps(engine, None, &change.steps, "qa", &line, "members")
                 .await
@@ -204,6 +204,51 @@ async fn from_empty_everything_is_made_then_nothing_is_left_to_do() {
     assert!(volume < consul, "{journal:#?}");
 }
 
+fn phase_names(plan: &Plan) -> Vec<&'static str> {
+    plan.phases.iter().map(crate::plan::Phase::name).collect()
+}
+
+#[tokio::test]
+async fn the_plan_is_one_list_of_phases_and_a_converged_one_only_checks() {
+    let t = topology(SERVICE);
+    let world = World::new(&t);
+    let first = world.converge(&t).await;
+    assert_eq!(
+        phase_names(&first),
+        ["lab", "hosts", "cluster", "members", "rolling", "routes", "edge"]
+    );
+    // The flat steps are the phases' steps, in the phases' order.
+    let flat: Vec<_> = first
+        .phases
+        .iter()
+        .flat_map(crate::plan::Phase::steps)
+        .collect();
+    assert_eq!(flat, first.steps());
+    let phases_in_steps: Vec<&str> = first.steps().iter().map(|s| s.phase).collect();
+    let cluster = phases_in_steps
+        .iter()
+        .position(|p| *p == "cluster")
+        .unwrap();
+    assert!(
+        phases_in_steps[..cluster].iter().all(|p| *p == "host"),
+        "{phases_in_steps:?}"
+    );
+    assert_eq!(phases_in_steps.last(), Some(&"routes"));
+    assert!(first.totals().create > 0, "{}", first.totals());
+
+    let again = world.plan(&t).await;
+    assert!(again.is_noop(), "{:#?}", actions(&again));
+    assert_eq!(
+        phase_names(&again),
+        ["lab", "hosts", "cluster and routes", "edge"]
+    );
+    let steps: Vec<&str> = again.steps().iter().map(|s| s.action).collect();
+    assert_eq!(steps, ["wait_cluster", "wait_routes"]);
+    assert_eq!(again.totals().create, 0);
+    let text = crate::plan::print::text(&t, &again);
+    assert!(text.contains("host-1"), "{text}");
+}
+
 #[tokio::test]
 async fn half_done_is_finished_and_nothing_made_twice() {
     let t = topology(SERVICE);
@@ -211,7 +256,7 @@ async fn half_done_is_finished_and_nothing_made_twice() {
     let plan = world.plan(&t).await;
     // Interrupted: host-1 got its images and its first two steps only, and
     // a container created but never started.
-    let partial = &plan.hosts[0].steps[..3];
+    let partial = &plan.hosts()[0].steps[..3];
     let line = Reporter::quiet().host("test");
     host_steps(
         &world.hosts[0],
@@ -223,8 +268,8 @@ async fn half_done_is_finished_and_nothing_made_twice() {
     )
     .await
     .unwrap();
-    let Step::Create { spec, .. } = &plan.hosts[0].steps[3] else {
-        panic!("{:?}", plan.hosts[0].steps[3]);
+    let Step::Create { spec, .. } = &plan.hosts()[0].steps[3] else {
+        panic!("{:?}", plan.hosts()[0].steps[3]);
     };
     world.hosts[0].create_only("qa", spec);
 
@@ -282,9 +327,9 @@ async fn stopped_is_started_changed_is_replaced_dropped_is_removed() {
     // in topology order, after everything else.
     let changed = topology(&format!("{SERVICE}    env:\n      GREETING: hi\n"));
     let plan = world.plan(&changed).await;
-    let rolling: Vec<&str> = plan.rolling.iter().map(|(h, _)| h.as_str()).collect();
+    let rolling: Vec<&str> = plan.rolling().iter().map(|(h, _)| h.as_str()).collect();
     assert_eq!(rolling, vec!["host-1", "host-2"]);
-    assert!(plan.hosts.iter().all(|h| h.steps.is_empty()));
+    assert!(plan.hosts().iter().all(|h| h.steps.is_empty()));
     world.execute(&plan).await;
     assert!(world.plan(&changed).await.is_noop());
 
@@ -359,7 +404,7 @@ fn three_hosts_named(third: &str, servers: &str) -> Topology {
 }
 
 fn member_steps(plan: &Plan) -> Vec<String> {
-    plan.members
+    plan.members()
         .iter()
         .flat_map(|c| {
             c.steps
@@ -388,7 +433,7 @@ async fn servers_are_added_then_removed_one_at_a_time_and_no_other_agent_is_touc
         ]
     );
     assert!(
-        grow.hosts.iter().all(|h| h.is_noop()),
+        grow.hosts().iter().all(|h| h.is_noop()),
         "the agents are replaced in the membership phase only: {:#?}",
         actions(&grow)
     );
@@ -442,7 +487,7 @@ async fn an_agent_that_does_not_run_is_replaced_with_its_host_not_in_the_members
     let plan = world.plan(&three).await;
     assert!(
         actions(&plan).contains(&"host-1 replace qa-consul".to_string())
-            && plan.hosts[0]
+            && plan.hosts()[0]
                 .steps
                 .iter()
                 .any(|s| s.subject() == "qa-consul"),
@@ -463,7 +508,7 @@ async fn a_new_environment_makes_its_agents_with_the_hosts_not_one_at_a_time() {
     let t = three_hosts("host-1, host-2, host-3");
     let world = World::new(&t);
     let plan = world.plan(&t).await;
-    assert!(plan.members.is_empty(), "{:#?}", member_steps(&plan));
+    assert!(plan.members().is_empty(), "{:#?}", member_steps(&plan));
 }
 
 /// `three_hosts(servers)` converged, then planned with host-3 renamed
@@ -503,9 +548,9 @@ async fn a_renamed_server_leaves_under_its_old_name_and_is_waited_for_under_the_
         cause,
         rejoin: Some(rejoin),
         ..
-    } = &plan.members[0].steps[0]
+    } = &plan.members()[0].steps[0]
     else {
-        panic!("{:#?}", plan.members[0].steps)
+        panic!("{:#?}", plan.members()[0].steps)
     };
     assert!(cause.contains("renamed from host-3"), "{cause}");
     assert_eq!(rejoin.node_id, crate::plan::members::node_id("qa", "web-3"));
@@ -515,24 +560,24 @@ async fn a_renamed_server_leaves_under_its_old_name_and_is_waited_for_under_the_
     );
     assert_eq!(rejoin.sole_server, None);
     assert!(matches!(
-        &plan.members[1].steps[0],
+        &plan.members()[1].steps[0],
         Step::ForceLeave { prune: true, node, .. } if node == "host-3"
     ));
     // The cluster is waited for before the change without the new name,
     // which only its change makes a member.
     assert!(
-        matches!(&plan.cluster, Some(Wait::Cluster { members, .. }) if *members == ["host-1", "host-2"]),
+        matches!(&plan.cluster(), Some(Wait::Cluster { members, .. }) if *members == ["host-1", "host-2"]),
         "{:?}",
-        plan.cluster
+        plan.cluster()
     );
 
     // Unrenamed, the same hosts wait for all three and leave nobody.
     let plan = world.plan(&three).await;
-    assert!(plan.members.is_empty(), "{:#?}", member_steps(&plan));
+    assert!(plan.members().is_empty(), "{:#?}", member_steps(&plan));
     assert!(
-        matches!(&plan.cluster, Some(Wait::Cluster { members, .. }) if members.len() == 3),
+        matches!(&plan.cluster(), Some(Wait::Cluster { members, .. }) if members.len() == 3),
         "{:?}",
-        plan.cluster
+        plan.cluster()
     );
 }
 
@@ -541,14 +586,14 @@ async fn a_renamed_sole_server_recovers_its_raft_configuration_to_its_new_node_i
     let (_, _, plan) = plan_after_renaming_host_3("host-3", "web-3").await;
     assert!(
         matches!(
-            &plan.members[0].steps[0],
+            &plan.members()[0].steps[0],
             Step::Leave { rejoin: Some(r), .. } if r.sole_server.as_deref() == Some("10.77.0.13:8300")
         ),
         "{:#?}",
-        plan.members
+        plan.members()
     );
     // Asked of itself: no other server is left to ask.
-    assert_eq!(plan.members[1].asked, "web-3");
+    assert_eq!(plan.members()[1].asked, "web-3");
 }
 
 #[tokio::test]
@@ -618,9 +663,9 @@ async fn dependents_start_after_their_dependencies_and_a_migration() {
     assert!(at("host-2 wait_passing db passing") < at("host-1 run_once qa-web-before-rollout"));
     assert!(at("host-1 run_once qa-web-before-rollout") < at("host-1 create qa-web-1"));
     assert!(at("host-2 create qa-web-1") < at("host-1 create qa-worker-1"));
-    let names: Vec<&str> = plan.stages.iter().map(|s| s.service.as_str()).collect();
+    let names: Vec<&str> = plan.stages().iter().map(|s| s.service.as_str()).collect();
     assert_eq!(names, ["web", "worker"]);
-    assert!(plan.stages[1].before_rollout.is_none());
+    assert!(plan.stages()[1].before_rollout.is_none());
     world.execute(&plan).await;
     world.execute_stages(&plan).await.unwrap();
     // Converged: no stage, no wait, nothing to run.
@@ -641,8 +686,8 @@ async fn a_failed_migration_leaves_the_old_instances_in_place() {
     let failing = stack("web:2", "false");
     world.local.add_image("web:2", "sha256:web:2");
     let plan = world.plan(&failing).await;
-    assert_eq!(plan.stages[0].service, "web");
-    assert_eq!(plan.stages[0].rolling.len(), 2, "{:#?}", actions(&plan));
+    assert_eq!(plan.stages()[0].service, "web");
+    assert_eq!(plan.stages()[0].rolling.len(), 2, "{:#?}", actions(&plan));
     world.execute(&plan).await;
     let err = world.execute_stages(&plan).await.unwrap_err();
     assert!(

@@ -13,7 +13,6 @@ use crate::cluster::consul;
 use crate::engine::docker::DockerHost;
 use crate::plan::{Expect, MemberChange, Wait};
 use crate::poll::Check;
-use crate::style::Stream;
 use crate::topology::Topology;
 
 /// Phase `cluster`: a leader, and every host an alive member.
@@ -41,18 +40,18 @@ pub async fn cluster(
         Duration::from_secs(t.consul.join_timeout_secs),
     )
     .await?;
-    reporter.done(
+    reporter.met(
         &wait.reference("cluster"),
         started,
-        &format!(
-            "{:<w$}  {} leader {}, {}/{} members alive",
+        &[(
             "cluster",
-            Stream::Stderr.good("✔"),
-            view.leader().unwrap_or("?"),
-            expected.iter().filter(|n| view.is_alive(n)).count(),
-            expected.len(),
-            w = reporter.width(),
-        ),
+            format!(
+                "leader {}, {}/{} members alive",
+                view.leader().unwrap_or("?"),
+                expected.iter().filter(|n| view.is_alive(n)).count(),
+                expected.len(),
+            ),
+        )],
     );
     Ok(())
 }
@@ -114,16 +113,13 @@ pub async fn membership(
             change.asked
         ))
     })?;
-    reporter.done(
+    reporter.met(
         &change.wait_reference(),
         started,
-        &format!(
-            "{:<w$}  {} {}, leader {leader}",
+        &[(
             "cluster",
-            Stream::Stderr.good("✔"),
-            change.expect.describe(),
-            w = reporter.width(),
-        ),
+            format!("{}, leader {leader}", change.expect.describe()),
+        )],
     );
     Ok(())
 }
@@ -146,16 +142,10 @@ pub async fn passing(
         Duration::from_secs(t.consul.join_timeout_secs),
     )
     .await?;
-    reporter.done(
+    reporter.met(
         &wait.reference("stage"),
         started,
-        &format!(
-            "{:<w$}  {} {} passing",
-            "depends",
-            Stream::Stderr.good("✔"),
-            services.join(", "),
-            w = reporter.width(),
-        ),
+        &[("depends", format!("{} passing", services.join(", ")))],
     );
     Ok(())
 }
@@ -169,31 +159,26 @@ pub async fn routes(lb: &DockerHost, t: &Topology, wait: &Wait, reporter: &Repor
         .host(wait.host())
         .map(|h| h.advertise.to_string())
         .unwrap_or_default();
-    let lines: Vec<String> = routed
+    let rows: Vec<(&str, String)> = routed
         .routes
         .iter()
         .map(|r| match r.tcp_port {
             Some(port) => format!(
-                "{:<w$}  {} {} → {} instance(s): tcp {lb_address}:{port}",
-                "route",
-                Stream::Stderr.good("✔"),
+                "{} → {} instance(s): tcp {lb_address}:{port}",
                 r.service,
                 r.upstreams.len(),
-                w = reporter.width(),
             ),
             None => format!(
-                "{:<w$}  {} {} → {} instance(s): http://{lb_address}:{}{}  or  Host: {}",
-                "route",
-                Stream::Stderr.good("✔"),
+                "{} → {} instance(s): http://{lb_address}:{}{}  or  Host: {}",
                 r.service,
                 r.upstreams.len(),
                 t.ports.lb_http,
                 r.path,
                 r.server_name,
-                w = reporter.width(),
             ),
         })
+        .map(|text| ("route", text))
         .collect();
-    reporter.done(&wait.reference("routes"), started, &lines.join("\n"));
+    reporter.met(&wait.reference("routes"), started, &rows);
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! - [`images`]: which images travel to which host, and how.
 //! - [`lab`]: the local lab's missing parts.
 //! - [`members`]: changes to the Consul cluster's membership, one at a time.
+//! - [`print`]: a plan as text.
 //!
 //! [`Plan`] puts them together in the order `up` carries them out: the local
 //! lab, then every host in parallel (images, then containers), then a wait
@@ -21,6 +22,7 @@ pub mod images;
 pub mod lab;
 pub mod members;
 pub mod ports;
+pub mod print;
 pub mod reconcile;
 pub mod stages;
 
@@ -101,36 +103,167 @@ impl Wait {
     }
 }
 
-/// Everything a run will do, in order.
+/// One part of a run. The phases of a [`Plan`] are carried out in order,
+/// each once the one before has finished; inside a phase, as it says.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// The local lab's missing parts, or (`down`) the lab itself.
+    Lab(Vec<LabStep>),
+    /// Every host's steps, the hosts in parallel; one per host.
+    Hosts(Vec<HostPlan>),
+    /// The environment's ACL tokens made sure of through a server, then
+    /// the cluster waited for.
+    Cluster(Wait),
+    /// Membership changes, one at a time, each waited for; then the tokens
+    /// made sure of again (servers replaced under a new record key know
+    /// only its management token).
+    Members(Vec<MemberChange>),
+    /// Drained replacements of app instances, one at a time: (host, step).
+    Rolling(Vec<(String, Step)>),
+    /// A service that waits for others or migrates first.
+    Stage(Box<Stage>),
+    /// Every instance routed by the load balancer, waited for, while the
+    /// run's record is kept in Consul.
+    Routes(Wait),
+    /// Nothing to change: the tokens, the cluster and the routes only
+    /// checked, all at once, and the run's record kept.
+    Check {
+        cluster: Option<Wait>,
+        routes: Option<Wait>,
+    },
+    /// The environment's entries on the hosts' edge proxies.
+    Edge(Vec<edge::EdgeStep>),
+}
+
+impl Phase {
+    /// The phase's name where a run reports its time (`up -o json`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Lab(_) => "lab",
+            Phase::Hosts(_) => "hosts",
+            Phase::Cluster(_) => "cluster",
+            Phase::Members(_) => "members",
+            Phase::Rolling(_) => "rolling",
+            Phase::Stage(_) => "stages",
+            Phase::Routes(_) => "routes",
+            Phase::Check { .. } => "cluster and routes",
+            Phase::Edge(_) => "edge",
+        }
+    }
+
+    /// Its steps, flat, in the order they are carried out.
+    pub fn steps(&self) -> Vec<StepRef> {
+        match self {
+            Phase::Lab(steps) => steps
+                .iter()
+                .map(|s| StepRef {
+                    phase: "lab",
+                    host: "lab".into(),
+                    action: s.action(),
+                    subject: s.subject().to_string(),
+                })
+                .collect(),
+            Phase::Hosts(hosts) => hosts
+                .iter()
+                .flat_map(|h| h.steps.iter().map(|s| s.reference("host", &h.host)))
+                .collect(),
+            Phase::Cluster(wait) => vec![wait.reference("cluster")],
+            Phase::Members(changes) => changes
+                .iter()
+                .flat_map(|c| {
+                    c.steps
+                        .iter()
+                        .map(|s| s.reference("members", &c.host))
+                        .chain([c.wait_reference()])
+                })
+                .collect(),
+            Phase::Rolling(steps) => steps
+                .iter()
+                .map(|(host, s)| s.reference("rolling", host))
+                .collect(),
+            Phase::Stage(stage) => {
+                let mut out: Vec<StepRef> =
+                    stage.after.iter().map(|w| w.reference("stage")).collect();
+                out.extend(
+                    stage
+                        .before_rollout
+                        .iter()
+                        .map(|(host, s)| s.reference("stage", host)),
+                );
+                for h in &stage.hosts {
+                    out.extend(h.steps.iter().map(|s| s.reference("stage", &h.host)));
+                }
+                out.extend(
+                    stage
+                        .rolling
+                        .iter()
+                        .map(|(host, s)| s.reference("stage", host)),
+                );
+                out
+            }
+            Phase::Routes(wait) => vec![wait.reference("routes")],
+            Phase::Check { cluster, routes } => cluster
+                .iter()
+                .map(|w| w.reference("cluster"))
+                .chain(routes.iter().map(|w| w.reference("routes")))
+                .collect(),
+            Phase::Edge(steps) => steps.iter().map(edge::EdgeStep::reference).collect(),
+        }
+    }
+
+    /// The container and volume steps it holds beyond the hosts' phase,
+    /// for the totals.
+    fn other_steps(&self) -> Vec<&Step> {
+        match self {
+            Phase::Members(changes) => changes.iter().flat_map(|c| &c.steps).collect(),
+            Phase::Rolling(steps) => steps.iter().map(|(_, s)| s).collect(),
+            Phase::Stage(stage) => stage
+                .hosts
+                .iter()
+                .flat_map(|h| &h.steps)
+                .chain(stage.rolling.iter().map(|(_, s)| s))
+                .collect(),
+            _ => vec![],
+        }
+    }
+
+    /// Whether it changes anything on a host (waits and checks do not).
+    pub fn changes(&self) -> bool {
+        match self {
+            Phase::Lab(steps) => !steps.is_empty(),
+            Phase::Hosts(hosts) => !hosts.iter().all(HostPlan::is_noop),
+            Phase::Members(changes) => !changes.is_empty(),
+            Phase::Rolling(steps) => !steps.is_empty(),
+            Phase::Stage(_) => true,
+            Phase::Edge(steps) => !steps.is_empty(),
+            Phase::Cluster(_) | Phase::Routes(_) | Phase::Check { .. } => false,
+        }
+    }
+}
+
+/// Everything a run will do: one list of phases, which `plan` prints, `up`
+/// and `down` carry out (see `pipeline::conduct`) and the totals count.
+/// Nothing else knows their order.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Plan {
-    pub lab: Vec<LabStep>,
-    /// One per topology host, in topology order; carried out in parallel.
-    pub hosts: Vec<HostPlan>,
-    /// Waited for after the hosts' steps.
-    pub cluster: Option<Wait>,
-    /// Then made one at a time, each waited for.
-    pub members: Vec<MemberChange>,
-    /// Drained replacements of app instances, one at a time, in order:
-    /// (host, step).
-    pub rolling: Vec<(String, Step)>,
-    /// Then the services that wait for others or migrate first, in order.
-    pub stages: Vec<Stage>,
-    /// Waited for last.
-    pub routes: Option<Wait>,
-    /// Then the environment's entries on the hosts' edge proxies.
-    pub edge: Vec<edge::EdgeStep>,
+    pub phases: Vec<Phase>,
 }
 
 impl Plan {
     /// Plan `up`: the lab's missing parts, each host's images and
     /// containers, the waits. An image no source can provide is an error
     /// (nothing is changed).
+    ///
+    /// In order: the local lab; every host in parallel (images, then
+    /// containers); the Consul cluster waited for; its membership changes
+    /// one at a time; the drained replacements of app instances one at a
+    /// time; the [`stages`] of services that wait for others or migrate
+    /// first; every instance routed, waited for; the edge. A plan that
+    /// changes nothing only checks the cluster and the routes, at once.
     pub fn up(t: &Topology, desired: &[HostState], snapshot: &Snapshot) -> Result<Plan, String> {
-        let mut plan = Plan {
-            lab: lab_steps(t, snapshot.lab.as_ref()),
-            ..Default::default()
-        };
+        let mut hosts = Vec::new();
+        let mut rolling = Vec::new();
         for want in desired {
             let seen = snapshot.hosts.iter().find(|h| h.host == want.host);
             let observed = seen.and_then(|h| h.observed.clone()).unwrap_or_default();
@@ -155,17 +288,16 @@ impl Plan {
             // shows as the replacement it causes.
             let mut after = observed;
             after.image_ids.extend(delivery.ids_after.clone());
-            let (mut host_plan, rolling) = reconcile::plan_up(want, &after).split_rolling();
+            let (mut host_plan, host_rolling) = reconcile::plan_up(want, &after).split_rolling();
             host_plan.steps.splice(0..0, delivery.steps);
-            plan.rolling
-                .extend(rolling.into_iter().map(|s| (want.host.clone(), s)));
-            plan.hosts.push(host_plan);
+            rolling.extend(host_rolling.into_iter().map(|s| (want.host.clone(), s)));
+            hosts.push(host_plan);
         }
-        plan.members = members::plan(t, snapshot, &mut plan.hosts)?;
-        plan.stages = stages::plan(t, desired, &mut plan.hosts, &mut plan.rolling);
-        if let Some(server) = t.hosts.iter().find(|h| h.consul_server) {
+        let members = members::plan(t, snapshot, &mut hosts)?;
+        let stages = stages::plan(t, desired, &mut hosts, &mut rolling);
+        let cluster = t.hosts.iter().find(|h| h.consul_server).map(|server| {
             let consul = crate::labels::Component::Consul.container(&t.name);
-            plan.cluster = Some(Wait::Cluster {
+            Wait::Cluster {
                 host: server.name.clone(),
                 members: t
                     .hosts
@@ -173,10 +305,13 @@ impl Plan {
                     .map(|h| h.name.clone())
                     .filter(|h| members::renamed_from(snapshot, h, &consul).is_none())
                     .collect(),
-            });
-        }
-        if let Some(lb) = t.hosts.iter().find(|h| h.has_role(Role::Lb)) {
-            plan.routes = Some(Wait::Routes {
+            }
+        });
+        let routes = t
+            .hosts
+            .iter()
+            .find(|h| h.has_role(Role::Lb))
+            .map(|lb| Wait::Routes {
                 host: lb.name.clone(),
                 instances: t
                     .services
@@ -184,15 +319,33 @@ impl Plan {
                     .map(|s| s.hosts.len() * s.per_host as usize)
                     .sum(),
             });
+        let edge = Phase::Edge(edge::up(t, snapshot)?);
+        let mut phases = vec![
+            Phase::Lab(lab_steps(t, snapshot.lab.as_ref())),
+            Phase::Hosts(hosts),
+        ];
+        let changing = phases.iter().any(Phase::changes)
+            || edge.changes()
+            || !members.is_empty()
+            || !rolling.is_empty()
+            || !stages.is_empty();
+        if changing {
+            phases.extend(cluster.map(Phase::Cluster));
+            phases.push(Phase::Members(members));
+            phases.push(Phase::Rolling(rolling));
+            phases.extend(stages.into_iter().map(|s| Phase::Stage(Box::new(s))));
+            phases.extend(routes.map(Phase::Routes));
+        } else {
+            phases.push(Phase::Check { cluster, routes });
         }
-        plan.edge = edge::up(t, snapshot)?;
-        Ok(plan)
+        phases.push(edge);
+        Ok(Plan { phases })
     }
 
     /// Plan `down`: every host's containers and the volumes `keep` does not
-    /// keep, those out of the topology still to clear too, then the lab
-    /// once no environment is left on it and no volume is kept there (the
-    /// kept volumes live in the lab hosts).
+    /// keep, those out of the topology still to clear too, the environment's
+    /// edge routes, then the lab once no environment is left on it and no
+    /// volume is kept there (the kept volumes live in the lab hosts).
     pub fn down(t: &Topology, snapshot: &Snapshot, keep: reconcile::Keep) -> Plan {
         let hosts: Vec<HostPlan> = snapshot
             .hosts
@@ -223,91 +376,101 @@ impl Plan {
             }
         }
         Plan {
-            lab,
-            hosts,
-            edge: edge::down(&t.name, snapshot),
-            ..Default::default()
+            phases: vec![
+                Phase::Hosts(hosts),
+                Phase::Edge(edge::down(&t.name, snapshot)),
+                Phase::Lab(lab),
+            ],
         }
     }
 
     /// Every step, flat, in the order they are carried out.
     pub fn steps(&self) -> Vec<StepRef> {
-        let mut out: Vec<StepRef> = self
-            .lab
-            .iter()
-            .map(|s| StepRef {
-                phase: "lab",
-                host: "lab".into(),
-                action: s.action(),
-                subject: s.subject().to_string(),
-            })
-            .collect();
-        for h in &self.hosts {
-            out.extend(h.steps.iter().map(|s| s.reference("host", &h.host)));
-        }
-        out.extend(self.cluster.iter().map(|w| w.reference("cluster")));
-        for change in &self.members {
-            out.extend(
-                change
-                    .steps
-                    .iter()
-                    .map(|s| s.reference("members", &change.host)),
-            );
-            out.push(change.wait_reference());
-        }
-        out.extend(
-            self.rolling
-                .iter()
-                .map(|(host, s)| s.reference("rolling", host)),
-        );
-        for stage in &self.stages {
-            out.extend(stage.after.iter().map(|w| w.reference("stage")));
-            out.extend(
-                stage
-                    .before_rollout
-                    .iter()
-                    .map(|(host, s)| s.reference("stage", host)),
-            );
-            for h in &stage.hosts {
-                out.extend(h.steps.iter().map(|s| s.reference("stage", &h.host)));
-            }
-            out.extend(
-                stage
-                    .rolling
-                    .iter()
-                    .map(|(host, s)| s.reference("stage", host)),
-            );
-        }
-        out.extend(self.routes.iter().map(|w| w.reference("routes")));
-        out.extend(self.edge.iter().map(edge::EdgeStep::reference));
-        out
+        self.phases.iter().flat_map(Phase::steps).collect()
     }
 
     /// What the plan creates, replaces, starts and removes, all phases.
     pub fn totals(&self) -> reconcile::Totals {
-        let mut t = reconcile::totals(&self.hosts);
-        let rolling: Vec<Step> = self.rolling.iter().map(|(_, s)| s.clone()).collect();
-        t.add(&rolling);
-        for change in &self.members {
-            t.add(&change.steps);
-        }
-        for stage in &self.stages {
-            for h in &stage.hosts {
-                t.add(&h.steps);
-            }
-            let rolling: Vec<Step> = stage.rolling.iter().map(|(_, s)| s.clone()).collect();
-            t.add(&rolling);
-        }
+        let steps: Vec<Step> = self
+            .phases
+            .iter()
+            .flat_map(Phase::other_steps)
+            .cloned()
+            .collect();
+        // The hosts' phase counts what it leaves unchanged too.
+        let mut t = reconcile::totals(self.hosts());
+        t.add(&steps);
         t
     }
 
     pub fn is_noop(&self) -> bool {
-        self.lab.is_empty()
-            && self.members.is_empty()
-            && self.rolling.is_empty()
-            && self.stages.is_empty()
-            && self.edge.is_empty()
-            && self.hosts.iter().all(HostPlan::is_noop)
+        !self.phases.iter().any(Phase::changes)
+    }
+
+    /// The hosts' parallel steps (the first such phase).
+    pub fn hosts(&self) -> &[HostPlan] {
+        self.phases
+            .iter()
+            .find_map(|p| match p {
+                Phase::Hosts(h) => Some(h.as_slice()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    /// The membership changes.
+    pub fn members(&self) -> &[MemberChange] {
+        self.phases
+            .iter()
+            .find_map(|p| match p {
+                Phase::Members(m) => Some(m.as_slice()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    /// The drained replacements outside stages.
+    pub fn rolling(&self) -> &[(String, Step)] {
+        self.phases
+            .iter()
+            .find_map(|p| match p {
+                Phase::Rolling(r) => Some(r.as_slice()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    /// The services' stages, in order.
+    pub fn stages(&self) -> Vec<&Stage> {
+        self.phases
+            .iter()
+            .filter_map(|p| match p {
+                Phase::Stage(s) => Some(s.as_ref()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The cluster wait, whether waited for or only checked.
+    pub fn cluster(&self) -> Option<&Wait> {
+        self.phases.iter().find_map(|p| match p {
+            Phase::Cluster(w)
+            | Phase::Check {
+                cluster: Some(w), ..
+            } => Some(w),
+            _ => None,
+        })
+    }
+
+    /// The routes wait, whether waited for or only checked.
+    pub fn routes(&self) -> Option<&Wait> {
+        self.phases.iter().find_map(|p| match p {
+            Phase::Routes(w)
+            | Phase::Check {
+                routes: Some(w), ..
+            } => Some(w),
+            _ => None,
+        })
     }
 }
 

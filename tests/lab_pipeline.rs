@@ -55,6 +55,20 @@ fn up_carries_out_exactly_the_plan() {
         "a converged environment plans only waits: {plan:#?}"
     );
     assert_eq!(plan, carried_out(&env), "no-op plan and up differ");
+    // What a wait found is data in JSON: the route's own text, without the
+    // terminal's column padding, check marks or colour.
+    let up = env.run(&["up", "-o", "json"]).expect_ok("up -o json");
+    let routes = json_lines(&up.stdout)
+        .into_iter()
+        .find(|e| e["event"] == "done" && e["action"] == "wait_routes")
+        .unwrap_or_else(|| panic!("no wait_routes done event: {}", up.stdout));
+    let note = routes["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("demo → 2 instance(s): http://")
+            && !note.contains('✔')
+            && !note.contains('\u{1b}'),
+        "{note:?}"
+    );
 
     // A topology change: the service's environment changes, so its
     // instances are replaced one host at a time, drained.

@@ -100,7 +100,7 @@ pub async fn run_for(ctx: &Ctx, options: Options) -> Result<Outcome> {
             return Ok(Outcome::Left("a dry run".into()));
         }
         let mut timings = crate::pipeline::conduct::Timings::start();
-        let executed = Run::new(ctx, &hosts, &mut lock, &reporter, &mut timings)
+        let executed = Run::new(ctx, t, &hosts, &mut lock, &reporter, &mut timings)
             .phases(&plan, None, async {})
             .await;
         for p in plan.hosts().iter().filter(|p| p.is_noop()) {

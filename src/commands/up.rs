@@ -73,7 +73,7 @@ async fn converge<'a>(
         let lab = Plan {
             phases: vec![Phase::Lab(lab_steps(t, hosts.lab.as_ref()))],
         };
-        Run::new(ctx, hosts, lock, reporter, &mut timings)
+        Run::new(ctx, &ctx.topology, hosts, lock, reporter, &mut timings)
             .phases(&lab, None, async {})
             .await?;
         hosts.connect_lab(ctx, reporter).await?;
@@ -186,7 +186,7 @@ async fn converge<'a>(
         timeout: std::time::Duration::from_secs(t.consul.join_timeout_secs),
     };
     let record = record_last_up(hosts, t, &secrets.record_key, &desired, &plan, expires_at);
-    Run::new(ctx, hosts, lock, reporter, &mut timings)
+    Run::new(ctx, t, hosts, lock, reporter, &mut timings)
         .phases(&plan, Some(&tokens), record)
         .await?;
     let lb = plan.routes().map(Wait::host).context("no lb host")?;

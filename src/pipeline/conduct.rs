@@ -52,8 +52,12 @@ pub struct Tokens<'r> {
 }
 
 impl<'r, 'a> Run<'r, 'a> {
+    /// `t`: the topology with the ports in effect (see `resolve_ports`,
+    /// `own_ports`), never the file's as read: a preview on another port
+    /// block must talk to its own agents.
     pub fn new(
         ctx: &'r super::Ctx,
+        t: &'r Topology,
         hosts: &'r Hosts<'a>,
         lock: &'r mut Option<Lock>,
         reporter: &'r Reporter,
@@ -61,7 +65,7 @@ impl<'r, 'a> Run<'r, 'a> {
     ) -> Self {
         Run {
             hosts,
-            t: &ctx.topology,
+            t,
             state: &ctx.state,
             reporter,
             parallel: ctx.parallel,

@@ -89,7 +89,8 @@ impl<'r, 'a> Run<'r, 'a> {
                     lock.confirm().await?;
                 }
             }
-            self.phase(phase, tokens, &mut record).await?;
+            self.phase(phase, plan.routes(), tokens, &mut record)
+                .await?;
             self.timings.mark(phase.name());
         }
         // A plan without a routes phase keeps the record at its end.
@@ -102,6 +103,7 @@ impl<'r, 'a> Run<'r, 'a> {
     async fn phase<F: std::future::Future<Output = ()>>(
         &mut self,
         phase: &Phase,
+        lb: Option<&Wait>,
         tokens: Option<&Tokens<'_>>,
         record: &mut Option<F>,
     ) -> Result<()> {
@@ -138,7 +140,7 @@ impl<'r, 'a> Run<'r, 'a> {
                 ensure_tokens(tokens, t, true).await
             }
             Phase::Rolling(steps) => {
-                let lb = lb_engine(hosts, t)?;
+                let lb = lb_engine(hosts, lb)?;
                 for (host, step) in steps {
                     let (engine, line) = (hosts.engine(host), hosts.line(host));
                     let (Some(engine), Some(line)) = (engine, line) else {
@@ -149,7 +151,7 @@ impl<'r, 'a> Run<'r, 'a> {
                 Ok(())
             }
             Phase::Stage(stage) => {
-                let lb = lb_engine(hosts, t)?;
+                let lb = lb_engine(hosts, lb)?;
                 execute::stage(hosts, t, stage, lb, reporter, self.parallel).await
             }
             Phase::Routes(wait) => {
@@ -224,17 +226,13 @@ async fn routes(hosts: &Hosts<'_>, t: &Topology, wait: &Wait, reporter: &Reporte
     waits::routes(lb, t, wait, reporter).await
 }
 
-/// The load-balancer host's engine: drained replacements wait until it
-/// routes the new instance.
-fn lb_engine<'h>(hosts: &'h Hosts<'_>, t: &Topology) -> Result<&'h DockerHost> {
-    let lb = t
-        .hosts
-        .iter()
-        .find(|h| h.has_role(crate::topology::Role::Lb))
-        .context("no lb host")?;
+/// The engine of the host the plan's routes are asked on: drained
+/// replacements wait until it routes the new instance.
+fn lb_engine<'h>(hosts: &'h Hosts<'_>, routes: Option<&Wait>) -> Result<&'h DockerHost> {
+    let lb = routes.context("no lb host")?.host();
     hosts
-        .engine(&lb.name)
-        .with_context(|| format!("{}: the lb host is not connected", lb.name))
+        .engine(lb)
+        .with_context(|| format!("{lb}: the lb host is not connected"))
 }
 
 /// Where a run's time went, phase by phase (seconds, to the millisecond):
